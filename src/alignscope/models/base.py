@@ -1,0 +1,92 @@
+"""The model interface every part of alignscope talks to.
+
+A :class:`ChatModel` turns chat conversations into responses. Local Hugging Face models
+(:class:`alignscope.models.local.LocalModel`) implement it and add white-box access (log-probs, hidden
+states); a remote OpenAI-compatible endpoint implements only the black-box part, so every judge and every
+black-box attack works on both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Protocol, runtime_checkable
+
+Message = dict[str, str]
+"""One chat message: ``{"role": "system" | "user" | "assistant", "content": str}``."""
+
+Conversation = list[Message]
+
+
+class ModelError(RuntimeError):
+    """A model could not be resolved, loaded or run; the message names the culprit."""
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Decoding settings. Greedy is the default, as evaluation should be reproducible.
+
+    Attributes:
+        max_new_tokens: tokens generated after the prompt (and after any prefill).
+        do_sample: sample instead of greedy decoding.
+        temperature: softmax temperature when sampling.
+        top_p: nucleus sampling mass when sampling (1.0 disables it).
+        top_k: keep the k most likely tokens when sampling (0 disables it).
+        seed: seed set before each batch, so a sampled run is reproducible.
+        batch_size: prompts per forward pass in local generation.
+    """
+
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    batch_size: int = 16
+
+    def with_(self, **changes: Any) -> GenerationConfig:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """Short human-readable form, used in reports next to every number."""
+        if not self.do_sample:
+            return f"greedy, max_new_tokens={self.max_new_tokens}"
+        parts = [f"T={self.temperature:g}", f"top_p={self.top_p:g}"]
+        if self.top_k:
+            parts.append(f"top_k={self.top_k}")
+        return f"sampled ({', '.join(parts)}, seed={self.seed}), max_new_tokens={self.max_new_tokens}"
+
+
+def user_turn(prompt: str, system: str | None = None) -> Conversation:
+    """A one-turn conversation asking ``prompt``, with an optional system prompt."""
+    messages: Conversation = []
+    if system is not None:
+        messages.append({"role": "system", "content": system})
+    messages.append({"role": "user", "content": prompt})
+    return messages
+
+
+@runtime_checkable
+class ChatModel(Protocol):
+    """Anything that answers chat conversations.
+
+    ``prefills[i]``, when given, is placed at the start of the assistant turn of conversation ``i`` with no
+    end-of-turn after it, and the model continues from there; the returned text is the continuation only
+    (the prefill is not repeated). Backends that cannot prefill raise :class:`ModelError`.
+    """
+
+    name: str
+
+    @property
+    def supports_prefill(self) -> bool: ...
+
+    def generate(
+        self,
+        conversations: Sequence[Conversation],
+        config: GenerationConfig | None = None,
+        prefills: Sequence[str] | None = None,
+        progress: bool = False,
+    ) -> list[str]: ...

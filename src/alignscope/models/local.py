@@ -1,0 +1,300 @@
+"""Local Hugging Face causal LMs: chat formatting with prefill, batched generation, log-probs, hidden states."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from alignscope.models.base import Conversation, GenerationConfig, ModelError
+
+log = logging.getLogger("alignscope.models")
+
+PLAIN_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
+    "{% elif m['role'] == 'user' %}### Instruction:\n{{ m['content'] }}\n\n"
+    "{% else %}### Response:\n{{ m['content'] }}{{ eos_token }}\n\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}### Response:\n{% endif %}"
+)
+"""Used when a tokenizer has no chat template (base models), and on request (``template="plain"``)."""
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``device`` if given, else cuda, then mps, then cpu."""
+    if device:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
+    """``dtype`` if given; bf16 on GPUs that support it, fp16 on other GPUs and mps, fp32 on CPU (CPU bf16
+    matmuls are slower than fp32 on most machines without AMX)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype:
+        try:
+            value = getattr(torch, dtype)
+        except AttributeError as e:
+            raise ModelError(f"unknown dtype {dtype!r} (use float32, bfloat16 or float16)") from e
+        if not isinstance(value, torch.dtype):
+            raise ModelError(f"unknown dtype {dtype!r} (use float32, bfloat16 or float16)")
+        return value
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+@dataclass
+class ResponseBatch:
+    """Teacher-forced logits over response positions.
+
+    Attributes:
+        logits: ``(batch, max_response_len, vocab)``; row i, column k is the distribution that predicts
+            response token k of pair i given the prompt and response tokens before it.
+        target_ids: ``(batch, max_response_len)`` the response token ids (pad where ``mask`` is False).
+        mask: ``(batch, max_response_len)`` True at real response positions.
+        indices: which input pairs (positions in the caller's lists) this batch holds.
+    """
+
+    logits: torch.Tensor
+    target_ids: torch.Tensor
+    mask: torch.Tensor
+    indices: list[int]
+
+
+class LocalModel:
+    """A local causal LM with its tokenizer; implements :class:`alignscope.models.base.ChatModel` and adds
+    white-box access.
+
+    Args:
+        model: a transformers causal LM (already on its device).
+        tokenizer: its tokenizer.
+        name: the spec or name that reports show.
+        template: ``"chat"`` uses the tokenizer's chat template (the plain template when it has none);
+            ``"plain"`` forces :data:`PLAIN_TEMPLATE`.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, name: str, template: str = "chat"):
+        if template not in {"chat", "plain"}:
+            raise ModelError(f"unknown template {template!r} (use 'chat' or 'plain')")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.template = template
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self._chat_template = (
+            tokenizer.chat_template if template == "chat" and tokenizer.chat_template else PLAIN_TEMPLATE
+        )
+
+    # -- properties -------------------------------------------------------------------------------------------
+    @property
+    def supports_prefill(self) -> bool:
+        return True
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def template_name(self) -> str:
+        """Which chat template formats prompts (reports state it next to KL and hidden-state results)."""
+        if self._chat_template is PLAIN_TEMPLATE:
+            return "plain instruction template"
+        return "tokenizer chat template"
+
+    # -- formatting -------------------------------------------------------------------------------------------
+    def format_chat(self, messages: Conversation, add_generation_prompt: bool = True) -> str:
+        """The prompt text for ``messages``, ending with the assistant-turn header when asked."""
+        try:
+            text = self.tokenizer.apply_chat_template(
+                messages,
+                chat_template=self._chat_template,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+            )
+        except Exception as e:  # jinja errors, e.g. templates that reject system prompts
+            raise ModelError(f"{self.name}: chat template failed on {messages!r}: {e}") from e
+        return str(text)
+
+    def encode_prompt(self, messages: Conversation, prefill: str | Sequence[int] | None = None) -> list[int]:
+        """Token ids of the formatted prompt followed by the prefill.
+
+        The prefill (text or token ids) is tokenised on its own and appended, so exactly its tokens start the
+        assistant turn, with no end-of-turn after them.
+        """
+        ids = self._encode(self.format_chat(messages))
+        if prefill:
+            ids += list(prefill) if not isinstance(prefill, str) else self._encode(prefill)
+        return ids
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def response_ids(self, text: str) -> list[int]:
+        """Token ids of a response text as it would appear after the assistant header."""
+        return self._encode(text)
+
+    # -- generation -------------------------------------------------------------------------------------------
+    def generate(
+        self,
+        conversations: Sequence[Conversation],
+        config: GenerationConfig | None = None,
+        prefills: Sequence[str | Sequence[int] | None] | None = None,
+        progress: bool = False,
+    ) -> list[str]:
+        """Batched generation with left padding and a KV cache. Returns the continuations (without prompt or
+        prefill), in input order. Prompts are grouped by length so batches waste little padding."""
+        config = config or GenerationConfig()
+        if prefills is not None and len(prefills) != len(conversations):
+            raise ValueError("prefills must be as long as conversations")
+        encoded = [
+            self.encode_prompt(c, prefills[i] if prefills is not None else None) for i, c in enumerate(conversations)
+        ]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        out: list[str] = [""] * len(encoded)
+        batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+        bar = tqdm(total=len(encoded), desc=f"generate ({self.name})", disable=not progress, leave=False)
+        for b, idx in enumerate(batches):
+            for i, text in zip(idx, self._generate_batch([encoded[i] for i in idx], config, b), strict=True):
+                out[i] = text
+            bar.update(len(idx))
+        bar.close()
+        return out
+
+    @torch.inference_mode()
+    def _generate_batch(self, batch: list[list[int]], config: GenerationConfig, batch_index: int) -> list[str]:
+        input_ids, attention = self._left_pad(batch)
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": config.max_new_tokens,
+            "do_sample": config.do_sample,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if config.do_sample:
+            torch.manual_seed(config.seed + batch_index)
+            kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k or None)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        try:
+            generated = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
+        except torch.OutOfMemoryError as e:
+            raise ModelError(
+                f"{self.name}: out of memory generating a batch of {len(batch)}; lower --batch-size"
+            ) from e
+        new = generated[:, input_ids.shape[1] :]
+        return [str(t) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+    def _left_pad(self, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(x) for x in batch)
+        pad = int(self.tokenizer.pad_token_id)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, x in enumerate(batch):
+            if x:
+                ids[r, width - len(x) :] = torch.tensor(x)
+                mask[r, width - len(x) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    # -- white-box access -------------------------------------------------------------------------------------
+    def response_logits(
+        self,
+        conversations: Sequence[Conversation],
+        responses: Sequence[str | Sequence[int]],
+        batch_size: int = 8,
+        max_response_tokens: int | None = None,
+    ) -> Iterator[ResponseBatch]:
+        """Teacher-forced logits at every response position, one forward pass per batch.
+
+        ``responses`` are texts (tokenised as after the assistant header) or token ids; they are truncated to
+        ``max_response_tokens``. Yields :class:`ResponseBatch` objects with float32 logits.
+        """
+        prompts = [self.encode_prompt(c) for c in conversations]
+        resps = [list(r) if not isinstance(r, str) else self.response_ids(r) for r in responses]
+        if max_response_tokens is not None:
+            resps = [r[:max_response_tokens] for r in resps]
+        for start in range(0, len(prompts), batch_size):
+            idx = list(range(start, min(start + batch_size, len(prompts))))
+            yield self._response_batch([prompts[i] for i in idx], [resps[i] for i in idx], idx)
+
+    @torch.inference_mode()
+    def _response_batch(self, prompts: list[list[int]], resps: list[list[int]], idx: list[int]) -> ResponseBatch:
+        seqs = [p + r for p, r in zip(prompts, resps, strict=True)]
+        width = max(len(s) for s in seqs)
+        pad = int(self.tokenizer.pad_token_id)
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        attn = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, s in enumerate(seqs):  # right padding: positions are then the same as unpadded
+            ids[r, : len(s)] = torch.tensor(s)
+            attn[r, : len(s)] = 1
+        logits = self.model(input_ids=ids.to(self.device), attention_mask=attn.to(self.device)).logits
+        rmax = max((len(r) for r in resps), default=0)
+        out = torch.zeros((len(seqs), rmax, logits.shape[-1]), dtype=torch.float32)
+        target = torch.full((len(seqs), rmax), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), rmax), dtype=torch.bool)
+        for r, (p, resp) in enumerate(zip(prompts, resps, strict=True)):
+            n = len(resp)
+            if n == 0:
+                continue
+            # the logits at position t predict token t+1; response token k sits at len(p)+k
+            out[r, :n] = logits[r, len(p) - 1 : len(p) - 1 + n].float().cpu()
+            target[r, :n] = torch.tensor(resp)
+            mask[r, :n] = True
+        return ResponseBatch(out, target, mask, idx)
+
+    def response_logprobs(
+        self,
+        conversations: Sequence[Conversation],
+        responses: Sequence[str | Sequence[int]],
+        batch_size: int = 8,
+    ) -> list[torch.Tensor]:
+        """Per-token log-probabilities of each response given its prompt: a list of ``(len_i,)`` tensors."""
+        result: list[torch.Tensor] = [torch.empty(0)] * len(conversations)
+        for rb in self.response_logits(conversations, responses, batch_size):
+            lp = torch.log_softmax(rb.logits, dim=-1).gather(-1, rb.target_ids.unsqueeze(-1)).squeeze(-1)
+            for row, i in enumerate(rb.indices):
+                result[i] = lp[row][rb.mask[row]]
+        return result
+
+    @torch.inference_mode()
+    def last_token_hidden_states(
+        self,
+        conversations: Sequence[Conversation],
+        batch_size: int = 16,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Hidden state of the last prompt token (the one that predicts the first response token) at the output
+        of every decoder layer, embeddings excluded: ``(n_prompts, n_layers, hidden)`` float32 on CPU.
+
+        As in transformers, the last layer's entry is taken after the final norm."""
+        encoded = [self.encode_prompt(c) for c in conversations]
+        out = torch.zeros((len(encoded), self.num_layers, int(self.model.config.hidden_size)))
+        bar = tqdm(total=len(encoded), desc=f"hidden states ({self.name})", disable=not progress, leave=False)
+        for start in range(0, len(encoded), batch_size):
+            ids, mask = self._left_pad(encoded[start : start + batch_size])
+            hs = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+            stacked = torch.stack([h[:, -1, :] for h in hs[1:]], dim=1)
+            out[start : start + ids.shape[0]] = stacked.float().cpu()
+            bar.update(ids.shape[0])
+        bar.close()
+        return out
+
+    def __repr__(self) -> str:
+        return f"LocalModel({self.name!r}, device={self.device}, dtype={self.dtype})"
