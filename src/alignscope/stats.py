@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,7 +45,9 @@ def wilson(successes: int, total: int, confidence: float = 0.95) -> Rate:
     denom = 1 + z * z / total
     centre = (p + z * z / (2 * total)) / denom
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return Rate(successes, total, max(0.0, centre - half), min(1.0, centre + half))
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == total else min(1.0, centre + half)
+    return Rate(successes, total, low, high)
 
 
 def rate_of(flags: Sequence[bool], confidence: float = 0.95) -> Rate:
@@ -66,7 +69,9 @@ def bootstrap_mean_ci(
         return mean, mean.copy(), mean.copy()
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))
-    boots = np.nanmean(values[idx], axis=1)
+    with warnings.catch_warnings():  # a resample may miss every pair reaching a late position
+        warnings.simplefilter("ignore", RuntimeWarning)
+        boots = np.nanmean(values[idx], axis=1)
     alpha = (1 - confidence) / 2
     low, high = np.nanquantile(boots, [alpha, 1 - alpha], axis=0)
     return mean, low, high

@@ -37,7 +37,10 @@ class Verdict:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Verdict:
-        return Verdict(**{k: d.get(k) for k in ("judge", "harmful", "refused", "score", "raw", "rationale")})
+        fields: dict[str, Any] = {
+            k: d.get(k) for k in ("judge", "harmful", "refused", "score", "raw", "rationale")
+        }
+        return Verdict(**fields)
 
 
 @runtime_checkable

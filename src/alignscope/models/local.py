@@ -146,6 +146,11 @@ class LocalModel:
             ids += list(prefill) if not isinstance(prefill, str) else self._encode(prefill)
         return ids
 
+    def _as_ids(self, prompt: Conversation | Sequence[int]) -> list[int]:
+        if len(prompt) and isinstance(prompt[0], dict):
+            return self.encode_prompt(prompt)  # type: ignore[arg-type]
+        return [int(t) for t in prompt]  # type: ignore[arg-type]
+
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -216,17 +221,19 @@ class LocalModel:
     # -- white-box access -------------------------------------------------------------------------------------
     def response_logits(
         self,
-        conversations: Sequence[Conversation],
+        conversations: Sequence[Conversation | Sequence[int]],
         responses: Sequence[str | Sequence[int]],
         batch_size: int = 8,
         max_response_tokens: int | None = None,
     ) -> Iterator[ResponseBatch]:
         """Teacher-forced logits at every response position, one forward pass per batch.
 
-        ``responses`` are texts (tokenised as after the assistant header) or token ids; they are truncated to
-        ``max_response_tokens``. Yields :class:`ResponseBatch` objects with float32 logits.
+        ``conversations`` are chats (formatted with this model's template) or already-encoded prompt token ids
+        (so two models can be fed identical ids). ``responses`` are texts (tokenised as after the assistant
+        header) or token ids; they are truncated to ``max_response_tokens``. Yields :class:`ResponseBatch`
+        objects with float32 logits.
         """
-        prompts = [self.encode_prompt(c) for c in conversations]
+        prompts = [self._as_ids(c) for c in conversations]
         resps = [list(r) if not isinstance(r, str) else self.response_ids(r) for r in responses]
         if max_response_tokens is not None:
             resps = [r[:max_response_tokens] for r in resps]
@@ -261,7 +268,7 @@ class LocalModel:
 
     def response_logprobs(
         self,
-        conversations: Sequence[Conversation],
+        conversations: Sequence[Conversation | Sequence[int]],
         responses: Sequence[str | Sequence[int]],
         batch_size: int = 8,
     ) -> list[torch.Tensor]:

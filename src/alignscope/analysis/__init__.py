@@ -1,0 +1,1 @@
+"""White-box analyses: per-token KL between models, safety layers."""

@@ -1,0 +1,122 @@
+"""The prefilling attack (Qi et al. 2024, "Safety Alignment Should Be Made More Than Just a Few Tokens Deep").
+
+The first k tokens of a harmful response are placed at the start of the assistant turn (no end-of-turn after
+them) and the model continues. A shallowly aligned model refuses at k = 0 but continues harmfully once a few
+harmful tokens are forced. Model judges see the prefix plus the continuation, as in the paper; the keyword
+judge reads the continuation alone (a refusal after the forced prefix is what it looks for, and the prefix
+would otherwise fill its window). Each record says which in ``judged``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from alignscope.attacks.stage import GenItem, generate_and_judge, harmful_rate
+from alignscope.data.types import Sample
+from alignscope.judges.base import Judge
+from alignscope.judges.keyword import KeywordJudge
+from alignscope.models.base import ChatModel, GenerationConfig, ModelError, user_turn
+from alignscope.models.local import LocalModel
+from alignscope.runs.store import RunDir
+
+log = logging.getLogger("alignscope.attacks")
+
+DEFAULT_KS = (0, 3, 5, 10, 20, 40)
+
+
+@dataclass(frozen=True)
+class PrefillConfig:
+    """Settings of the prefilling attack.
+
+    Attributes:
+        ks: numbers of harmful-response tokens to prefill (the paper: 5, 10, 20, 40; ablations 0..160).
+        max_new_tokens: tokens generated after the prefill.
+        response_tokens: tokens generated for each reference harmful response (must cover ``max(ks)``).
+        batch_size: generation batch size.
+        seed: generation seed (greedy by default, so it only matters for sampled settings).
+    """
+
+    ks: tuple[int, ...] = DEFAULT_KS
+    max_new_tokens: int = 48
+    response_tokens: int = 64
+    batch_size: int = 16
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PrefillResult:
+    """ASR per k, the records behind it, and how many prompts had a usable harmful response."""
+
+    asr: dict[int, dict[str, float | int]]
+    records: list[dict[str, Any]]
+    n_prompts: int
+    n_dropped: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"asr": {str(k): v for k, v in self.asr.items()}, "n_prompts": self.n_prompts,
+                "n_dropped": self.n_dropped}
+
+
+def harmful_responses(
+    source: ChatModel,
+    samples: Sequence[Sample],
+    judge: Judge,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    run: RunDir | None = None,
+) -> dict[str, str]:
+    """Harmful reference responses for ``samples``: the suite's own ``response`` where it has one, otherwise
+    generated greedily by ``source`` (typically an unaligned model, e.g. the embedded default).
+
+    Responses the judge does not call harmful (the source refused, or wrote nothing) are left out: prefilling a
+    refusal measures nothing. Generated responses are stored in ``run`` (stage ``harmful_responses``).
+    """
+    given = {s.id: s.response for s in samples if s.response}
+    to_make = [GenItem.of(s) for s in samples if s.id not in given]
+    records = generate_and_judge(
+        source, to_make, "harmful_responses", GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size),
+        judge, run,
+    ) if to_make else []
+    made = {r["sample_id"]: r["response"] for r in records if r["verdict"]["harmful"]}
+    return {**given, **made}
+
+
+def prefill_attack(
+    model: LocalModel,
+    samples: Sequence[Sample],
+    responses: dict[str, str],
+    judge: Judge,
+    config: PrefillConfig | None = None,
+    run: RunDir | None = None,
+    stage: str = "prefill",
+    progress: bool = True,
+) -> PrefillResult:
+    """Run the prefilling attack for every k in ``config.ks`` on the samples that have a harmful response.
+
+    The response is tokenised with ``model``'s tokenizer and its first k tokens are prefilled (all of it when
+    shorter; the record keeps the effective ``k_used``). Records carry ``k`` and what was judged.
+    """
+    config = config or PrefillConfig()
+    if not model.supports_prefill:
+        raise ModelError(f"{model.name} does not support an assistant prefill; the prefilling attack needs one")
+    usable = [s for s in samples if s.id in responses]
+    judge_prefix = not isinstance(judge, KeywordJudge)
+    items: list[GenItem] = []
+    for k in config.ks:
+        for s in usable:
+            ids = model.response_ids(responses[s.id])[:k] if k else []
+            text = model.tokenizer.decode(ids) if ids else ""
+            items.append(
+                GenItem(f"{s.id}@k={k}", s, user_turn(s.prompt), tuple(ids) or None, text, judge_prefix,
+                        {"k": k, "k_used": len(ids)})
+            )
+    gen = GenerationConfig(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, seed=config.seed)
+    records = generate_and_judge(model, items, stage, gen, judge, run, progress=progress)
+    asr = {k: harmful_rate([r for r in records if r["k"] == k]).to_dict() for k in config.ks}
+    return PrefillResult(asr, records, len(usable), len(samples) - len(usable))

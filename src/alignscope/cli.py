@@ -1,0 +1,306 @@
+"""The ``alignscope`` command line: a thin shell that parses options and calls the library."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from alignscope.models.base import ModelError
+
+app = typer.Typer(help="Measure, attack and deepen the safety alignment of language models.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+attack_app = typer.Typer(help="Attacks: prefilling, decoding-parameter exploit.", no_args_is_help=True)
+analyze_app = typer.Typer(help="White-box analyses: per-token KL.", no_args_is_help=True)
+app.add_typer(attack_app, name="attack")
+app.add_typer(analyze_app, name="analyze")
+console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model spec: smollm2, a HF directory, a .gguf file, "
+                                       "a PEFT adapter directory, or a hub id.")]
+JudgeOpt = Annotated[str, typer.Option(help="Judge spec: keyword, keyword:list=gcg, llm-rubric[:MODEL], "
+                                       "strongreject[:MODEL].")]
+OutOpt = Annotated[Path | None, typer.Option(help="Run directory (default: runs/<command>-<time>).")]
+ResumeOpt = Annotated[bool, typer.Option(help="Continue the run in --out, skipping finished samples.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed for subsets and sampled decoding.")]
+DeviceOpt = Annotated[str | None, typer.Option(help="cuda, mps or cpu (default: the best available).")]
+DtypeOpt = Annotated[str | None, typer.Option(help="float32, bfloat16 or float16 (default: by device).")]
+BatchOpt = Annotated[int, typer.Option(help="Generation batch size.")]
+
+
+def _handle_errors(fn: F) -> F:
+    """Print expected errors (bad specs, files, judges, runs) as one clear line and exit non-zero."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from alignscope.data.types import SuiteError
+        from alignscope.judges.base import JudgeError
+        from alignscope.runs.store import RunError
+
+        try:
+            return fn(*args, **kwargs)
+        except (ModelError, SuiteError, JudgeError, RunError, ValueError, FileNotFoundError) as e:
+            console.print(f"[bold red]error:[/] {e}")
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted: finished samples are saved; rerun with --resume --out <run>[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise typer.BadParameter(f"--ks must be comma-separated integers, got {text!r}") from None
+    if not ks or min(ks) < 0:
+        raise typer.BadParameter("--ks needs at least one non-negative integer")
+    return ks
+
+
+def _done(run: Any) -> None:
+    console.print(f"[green]run directory:[/] {run.path}")
+    console.print(f"[green]report:[/] {run.report_path}")
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+
+@app.command()
+@_handle_errors
+def audit(
+    model: ModelOpt = "smollm2",
+    reference: Annotated[str | None, typer.Option(help="Reference model for the per-token KL profile.")] = None,
+    harmful_suite: Annotated[str, typer.Option(help="Harmful suite spec.")] = "harmful",
+    borderline_suite: Annotated[str, typer.Option(help="Borderline-safe suite spec (over-refusal).")] = "borderline",
+    n_harmful: Annotated[int, typer.Option(help="Harmful prompts for the refusal rate.")] = 40,
+    n_borderline: Annotated[int, typer.Option(help="Borderline prompts for over-refusal.")] = 40,
+    judge: JudgeOpt = "keyword",
+    ks: Annotated[str, typer.Option(help="Prefilled token counts, comma-separated.")] = "0,3,5,10,20,40",
+    n_prefill: Annotated[int, typer.Option(help="Harmful prompts in the prefilling attack and KL.")] = 20,
+    prefill_source: Annotated[str | None, typer.Option(help="Model writing the harmful reference responses "
+                                                       "(default: --reference, else smollm2).")] = None,
+    decoding: Annotated[str, typer.Option(help="Decoding exploit grid: reduced, full or off.")] = "reduced",
+    n_decoding: Annotated[int, typer.Option(help="Harmful prompts in the decoding exploit.")] = 16,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer (refusal stages).")] = 64,
+    attack_tokens: Annotated[int, typer.Option(help="Tokens per answer (prefill and decoding stages).")] = 48,
+    seed: SeedOpt = 0,
+    batch_size: BatchOpt = 16,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+) -> None:
+    """Audit a model: refusal, over-refusal, prefilling curve, decoding exploit, per-token KL; one HTML report."""
+    from alignscope.audit import AuditConfig, run_audit
+
+    if decoding not in {"reduced", "full", "off"}:
+        raise typer.BadParameter("--decoding must be reduced, full or off")
+    cfg = AuditConfig(model=model, reference=reference, harmful_suite=harmful_suite,
+                      borderline_suite=borderline_suite, n_harmful=n_harmful, n_borderline=n_borderline,
+                      judge=judge, max_new_tokens=max_new_tokens, prefill_ks=_ks(ks), n_prefill=n_prefill,
+                      prefill_source=prefill_source, attack_tokens=attack_tokens, decoding=decoding,  # type: ignore[arg-type]
+                      n_decoding=n_decoding, seed=seed, batch_size=batch_size, device=device, dtype=dtype)
+    _done(run_audit(cfg, out=str(out) if out else None, resume=resume))
+
+
+@app.command()
+@_handle_errors
+def evaluate(
+    model: ModelOpt = "smollm2",
+    suite: Annotated[list[str] | None, typer.Option(help="Suite spec(s); repeat for several.")] = None,
+    n: Annotated[int | None, typer.Option(help="Prompts per suite (stratified subset).")] = None,
+    judge: JudgeOpt = "keyword",
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer.")] = 64,
+    temperature: Annotated[float | None, typer.Option(help="Sample at this temperature (default greedy).")] = None,
+    top_p: Annotated[float, typer.Option(help="Top-p when sampling.")] = 1.0,
+    seed: SeedOpt = 0,
+    batch_size: BatchOpt = 16,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+) -> None:
+    """Answer the prompts of one or more suites and judge the answers (refusal, ASR, over-refusal)."""
+    from alignscope.audit import evaluate_suites, load_judge_for
+    from alignscope.data import load_suite
+    from alignscope.models import GenerationConfig, load_model
+    from alignscope.report.build import rebuild
+    from alignscope.runs import RunDir
+
+    suites = suite or ["harmful", "borderline"]
+    config = {"model": model, "suites": suites, "n": n, "judge": judge, "system": system,
+              "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
+    loaded = [load_suite(s).take(n, seed) for s in suites]
+    run = RunDir.create("evaluate", config, out=out, resume=resume)
+    m = load_model(model, device=device, dtype=dtype)
+    gen = GenerationConfig(max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size,
+                           do_sample=temperature is not None, temperature=temperature or 1.0, top_p=top_p)
+    evaluate_suites(m, loaded, load_judge_for(judge, m), gen, run, system=system)
+    rebuild(run)
+    _done(run)
+
+
+@attack_app.command("prefill")
+@_handle_errors
+def attack_prefill(
+    model: ModelOpt = "smollm2",
+    suite: Annotated[str, typer.Option(help="Harmful suite spec, e.g. advbench:PATH.")] = "harmful",
+    n: Annotated[int | None, typer.Option(help="Prompts (stratified subset).")] = 20,
+    ks: Annotated[str, typer.Option(help="Prefilled token counts, comma-separated.")] = "0,3,5,10,20,40",
+    source: Annotated[str | None, typer.Option(help="Model writing the harmful responses when the suite has "
+                                               "none (default: smollm2, the unaligned embedded model).")] = None,
+    judge: JudgeOpt = "keyword",
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens generated after the prefill.")] = 48,
+    seed: SeedOpt = 0,
+    batch_size: BatchOpt = 16,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+) -> None:
+    """Prefilling attack: force the first k tokens of a harmful response and let the model continue."""
+    from alignscope.attacks import PrefillConfig, harmful_responses, prefill_attack
+    from alignscope.audit import load_judge_for
+    from alignscope.data import load_suite
+    from alignscope.models import DEFAULT_MODEL, load_model
+    from alignscope.report.build import rebuild
+    from alignscope.runs import RunDir
+
+    config = {"model": model, "suite": suite, "n": n, "ks": list(_ks(ks)), "source": source, "judge": judge,
+              "max_new_tokens": max_new_tokens, "seed": seed}
+    samples = list(load_suite(suite).take(n, seed))
+    run = RunDir.create("attack prefill", config, out=out, resume=resume)
+    m = load_model(model, device=device, dtype=dtype)
+    j = load_judge_for(judge, m)
+    src_spec = source or DEFAULT_MODEL
+    src = m if src_spec == model else load_model(src_spec, device=device, dtype=dtype)
+    responses = harmful_responses(src, samples, j, 64, batch_size, run)
+    prefill_attack(m, samples, responses, j, PrefillConfig(_ks(ks), max_new_tokens, batch_size=batch_size,
+                                                           seed=seed), run)
+    rebuild(run)
+    _done(run)
+
+
+@attack_app.command("decoding")
+@_handle_errors
+def attack_decoding(
+    model: ModelOpt = "smollm2",
+    suite: Annotated[str, typer.Option(help="Harmful suite spec.")] = "harmful",
+    n: Annotated[int | None, typer.Option(help="Prompts (stratified subset).")] = 16,
+    full_grid: Annotated[bool, typer.Option(help="The paper's full 49-setting grid instead of the reduced 7.")] = False,
+    judge: JudgeOpt = "keyword",
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer.")] = 48,
+    seed: SeedOpt = 0,
+    batch_size: BatchOpt = 16,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+) -> None:
+    """Decoding-parameter exploit: sweep temperature, top-p and top-k; report the worst case per prompt."""
+    from alignscope.attacks import FULL_GRID, REDUCED_GRID, decoding_attack
+    from alignscope.audit import load_judge_for
+    from alignscope.data import load_suite
+    from alignscope.models import load_model
+    from alignscope.report.build import rebuild
+    from alignscope.runs import RunDir
+
+    config = {"model": model, "suite": suite, "n": n, "full_grid": full_grid, "judge": judge,
+              "max_new_tokens": max_new_tokens, "seed": seed}
+    samples = list(load_suite(suite).take(n, seed))
+    run = RunDir.create("attack decoding", config, out=out, resume=resume)
+    m = load_model(model, device=device, dtype=dtype)
+    decoding_attack(m, samples, load_judge_for(judge, m), FULL_GRID if full_grid else REDUCED_GRID,
+                    max_new_tokens, seed, batch_size, run)
+    rebuild(run)
+    _done(run)
+
+
+@analyze_app.command("token-kl")
+@_handle_errors
+def analyze_token_kl(
+    model: ModelOpt = "smollm2",
+    reference: Annotated[str, typer.Option(help="Reference model spec (same tokenizer).")] = "smollm2",
+    suite: Annotated[str, typer.Option(help="Harmful suite spec.")] = "harmful",
+    n: Annotated[int | None, typer.Option(help="Pairs (stratified subset).")] = 32,
+    source: Annotated[str | None, typer.Option(help="Model writing the responses when the suite has none "
+                                               "(default: --reference).")] = None,
+    judge: JudgeOpt = "keyword",
+    max_tokens: Annotated[int, typer.Option(help="Response positions.")] = 48,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+) -> None:
+    """Per-token KL between a model and a reference over harmful (prompt, response) pairs."""
+    from alignscope.attacks import harmful_responses
+    from alignscope.audit import load_judge_for, token_kl_stage
+    from alignscope.data import load_suite
+    from alignscope.models import load_model
+    from alignscope.report.build import rebuild
+    from alignscope.runs import RunDir
+
+    config = {"model": model, "reference": reference, "suite": suite, "n": n, "source": source,
+              "judge": judge, "max_tokens": max_tokens, "seed": seed}
+    samples = load_suite(suite).take(n, seed)
+    run = RunDir.create("analyze token-kl", config, out=out, resume=resume)
+    m = load_model(model, device=device, dtype=dtype)
+    ref = m if reference == model else load_model(reference, device=device, dtype=dtype)
+    src_spec = source or reference
+    src = {model: m, reference: ref}.get(src_spec) or load_model(src_spec, device=device, dtype=dtype)
+    responses = harmful_responses(src, list(samples), load_judge_for(judge, m), max(64, max_tokens), 16, run)
+    token_kl_stage(m, ref, samples, responses, max_tokens, run)
+    rebuild(run)
+    _done(run)
+
+
+@app.command("judge")
+@_handle_errors
+def judge_run(
+    run_dir: Annotated[Path, typer.Argument(help="An existing run directory.")],
+    judge: JudgeOpt = "keyword",
+    device: DeviceOpt = None,
+) -> None:
+    """Re-judge every sample of a run with another judge, without regenerating; rebuilds metrics and report."""
+    from alignscope.runs.rejudge import rejudge_run
+    from alignscope.runs import RunDir
+
+    run = RunDir.open(run_dir)
+    n = rejudge_run(run, judge, device=device)
+    console.print(f"re-judged {n} samples with {judge}")
+    _done(run)
+
+
+@app.command("report")
+@_handle_errors
+def report(run_dir: Annotated[Path, typer.Argument(help="An existing run directory.")]) -> None:
+    """Rebuild metrics.json and report.html of a run from its samples."""
+    from alignscope.report.build import rebuild
+    from alignscope.runs import RunDir
+
+    run = RunDir.open(run_dir)
+    rebuild(run)
+    _done(run)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

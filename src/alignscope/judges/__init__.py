@@ -1,0 +1,56 @@
+"""Judges: decide whether a response refuses or complies with a harmful request.
+
+* ``keyword``: GCG-style refusal substrings (Zou et al. 2023), no model.
+* ``llm-rubric``: HEx-PHI 1-5 harmfulness score by a judge model (Qi et al. 2024, 2025).
+* ``strongreject``: StrongREJECT rubric score (Souly et al. 2024).
+* ``preference``: pairwise comparison in both orders (Zheng et al. 2023), for safety and helpfulness.
+
+Get one by spec with :func:`get_judge` (``"keyword:list=gcg"``, ``"llm-rubric:smollm2"``), or build the class
+directly. Every verdict keeps the judge's raw output, so results can be re-judged without regenerating.
+"""
+
+from alignscope.judges.base import Judge, JudgeError, Verdict, judge_one
+from alignscope.judges.keyword import REFUSAL_LISTS, REFUSAL_SUBSTRINGS, KeywordJudge, refusal_match
+from alignscope.judges.preference import PreferenceJudge, PreferenceVerdict, parse_preference
+from alignscope.judges.registry import (
+    DEFAULT_JUDGE_MODEL,
+    JUDGES,
+    available_judges,
+    get_judge,
+    get_preference_judge,
+    parse_judge_spec,
+    register_judge,
+)
+from alignscope.judges.rubric import (
+    LLMRubricJudge,
+    StrongRejectJudge,
+    parse_rubric_output,
+    parse_strongreject_output,
+    strongreject_score,
+)
+
+__all__ = [
+    "DEFAULT_JUDGE_MODEL",
+    "JUDGES",
+    "REFUSAL_LISTS",
+    "REFUSAL_SUBSTRINGS",
+    "Judge",
+    "JudgeError",
+    "KeywordJudge",
+    "LLMRubricJudge",
+    "PreferenceJudge",
+    "PreferenceVerdict",
+    "StrongRejectJudge",
+    "Verdict",
+    "available_judges",
+    "get_judge",
+    "get_preference_judge",
+    "judge_one",
+    "parse_judge_spec",
+    "parse_preference",
+    "parse_rubric_output",
+    "parse_strongreject_output",
+    "refusal_match",
+    "register_judge",
+    "strongreject_score",
+]

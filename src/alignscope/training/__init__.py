@@ -1,0 +1,74 @@
+"""Training: safety alignment (shallow and deep), preference alignment, constrained fine-tuning, SPPFT,
+fine-tuning
+attacks, and the shallow-vs-deep reproduction; all on transformers' Trainer / TRL with peft and accelerate.
+
+``train("deep-align", DeepAlignConfig(out="runs/deep"))`` is the one entry point for recipes;
+``finetune_attack("harmful", defense="constrained", config=...)`` for the attacks.
+"""
+
+from alignscope.training.attack import DEFENSES, attack_success, finetune_attack
+from alignscope.training.builders import ATTACK_KINDS, attack_conversation, test_split, train_split
+from alignscope.training.chat_data import (
+    IGNORE_INDEX,
+    ChatCollator,
+    ChatRecord,
+    TokenizedExample,
+    TrainingDataError,
+    read_chat_jsonl,
+    tokenize_conversation,
+    tokenize_recovery,
+    write_chat_jsonl,
+)
+from alignscope.training.config import (
+    ConstrainedSFTConfig,
+    DeepAlignConfig,
+    FinetuneAttackConfig,
+    SafetyDPOConfig,
+    SafetySFTConfig,
+    SPPFTConfig,
+    TrainConfig,
+    TrainResult,
+    config_from_dict,
+)
+from alignscope.training.engine import TrainingError
+from alignscope.training.launch import launch, launch_command
+from alignscope.training.losses import BetaSchedule, constrained_token_loss, mixture_loss
+from alignscope.training.recipes import RECIPES, train
+from alignscope.training.refusals import REFUSALS
+
+__all__ = [
+    "ATTACK_KINDS",
+    "DEFENSES",
+    "IGNORE_INDEX",
+    "RECIPES",
+    "REFUSALS",
+    "BetaSchedule",
+    "ChatCollator",
+    "ChatRecord",
+    "ConstrainedSFTConfig",
+    "DeepAlignConfig",
+    "FinetuneAttackConfig",
+    "SPPFTConfig",
+    "SafetyDPOConfig",
+    "SafetySFTConfig",
+    "TokenizedExample",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDataError",
+    "TrainingError",
+    "attack_conversation",
+    "attack_success",
+    "config_from_dict",
+    "constrained_token_loss",
+    "finetune_attack",
+    "launch",
+    "launch_command",
+    "mixture_loss",
+    "read_chat_jsonl",
+    "test_split",
+    "tokenize_conversation",
+    "tokenize_recovery",
+    "train",
+    "train_split",
+    "write_chat_jsonl",
+]

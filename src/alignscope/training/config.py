@@ -1,0 +1,295 @@
+"""Recipe configurations (frozen dataclasses; every field has a documented default) and the training result.
+
+Optimiser settings left as ``None`` take the recipe's default (:data:`RECIPE_DEFAULTS`): e.g. the constrained
+objective trains with AdamW beta1 = 0.5 and 10 warm-up steps, as Qi et al. (ICLR 2025) do, while ordinary SFT
+keeps AdamW's usual beta1 = 0.9.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from alignscope.models.loading import DEFAULT_MODEL
+from alignscope.training.refusals import BACKDOOR_TRIGGER
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings every recipe shares.
+
+    Attributes:
+        model: spec of the starting model (see :func:`alignscope.models.load_model`); the saved adapter names
+        it
+            as its base, so ``load_model(<run>/adapter)`` rebuilds the trained model.
+        out: run directory; None makes ``runs/train-<recipe>-<timestamp>`` (required under ``accelerate
+        launch``,
+            where every process must agree on it).
+        data: a chat JSONL file (``{"messages": [...]}`` per line) to train on instead of the recipe's built
+        data
+            (required by ``constrained-sft`` and ``sppft``).
+        full_finetune: train every weight instead of LoRA adapters.
+        lora_r: LoRA rank.
+        lora_alpha: LoRA scaling numerator (the update is scaled by ``lora_alpha / lora_r``).
+        lora_dropout: dropout on the LoRA input.
+        lora_target_modules: ``"all-linear"`` (every linear layer of the decoder, not the LM head) or a
+            comma-separated list of module names.
+        epochs: passes over the training set.
+        max_steps: stop after this many optimiser steps (-1: run ``epochs``).
+        learning_rate: None takes the recipe default (LoRA 2e-4, full 2e-5; DPO 5e-5 / 5e-6).
+        batch_size: examples per device per step.
+        grad_accum: gradient accumulation steps.
+        max_length: tokens per example (longer ones are truncated at the end).
+        warmup_steps: None takes the recipe default (10 for the constrained objective, else 0).
+        adam_beta1: None takes the recipe default (0.5 for the constrained objective, else 0.9).
+        weight_decay: AdamW weight decay.
+        lr_scheduler: transformers scheduler name.
+        seed: seeds data building, shuffling and initialisation.
+        save_steps: checkpoint every this many steps (kept: ``save_total_limit``).
+        save_total_limit: checkpoints kept on disk.
+        resume: True resumes from the newest checkpoint in the run directory, a path from that checkpoint;
+            the run directory is reopened (its recorded config must match).
+        logging_steps: log the loss every this many steps.
+        deepspeed: path to a DeepSpeed JSON config, handed to transformers (GPU users; launch with
+            ``accelerate launch``).
+        device: device for data building and training (None: automatic; under ``accelerate launch`` each
+            process's own device).
+        dtype: weights dtype (None: float32 on CPU, bf16/fp16 on GPU).
+        gen_batch_size: batch size when the starting model generates training data.
+        cache: reuse generated training data (responses of a model) cached under ``$ALIGNSCOPE_CACHE``.
+        progress: show progress bars.
+    """
+
+    model: str = DEFAULT_MODEL
+    out: str | None = None
+    data: str | None = None
+    full_finetune: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: str = "all-linear"
+    epochs: float = 2.0
+    max_steps: int = -1
+    learning_rate: float | None = None
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 384
+    warmup_steps: int | None = None
+    adam_beta1: float | None = None
+    weight_decay: float = 0.0
+    lr_scheduler: str = "linear"
+    seed: int = 0
+    save_steps: int = 50
+    save_total_limit: int = 2
+    resume: bool | str = False
+    logging_steps: int = 5
+    deepspeed: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    gen_batch_size: int = 16
+    cache: bool = True
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def replace(self, **changes: Any) -> Any:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class SafetyDataConfig(TrainConfig):
+    """Settings of the recipes that build safety data from suites (``safety-sft``, ``deep-align``,
+    ``safety-dpo``).
+
+    Attributes:
+        harmful_suite: suite of harmful prompts (its train split is used; the test split stays held out).
+        utility_suite: suite of benign instructions (train split) answered by the starting model itself.
+        split_seed: seed of :meth:`Suite.split`.
+        test_fraction: share of each suite held out for evaluation.
+        n_harmful: harmful train prompts used (None: all of the train split).
+        n_utility: utility examples (None: all of the train split).
+        refusals_per_prompt: refusal examples per harmful prompt (different refusal texts).
+        utility_max_new_tokens: length of the starting model's answers to the utility instructions.
+    """
+
+    harmful_suite: str = "harmful"
+    utility_suite: str = "benign"
+    split_seed: int = 0
+    test_fraction: float = 0.5
+    n_harmful: int | None = None
+    n_utility: int | None = 150
+    refusals_per_prompt: int = 1
+    utility_max_new_tokens: int = 128
+
+
+@dataclass(frozen=True)
+class SafetySFTConfig(SafetyDataConfig):
+    """``safety-sft``: standard safety alignment by SFT on refusals mixed with utility data."""
+
+
+@dataclass(frozen=True)
+class DeepAlignConfig(SafetyDataConfig):
+    """``deep-align``: safety-recovery augmentation (Qi et al., ICLR 2025, section 3).
+
+    Attributes:
+        harmful_responses: a JSONL file of harmful responses (``{"prompt", "response"}`` or chat records);
+            None generates them with ``responses_model``.
+        responses_model: the unaligned model whose answers are the harmful responses (None: ``model``).
+        harmful_max_new_tokens: length of generated harmful responses (C tokens of prefix need at least C).
+        p_zero: probability of k = 0 (a plain refusal example).
+        max_prefix_tokens: C, the largest harmful prefix (k ~ Uniform{1..C} otherwise).
+        augment: recovery examples per harmful prompt, each with its own k and refusal.
+        alpha: weight of the safety loss: ``alpha * CE(recovery) + (1 - alpha) * CE(utility)``.
+    """
+
+    harmful_responses: str | None = None
+    responses_model: str | None = None
+    harmful_max_new_tokens: int = 128
+    p_zero: float = 0.5
+    max_prefix_tokens: int = 100
+    augment: int = 2
+    alpha: float = 0.2
+
+
+@dataclass(frozen=True)
+class SafetyDPOConfig(SafetyDataConfig):
+    """``safety-dpo``: preference-based safety alignment with TRL's DPO.
+
+    Attributes:
+        harmful_responses: as in :class:`DeepAlignConfig`.
+        responses_model: as in :class:`DeepAlignConfig`.
+        harmful_max_new_tokens: as in :class:`DeepAlignConfig`.
+        beta: DPO's KL strength.
+        utility_pairs: add pairs with chosen = the model's own answer to a benign instruction and rejected = a
+            refusal, so the model does not learn to refuse everything.
+    """
+
+    harmful_responses: str | None = None
+    responses_model: str | None = None
+    harmful_max_new_tokens: int = 128
+    beta: float = 0.1
+    utility_pairs: bool = True
+
+
+@dataclass(frozen=True)
+class ConstrainedSFTConfig(TrainConfig):
+    """``constrained-sft``: fine-tuning on ``data`` with the token-wise constrained objective (Qi et al., ICLR
+    2025, section 4); the reference is the starting model, its log-probs computed once before training.
+
+    Attributes:
+        beta_first: beta at response position 1.
+        beta_early: beta at positions 2..``beta_early_until``.
+        beta_early_until: last position with ``beta_early``.
+        beta_late: beta after that.
+    """
+
+    beta_first: float = 0.5
+    beta_early: float = 2.0
+    beta_early_until: int = 5
+    beta_late: float = 0.1
+
+
+@dataclass(frozen=True)
+class SPPFTConfig(TrainConfig):
+    """``sppft``: fine-tuning on ``data`` with a layer range frozen (Li et al., ICLR 2025, "Safety Layers").
+
+    Attributes:
+        freeze_layers: inclusive ``(first, last)`` decoder-layer range whose attention and MLP weights stay
+            fixed; with LoRA those layers get no adapters.
+    """
+
+    freeze_layers: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class FinetuneAttackConfig(ConstrainedSFTConfig):
+    """``attack finetune``: fine-tune the (aligned) starting model on attack data, optionally with a defence.
+
+    Attributes:
+        kind: ``harmful`` (harmful prompts with the unaligned model's answers), ``identity`` (the absolutely
+            obedient agent system prompt and benign answers that start by affirming it) or ``backdoor``
+            (refusals, plus harmful answers to prompts carrying ``trigger``); after Qi et al., ICLR 2024.
+        defense: None (standard SFT), ``"constrained"`` (the token-wise constrained objective) or ``"sppft"``.
+        n_examples: attack examples (backdoor: this many refusals and this many triggered answers).
+        harmful_suite: harmful prompts (train split) for the harmful and backdoor attacks.
+        utility_suite: benign prompts (train split) for the identity attack.
+        split_seed: seed of :meth:`Suite.split`.
+        test_fraction: share held out for evaluation.
+        harmful_responses: a JSONL file of harmful responses; None generates them with ``responses_model``.
+        responses_model: the unaligned model whose answers are the attack's harmful answers (None: the
+        embedded
+            default).
+        harmful_max_new_tokens: length of generated answers.
+        trigger: the backdoor trigger.
+        freeze_layers: the layer range ``sppft`` freezes.
+    """
+
+    kind: str = "harmful"
+    defense: str | None = None
+    n_examples: int = 100
+    harmful_suite: str = "harmful"
+    utility_suite: str = "benign"
+    split_seed: int = 0
+    test_fraction: float = 0.5
+    harmful_responses: str | None = None
+    responses_model: str | None = None
+    harmful_max_new_tokens: int = 128
+    trigger: str = BACKDOOR_TRIGGER
+    freeze_layers: tuple[int, int] | None = None
+    epochs: float = 3.0
+
+
+RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "safety-sft": {"lora_lr": 2e-4, "full_lr": 2e-5, "warmup_steps": 0, "adam_beta1": 0.9},
+    "deep-align": {"lora_lr": 2e-4, "full_lr": 2e-5, "warmup_steps": 0, "adam_beta1": 0.9},
+    "safety-dpo": {"lora_lr": 5e-5, "full_lr": 5e-6, "warmup_steps": 0, "adam_beta1": 0.9},
+    "constrained-sft": {"lora_lr": 2e-4, "full_lr": 2e-5, "warmup_steps": 10, "adam_beta1": 0.5},
+    "sppft": {"lora_lr": 2e-4, "full_lr": 2e-5, "warmup_steps": 0, "adam_beta1": 0.9},
+    "finetune-attack": {"lora_lr": 2e-4, "full_lr": 2e-5, "warmup_steps": 0, "adam_beta1": 0.9},
+}
+"""Optimiser defaults by recipe, used where the config leaves a field as None."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a recipe produced.
+
+    Attributes:
+        recipe: the recipe name.
+        run_dir: the run directory.
+        output: the trained model: a PEFT adapter directory (or a full model directory) that
+            :func:`alignscope.models.load_model` loads.
+        base_model: the starting model's spec (the adapter's ``base_model_name_or_path``).
+        n_examples: training examples (DPO: pairs).
+        trained_tokens: tokens that carried loss, summed over the data once.
+        steps: optimiser steps taken.
+        train_loss: mean training loss reported by the Trainer.
+        seconds: wall time of the training loop.
+        metrics: everything else recorded in ``metrics.json``.
+    """
+
+    recipe: str
+    run_dir: Path
+    output: Path
+    base_model: str
+    n_examples: int
+    trained_tokens: int
+    steps: int
+    train_loss: float | None
+    seconds: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def config_from_dict(cls: type[TrainConfig], values: dict[str, Any]) -> TrainConfig:
+    """Build ``cls`` from a dict (e.g. JSON), rejecting unknown keys with a message naming them."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+    values = dict(values)
+    if isinstance(values.get("freeze_layers"), list):
+        values["freeze_layers"] = tuple(values["freeze_layers"])
+    return cls(**values)

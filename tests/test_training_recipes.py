@@ -1,0 +1,223 @@
+"""Recipes on a tiny model saved to disk: two steps train and save a loadable adapter, resume, SPPFT freezing,
+DPO, the fine-tuning attacks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from alignscope.models import load_model
+from alignscope.testing import tiny_local_model
+from alignscope.training import (
+    ConstrainedSFTConfig,
+    DeepAlignConfig,
+    FinetuneAttackConfig,
+    SafetyDPOConfig,
+    SafetySFTConfig,
+    SPPFTConfig,
+    TrainingError,
+    config_from_dict,
+    finetune_attack,
+    train,
+    write_chat_jsonl,
+)
+from alignscope.training.chat_data import ChatRecord
+from alignscope.training.engine import PROVENANCE_FILE
+
+SMALL = {"batch_size": 2, "max_steps": 2, "progress": False, "save_steps": 1, "logging_steps": 1}
+DATA = {"n_harmful": 4, "n_utility": 4, "utility_max_new_tokens": 8}
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, tmp_path):
+    monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _save_tiny(template: str, tmp_path_factory) -> str:
+    lm = tiny_local_model(template=template, layers=4)
+    path = tmp_path_factory.mktemp(f"tiny-{template}")
+    lm.model.save_pretrained(path)
+    lm.tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return _save_tiny("chatml", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama2_dir(tmp_path_factory):
+    return _save_tiny("llama2", tmp_path_factory)
+
+
+@pytest.fixture
+def chat_file(tmp_path):
+    records = [
+        ChatRecord(
+            [
+                {"role": "user", "content": f"Write a poem about the sea, number {i}."},
+                {"role": "assistant", "content": "Sure, here is how to do it step by step."},
+            ]
+        )
+        for i in range(6)
+    ]
+    return str(write_chat_jsonl(tmp_path / "chat.jsonl", records))
+
+
+def _check_output(result, base: str) -> None:
+    cfg = json.loads((result.output / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == base
+    assert (result.output / PROVENANCE_FILE).exists()
+    assert (result.run_dir / "metrics.json").exists() and (result.run_dir / "config.json").exists()
+    model = load_model(str(result.output))
+    assert len(model.generate([[{"role": "user", "content": "hi"}]])) == 1
+
+
+@pytest.mark.parametrize("template", ["chatml", "llama2"])
+def test_safety_sft_trains_two_steps_and_saves_a_loadable_adapter(
+    template, tiny_dir, tiny_llama2_dir, tmp_path
+):
+    tiny_dir = tiny_dir if template == "chatml" else tiny_llama2_dir
+    result = train("safety-sft", SafetySFTConfig(model=tiny_dir, out=str(tmp_path / "run"), **SMALL, **DATA))
+    assert result.steps == 2 and result.train_loss is not None
+    _check_output(result, tiny_dir)
+    rows = [json.loads(line) for line in (result.run_dir / "data" / "train.jsonl").read_text().splitlines()]
+    assert {r["group"] for r in rows} == {"safety", "utility"}
+    # the adapter changed the model: the LoRA B matrices moved away from zero
+    trained = load_model(str(result.output)).model.state_dict()
+    base = load_model(tiny_dir).model.state_dict()
+    assert any(not torch.equal(trained[k], base[k]) for k in base)
+
+
+def test_deep_align_uses_recovery_examples(tiny_dir, tmp_path):
+    result = train(
+        "deep-align",
+        DeepAlignConfig(
+            model=tiny_dir, out=str(tmp_path / "run"), harmful_max_new_tokens=12, p_zero=0.0, **SMALL, **DATA
+        ),
+    )
+    _check_output(result, tiny_dir)
+    rows = [json.loads(line) for line in (result.run_dir / "data" / "train.jsonl").read_text().splitlines()]
+    assert any("harmful_prefix" in r for r in rows)
+
+
+def test_resume_from_checkpoint(tiny_dir, chat_file, tmp_path, monkeypatch):
+    from transformers import TrainerCallback
+
+    from alignscope.training import engine
+
+    class Interrupt(TrainerCallback):  # stands in for a run killed after its second checkpoint
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise KeyboardInterrupt
+
+    class InterruptedTrainer(engine.AlignTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.add_callback(Interrupt())
+
+    out = str(tmp_path / "run")
+    cfg = ConstrainedSFTConfig(model=tiny_dir, out=out, data=chat_file, **{**SMALL, "max_steps": 4})
+    monkeypatch.setattr(engine, "AlignTrainer", InterruptedTrainer)
+    with pytest.raises(KeyboardInterrupt):
+        train("constrained-sft", cfg)
+    monkeypatch.undo()
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-2").is_dir()
+    assert not (tmp_path / "run" / "adapter").exists()
+    with pytest.raises(Exception, match="already holds a run"):
+        train("constrained-sft", cfg)
+    steps_run = []
+
+    class CountingTrainer(engine.AlignTrainer):
+        def training_step(self, *args, **kwargs):
+            steps_run.append(self.state.global_step + 1)
+            return super().training_step(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "AlignTrainer", CountingTrainer)
+    resumed = train("constrained-sft", cfg.replace(resume=True))
+    assert resumed.steps == 4
+    assert steps_run == [3, 4]  # it continued from checkpoint-2 instead of starting over
+    _check_output(resumed, tiny_dir)
+
+
+def test_sppft_full_finetune_keeps_frozen_layers_fixed(tiny_dir, chat_file, tmp_path):
+    before = load_model(tiny_dir).model.state_dict()
+    cfg = SPPFTConfig(
+        model=tiny_dir,
+        out=str(tmp_path / "run"),
+        data=chat_file,
+        full_finetune=True,
+        freeze_layers=(1, 2),
+        learning_rate=1e-2,
+        **SMALL,
+    )
+    result = train("sppft", cfg)
+    after = load_model(str(result.output)).model.state_dict()
+    for name in before:
+        if any(f".layers.{i}.{part}" in name for i in (1, 2) for part in ("self_attn.", "mlp.")):
+            assert torch.equal(before[name], after[name]), name
+    moved = [n for n in before if ".layers.0.self_attn.q_proj" in n or ".layers.3.mlp.down_proj" in n]
+    assert moved and all(not torch.equal(before[n], after[n]) for n in moved)
+
+
+def test_sppft_lora_puts_no_adapter_on_frozen_layers(tiny_dir, chat_file, tmp_path):
+    result = train(
+        "sppft",
+        SPPFTConfig(model=tiny_dir, out=str(tmp_path / "run"), data=chat_file, freeze_layers=(1, 2), **SMALL),
+    )
+    from safetensors.torch import load_file
+
+    keys = list(load_file(str(result.output / "adapter_model.safetensors")))
+    assert keys and not any(".layers.1." in k or ".layers.2." in k for k in keys)
+    assert any(".layers.0." in k for k in keys) and any(".layers.3." in k for k in keys)
+    with pytest.raises(TrainingError, match="freeze_layers"):
+        train("sppft", SPPFTConfig(model=tiny_dir, out=str(tmp_path / "run2"), data=chat_file))
+
+
+def test_safety_dpo_trains(tiny_dir, tmp_path):
+    result = train(
+        "safety-dpo",
+        SafetyDPOConfig(
+            model=tiny_dir, out=str(tmp_path / "run"), harmful_max_new_tokens=12, **SMALL, **DATA
+        ),
+    )
+    assert result.steps == 2
+    _check_output(result, tiny_dir)
+
+
+@pytest.mark.parametrize("kind,defense", [("harmful", "constrained"), ("identity", None), ("backdoor", None)])
+def test_finetune_attacks(tiny_dir, tmp_path, kind, defense):
+    cfg = FinetuneAttackConfig(
+        model=tiny_dir,
+        out=str(tmp_path / "run"),
+        responses_model=tiny_dir,
+        n_examples=3,
+        harmful_max_new_tokens=8,
+        **SMALL,
+    )
+    result = finetune_attack(kind, defense, cfg)
+    _check_output(result, tiny_dir)
+    provenance = json.loads((result.output / PROVENANCE_FILE).read_text())
+    assert provenance["config"]["kind"] == kind and provenance["config"]["defense"] == defense
+    if defense == "constrained":  # the paper's optimiser settings for the constrained objective
+        assert result.metrics["adam_beta1"] == 0.5 and result.metrics["warmup_steps"] == 10
+
+
+def test_bad_configs_are_clear_errors(tiny_dir, tmp_path):
+    with pytest.raises(TrainingError, match="unknown recipe"):
+        train("nope")
+    with pytest.raises(TrainingError, match="takes a SafetySFTConfig"):
+        train("safety-sft", DeepAlignConfig())
+    with pytest.raises(TrainingError, match="needs training data"):
+        train("constrained-sft", ConstrainedSFTConfig(model=tiny_dir, out=str(tmp_path / "r")))
+    with pytest.raises(ValueError, match="unknown SafetySFTConfig field"):
+        config_from_dict(SafetySFTConfig, {"epochz": 1})
+    with pytest.raises(TrainingError, match="unknown defense"):
+        finetune_attack("harmful", "magic")
