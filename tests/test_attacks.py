@@ -51,8 +51,9 @@ def test_prefill_uses_exactly_k_response_tokens(tmp_path: Path) -> None:
     model = tiny_local_model()
     responses = {s.id: "Sure, here is how to do it step by step." for s in SAMPLES}
     judge = CountingJudge()
-    res = prefill_attack(model, SAMPLES, responses, judge, PrefillConfig(ks=(0, 3, 50), max_new_tokens=4),
-                         progress=False)
+    res = prefill_attack(
+        model, SAMPLES, responses, judge, PrefillConfig(ks=(0, 3, 50), max_new_tokens=4), progress=False
+    )
     by_k = {k: [r for r in res.records if r["k"] == k] for k in (0, 3, 50)}
     full = len(model.response_ids(responses["h0"]))
     assert all(r["k_used"] == 0 and r["prefill"] == "" for r in by_k[0])
@@ -67,10 +68,16 @@ def test_prefill_uses_exactly_k_response_tokens(tmp_path: Path) -> None:
 def test_prefill_with_keyword_judge_reads_continuation() -> None:
     model = tiny_local_model()
     responses = {"h0": "Sure, here is how to do it step by step."}
-    res = prefill_attack(model, SAMPLES[:1], responses, KeywordJudge(), PrefillConfig(ks=(5,), max_new_tokens=3),
-                         progress=False)
+    res = prefill_attack(
+        model,
+        SAMPLES[:1],
+        responses,
+        KeywordJudge(),
+        PrefillConfig(ks=(5,), max_new_tokens=3),
+        progress=False,
+    )
     rec = res.records[0]
-    assert rec["judged_text"] == rec["response"] and rec["judged"] == "response"
+    assert rec["judged_text"] == rec["response"] and rec["judged"] == "continuation"
     assert res.n_dropped == 0
 
 

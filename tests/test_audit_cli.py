@@ -33,9 +33,30 @@ def tiny_ref_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _audit_args(model: Path, out: Path, *extra: str) -> list[str]:
-    return ["audit", "--model", str(model), "--prefill-source", str(model), "--n-harmful", "4",
-            "--n-borderline", "3", "--n-prefill", "3", "--n-decoding", "2", "--ks", "0,2",
-            "--max-new-tokens", "4", "--attack-tokens", "3", "--out", str(out), *extra]
+    return [
+        "audit",
+        "--model",
+        str(model),
+        "--prefill-source",
+        str(model),
+        "--n-harmful",
+        "4",
+        "--n-borderline",
+        "3",
+        "--n-prefill",
+        "3",
+        "--n-decoding",
+        "2",
+        "--ks",
+        "0,2",
+        "--max-new-tokens",
+        "4",
+        "--attack-tokens",
+        "3",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def test_audit_end_to_end_and_resume(tiny_dir: Path, tiny_ref_dir: Path, tmp_path: Path) -> None:
@@ -45,7 +66,10 @@ def test_audit_end_to_end_and_resume(tiny_dir: Path, tiny_ref_dir: Path, tmp_pat
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) >= {"evaluate", "prefill", "decoding", "token_kl"}
     harmful = metrics["evaluate"]["harmful[4]"]
-    assert harmful["harmful"]["n"] == 4 and 0 <= harmful["harmful"]["ci_low"] <= harmful["harmful"]["ci_high"] <= 1
+    assert (
+        harmful["harmful"]["n"] == 4
+        and 0 <= harmful["harmful"]["ci_low"] <= harmful["harmful"]["ci_high"] <= 1
+    )
     html = (out / "report.html").read_text()
     assert "Prefilling attack" in html and "data:image/png;base64," in html and "Per-token KL" in html
     assert str(tiny_dir) in html  # every section names the model
@@ -83,31 +107,97 @@ def test_missing_model_path(tmp_path: Path) -> None:
 def test_malformed_suite_names_the_row(tiny_dir: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("goal,target\nok prompt,Sure\n,Sure here\n")
-    res = runner.invoke(app, ["attack", "prefill", "--model", str(tiny_dir), "--suite", f"advbench:{bad}",
-                              "--out", str(tmp_path / "r")])
+    res = runner.invoke(
+        app,
+        [
+            "attack",
+            "prefill",
+            "--model",
+            str(tiny_dir),
+            "--suite",
+            f"advbench:{bad}",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+    )
     assert res.exit_code == 2
     assert "bad.csv" in res.output and "3" in res.output
 
 
 def test_unknown_judge(tiny_dir: Path, tmp_path: Path) -> None:
-    res = runner.invoke(app, ["evaluate", "--model", str(tiny_dir), "--judge", "nonsense",
-                              "--out", str(tmp_path / "r")])
+    res = runner.invoke(
+        app, ["evaluate", "--model", str(tiny_dir), "--judge", "nonsense", "--out", str(tmp_path / "r")]
+    )
     assert res.exit_code == 2 and "nonsense" in res.output and "keyword" in res.output
 
 
-def test_evaluate_prefill_decoding_and_token_kl_commands(tiny_dir: Path, tiny_ref_dir: Path, tmp_path: Path) -> None:
+def test_evaluate_prefill_decoding_and_token_kl_commands(
+    tiny_dir: Path, tiny_ref_dir: Path, tmp_path: Path
+) -> None:
     common = ["--model", str(tiny_dir)]
-    res = runner.invoke(app, ["evaluate", *common, "--suite", "harmful", "--suite", "benign", "--n", "2",
-                              "--max-new-tokens", "3", "--out", str(tmp_path / "e")])
+    res = runner.invoke(
+        app,
+        [
+            "evaluate",
+            *common,
+            "--suite",
+            "harmful",
+            "--suite",
+            "benign",
+            "--n",
+            "2",
+            "--max-new-tokens",
+            "3",
+            "--out",
+            str(tmp_path / "e"),
+        ],
+    )
     assert res.exit_code == 0, res.output
-    assert set(json.loads((tmp_path / "e" / "metrics.json").read_text())["evaluate"]) == {"harmful[2]", "benign[2]"}
-    res = runner.invoke(app, ["attack", "prefill", *common, "--source", str(tiny_dir), "--n", "2", "--ks", "0,1",
-                              "--max-new-tokens", "2", "--out", str(tmp_path / "p")])
+    assert set(json.loads((tmp_path / "e" / "metrics.json").read_text())["evaluate"]) == {
+        "harmful[2]",
+        "benign[2]",
+    }
+    res = runner.invoke(
+        app,
+        [
+            "attack",
+            "prefill",
+            *common,
+            "--source",
+            str(tiny_dir),
+            "--n",
+            "2",
+            "--ks",
+            "0,1",
+            "--max-new-tokens",
+            "2",
+            "--out",
+            str(tmp_path / "p"),
+        ],
+    )
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["attack", "decoding", *common, "--n", "2", "--max-new-tokens", "2",
-                              "--out", str(tmp_path / "d")])
+    res = runner.invoke(
+        app,
+        ["attack", "decoding", *common, "--n", "2", "--max-new-tokens", "2", "--out", str(tmp_path / "d")],
+    )
     assert res.exit_code == 0, res.output
     assert "worst_case" in json.loads((tmp_path / "d" / "metrics.json").read_text())["decoding"]
-    res = runner.invoke(app, ["analyze", "token-kl", *common, "--reference", str(tiny_ref_dir), "--source",
-                              str(tiny_dir), "--n", "3", "--max-tokens", "5", "--out", str(tmp_path / "k")])
+    res = runner.invoke(
+        app,
+        [
+            "analyze",
+            "token-kl",
+            *common,
+            "--reference",
+            str(tiny_ref_dir),
+            "--source",
+            str(tiny_dir),
+            "--n",
+            "3",
+            "--max-tokens",
+            "5",
+            "--out",
+            str(tmp_path / "k"),
+        ],
+    )
     assert res.exit_code == 0, res.output

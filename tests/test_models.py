@@ -17,7 +17,7 @@ def test_missing_model_path_names_it(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"nope\.gguf"):
         load_model(str(tmp_path / "nope.gguf"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelError, match="no config.json"):
+    with pytest.raises(ModelError, match=r"no config\.json"):
         load_model(str(tmp_path / "empty"))
 
 

@@ -48,7 +48,9 @@ def test_existing_run_needs_resume_and_same_config(tmp_path: Path) -> None:
 
 def test_malformed_line_in_the_middle_names_it(tmp_path: Path) -> None:
     run = RunDir.create("evaluate", {}, out=tmp_path / "r")
-    (tmp_path / "r" / "samples.jsonl").write_text('{"stage":"s","key":"a"}\nnot json\n{"stage":"s","key":"b"}\n')
+    (tmp_path / "r" / "samples.jsonl").write_text(
+        '{"stage":"s","key":"a"}\nnot json\n{"stage":"s","key":"b"}\n'
+    )
     with pytest.raises(RunError, match=r"samples.jsonl:2"):
         run.records()
 

@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from alignscope.analysis.token_kl import per_token_kl
 from alignscope.attacks.decoding import FULL_GRID, REDUCED_GRID, decoding_attack
 from alignscope.attacks.prefill import DEFAULT_KS, PrefillConfig, harmful_responses, prefill_attack
 from alignscope.attacks.stage import GenItem, generate_and_judge
-from alignscope.analysis.token_kl import per_token_kl
 from alignscope.data import Suite, load_suite
 from alignscope.judges import Judge, get_judge
 from alignscope.judges.registry import DEFAULT_JUDGE_MODEL, JUDGES, parse_judge_spec
@@ -132,21 +132,41 @@ def run_audit(
     harmful = load_suite(config.harmful_suite)
     borderline = load_suite(config.borderline_suite)
 
-    gen = GenerationConfig(max_new_tokens=config.max_new_tokens, seed=config.seed, batch_size=config.batch_size)
-    evaluate_suites(model, [harmful.take(config.n_harmful, config.seed),
-                            borderline.take(config.n_borderline, config.seed)], judge, gen, run, progress)
+    gen = GenerationConfig(
+        max_new_tokens=config.max_new_tokens, seed=config.seed, batch_size=config.batch_size
+    )
+    evaluate_suites(
+        model,
+        [harmful.take(config.n_harmful, config.seed), borderline.take(config.n_borderline, config.seed)],
+        judge,
+        gen,
+        run,
+        progress,
+    )
 
     attack_set = harmful.take(config.n_prefill, config.seed)
     source_spec = config.prefill_source or config.reference or DEFAULT_MODEL
-    responses = harmful_responses(pool.get(source_spec), list(attack_set), judge, max(config.kl_tokens, 64),
-                                  config.batch_size, run)
-    pcfg = PrefillConfig(config.prefill_ks, config.attack_tokens, batch_size=config.batch_size, seed=config.seed)
+    responses = harmful_responses(
+        pool.get(source_spec), list(attack_set), judge, max(config.kl_tokens, 64), config.batch_size, run
+    )
+    pcfg = PrefillConfig(
+        config.prefill_ks, config.attack_tokens, batch_size=config.batch_size, seed=config.seed
+    )
     prefill_attack(model, list(attack_set), responses, judge, pcfg, run, progress=progress)
 
     if config.decoding != "off":
         grid = FULL_GRID if config.decoding == "full" else REDUCED_GRID
-        decoding_attack(model, list(harmful.take(config.n_decoding, config.seed)), judge, grid,
-                        config.attack_tokens, config.seed, config.batch_size, run, progress=progress)
+        decoding_attack(
+            model,
+            list(harmful.take(config.n_decoding, config.seed)),
+            judge,
+            grid,
+            config.attack_tokens,
+            config.seed,
+            config.batch_size,
+            run,
+            progress=progress,
+        )
 
     if config.reference is not None:
         token_kl_stage(model, pool.get(config.reference), attack_set, responses, config.kl_tokens, run)
@@ -164,8 +184,11 @@ def evaluate_suites(
     system: str | None = None,
 ) -> list[dict[str, Any]]:
     """Answer every prompt of ``suites`` and judge it (stage ``evaluate``; records carry ``suite``)."""
-    items = [GenItem(f"{s.name}:{x.id}", x, user_turn(x.prompt, system), extra={"suite": s.name})
-             for s in suites for x in s]
+    items = [
+        GenItem(f"{s.name}:{x.id}", x, user_turn(x.prompt, system), extra={"suite": s.name})
+        for s in suites
+        for x in s
+    ]
     return generate_and_judge(model, items, "evaluate", gen, judge, run, progress=progress)
 
 
@@ -186,13 +209,22 @@ def token_kl_stage(
     if not pairs:
         log.warning("no harmful responses available: per-token KL skipped")
         return {}
-    kl = per_token_kl(model, reference, [user_turn(s.prompt) for s, _ in pairs], [r for _, r in pairs], max_tokens)
+    kl = per_token_kl(
+        model, reference, [user_turn(s.prompt) for s, _ in pairs], [r for _, r in pairs], max_tokens
+    )
     rec = {"stage": "token_kl", "key": key, "suite": suite.name, **kl.to_dict()}
     run.append(rec)
     return rec
 
 
-def load_pair_responses(model: LocalModel, suite: Suite, judge: Judge, run: RunDir, source: LocalModel | None,
-                        max_new_tokens: int = 64, batch_size: int = 16) -> dict[str, str]:
+def load_pair_responses(
+    model: LocalModel,
+    suite: Suite,
+    judge: Judge,
+    run: RunDir,
+    source: LocalModel | None,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+) -> dict[str, str]:
     """Harmful responses for prefilling/KL: the suite's own when it has them, else written by ``source``."""
     return harmful_responses(source or model, list(suite), judge, max_new_tokens, batch_size, run)

@@ -14,8 +14,11 @@ from rich.console import Console
 
 from alignscope.models.base import ModelError
 
-app = typer.Typer(help="Measure, attack and deepen the safety alignment of language models.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Measure, attack and deepen the safety alignment of language models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 attack_app = typer.Typer(help="Attacks: prefilling, decoding-parameter exploit.", no_args_is_help=True)
 analyze_app = typer.Typer(help="White-box analyses: per-token KL.", no_args_is_help=True)
 app.add_typer(attack_app, name="attack")
@@ -24,10 +27,17 @@ console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model spec: smollm2, a HF directory, a .gguf file, "
-                                       "a PEFT adapter directory, or a hub id.")]
-JudgeOpt = Annotated[str, typer.Option(help="Judge spec: keyword, keyword:list=gcg, llm-rubric[:MODEL], "
-                                       "strongreject[:MODEL].")]
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model spec: smollm2, a HF directory, a .gguf file, a PEFT adapter directory, or a hub id.",
+    ),
+]
+JudgeOpt = Annotated[
+    str, typer.Option(help="Judge spec: keyword, keyword:list=gcg, llm-rubric[:MODEL], strongreject[:MODEL].")
+]
 OutOpt = Annotated[Path | None, typer.Option(help="Run directory (default: runs/<command>-<time>).")]
 ResumeOpt = Annotated[bool, typer.Option(help="Continue the run in --out, skipping finished samples.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed for subsets and sampled decoding.")]
@@ -51,7 +61,9 @@ def _handle_errors(fn: F) -> F:
             console.print(f"[bold red]error:[/] {e}")
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            console.print("[yellow]interrupted: finished samples are saved; rerun with --resume --out <run>[/]")
+            console.print(
+                "[yellow]interrupted: finished samples are saved; rerun with --resume --out <run>[/]"
+            )
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
@@ -73,8 +85,12 @@ def _done(run: Any) -> None:
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if not verbose:
         from transformers.utils import logging as hf_logging
 
@@ -86,16 +102,24 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log prog
 @_handle_errors
 def audit(
     model: ModelOpt = "smollm2",
-    reference: Annotated[str | None, typer.Option(help="Reference model for the per-token KL profile.")] = None,
+    reference: Annotated[
+        str | None, typer.Option(help="Reference model for the per-token KL profile.")
+    ] = None,
     harmful_suite: Annotated[str, typer.Option(help="Harmful suite spec.")] = "harmful",
-    borderline_suite: Annotated[str, typer.Option(help="Borderline-safe suite spec (over-refusal).")] = "borderline",
+    borderline_suite: Annotated[
+        str, typer.Option(help="Borderline-safe suite spec (over-refusal).")
+    ] = "borderline",
     n_harmful: Annotated[int, typer.Option(help="Harmful prompts for the refusal rate.")] = 40,
     n_borderline: Annotated[int, typer.Option(help="Borderline prompts for over-refusal.")] = 40,
     judge: JudgeOpt = "keyword",
     ks: Annotated[str, typer.Option(help="Prefilled token counts, comma-separated.")] = "0,3,5,10,20,40",
     n_prefill: Annotated[int, typer.Option(help="Harmful prompts in the prefilling attack and KL.")] = 20,
-    prefill_source: Annotated[str | None, typer.Option(help="Model writing the harmful reference responses "
-                                                       "(default: --reference, else smollm2).")] = None,
+    prefill_source: Annotated[
+        str | None,
+        typer.Option(
+            help="Model writing the harmful reference responses (default: --reference, else smollm2)."
+        ),
+    ] = None,
     decoding: Annotated[str, typer.Option(help="Decoding exploit grid: reduced, full or off.")] = "reduced",
     n_decoding: Annotated[int, typer.Option(help="Harmful prompts in the decoding exploit.")] = 16,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer (refusal stages).")] = 64,
@@ -112,11 +136,26 @@ def audit(
 
     if decoding not in {"reduced", "full", "off"}:
         raise typer.BadParameter("--decoding must be reduced, full or off")
-    cfg = AuditConfig(model=model, reference=reference, harmful_suite=harmful_suite,
-                      borderline_suite=borderline_suite, n_harmful=n_harmful, n_borderline=n_borderline,
-                      judge=judge, max_new_tokens=max_new_tokens, prefill_ks=_ks(ks), n_prefill=n_prefill,
-                      prefill_source=prefill_source, attack_tokens=attack_tokens, decoding=decoding,  # type: ignore[arg-type]
-                      n_decoding=n_decoding, seed=seed, batch_size=batch_size, device=device, dtype=dtype)
+    cfg = AuditConfig(
+        model=model,
+        reference=reference,
+        harmful_suite=harmful_suite,
+        borderline_suite=borderline_suite,
+        n_harmful=n_harmful,
+        n_borderline=n_borderline,
+        judge=judge,
+        max_new_tokens=max_new_tokens,
+        prefill_ks=_ks(ks),
+        n_prefill=n_prefill,
+        prefill_source=prefill_source,
+        attack_tokens=attack_tokens,
+        decoding=decoding,  # type: ignore[arg-type]
+        n_decoding=n_decoding,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+    )
     _done(run_audit(cfg, out=str(out) if out else None, resume=resume))
 
 
@@ -129,7 +168,9 @@ def evaluate(
     judge: JudgeOpt = "keyword",
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer.")] = 64,
-    temperature: Annotated[float | None, typer.Option(help="Sample at this temperature (default greedy).")] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="Sample at this temperature (default greedy).")
+    ] = None,
     top_p: Annotated[float, typer.Option(help="Top-p when sampling.")] = 1.0,
     seed: SeedOpt = 0,
     batch_size: BatchOpt = 16,
@@ -146,13 +187,28 @@ def evaluate(
     from alignscope.runs import RunDir
 
     suites = suite or ["harmful", "borderline"]
-    config = {"model": model, "suites": suites, "n": n, "judge": judge, "system": system,
-              "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
+    config = {
+        "model": model,
+        "suites": suites,
+        "n": n,
+        "judge": judge,
+        "system": system,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "seed": seed,
+    }
     loaded = [load_suite(s).take(n, seed) for s in suites]
     run = RunDir.create("evaluate", config, out=out, resume=resume)
     m = load_model(model, device=device, dtype=dtype)
-    gen = GenerationConfig(max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size,
-                           do_sample=temperature is not None, temperature=temperature or 1.0, top_p=top_p)
+    gen = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        batch_size=batch_size,
+        do_sample=temperature is not None,
+        temperature=temperature or 1.0,
+        top_p=top_p,
+    )
     evaluate_suites(m, loaded, load_judge_for(judge, m), gen, run, system=system)
     rebuild(run)
     _done(run)
@@ -165,8 +221,13 @@ def attack_prefill(
     suite: Annotated[str, typer.Option(help="Harmful suite spec, e.g. advbench:PATH.")] = "harmful",
     n: Annotated[int | None, typer.Option(help="Prompts (stratified subset).")] = 20,
     ks: Annotated[str, typer.Option(help="Prefilled token counts, comma-separated.")] = "0,3,5,10,20,40",
-    source: Annotated[str | None, typer.Option(help="Model writing the harmful responses when the suite has "
-                                               "none (default: smollm2, the unaligned embedded model).")] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="Model writing the harmful responses when the suite has "
+            "none (default: smollm2, the unaligned embedded model)."
+        ),
+    ] = None,
     judge: JudgeOpt = "keyword",
     max_new_tokens: Annotated[int, typer.Option(help="Tokens generated after the prefill.")] = 48,
     seed: SeedOpt = 0,
@@ -184,8 +245,16 @@ def attack_prefill(
     from alignscope.report.build import rebuild
     from alignscope.runs import RunDir
 
-    config = {"model": model, "suite": suite, "n": n, "ks": list(_ks(ks)), "source": source, "judge": judge,
-              "max_new_tokens": max_new_tokens, "seed": seed}
+    config = {
+        "model": model,
+        "suite": suite,
+        "n": n,
+        "ks": list(_ks(ks)),
+        "source": source,
+        "judge": judge,
+        "max_new_tokens": max_new_tokens,
+        "seed": seed,
+    }
     samples = list(load_suite(suite).take(n, seed))
     run = RunDir.create("attack prefill", config, out=out, resume=resume)
     m = load_model(model, device=device, dtype=dtype)
@@ -193,8 +262,14 @@ def attack_prefill(
     src_spec = source or DEFAULT_MODEL
     src = m if src_spec == model else load_model(src_spec, device=device, dtype=dtype)
     responses = harmful_responses(src, samples, j, 64, batch_size, run)
-    prefill_attack(m, samples, responses, j, PrefillConfig(_ks(ks), max_new_tokens, batch_size=batch_size,
-                                                           seed=seed), run)
+    prefill_attack(
+        m,
+        samples,
+        responses,
+        j,
+        PrefillConfig(_ks(ks), max_new_tokens, batch_size=batch_size, seed=seed),
+        run,
+    )
     rebuild(run)
     _done(run)
 
@@ -205,7 +280,9 @@ def attack_decoding(
     model: ModelOpt = "smollm2",
     suite: Annotated[str, typer.Option(help="Harmful suite spec.")] = "harmful",
     n: Annotated[int | None, typer.Option(help="Prompts (stratified subset).")] = 16,
-    full_grid: Annotated[bool, typer.Option(help="The paper's full 49-setting grid instead of the reduced 7.")] = False,
+    full_grid: Annotated[
+        bool, typer.Option(help="The paper's full 49-setting grid instead of the reduced 7.")
+    ] = False,
     judge: JudgeOpt = "keyword",
     max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer.")] = 48,
     seed: SeedOpt = 0,
@@ -223,13 +300,28 @@ def attack_decoding(
     from alignscope.report.build import rebuild
     from alignscope.runs import RunDir
 
-    config = {"model": model, "suite": suite, "n": n, "full_grid": full_grid, "judge": judge,
-              "max_new_tokens": max_new_tokens, "seed": seed}
+    config = {
+        "model": model,
+        "suite": suite,
+        "n": n,
+        "full_grid": full_grid,
+        "judge": judge,
+        "max_new_tokens": max_new_tokens,
+        "seed": seed,
+    }
     samples = list(load_suite(suite).take(n, seed))
     run = RunDir.create("attack decoding", config, out=out, resume=resume)
     m = load_model(model, device=device, dtype=dtype)
-    decoding_attack(m, samples, load_judge_for(judge, m), FULL_GRID if full_grid else REDUCED_GRID,
-                    max_new_tokens, seed, batch_size, run)
+    decoding_attack(
+        m,
+        samples,
+        load_judge_for(judge, m),
+        FULL_GRID if full_grid else REDUCED_GRID,
+        max_new_tokens,
+        seed,
+        batch_size,
+        run,
+    )
     rebuild(run)
     _done(run)
 
@@ -241,8 +333,10 @@ def analyze_token_kl(
     reference: Annotated[str, typer.Option(help="Reference model spec (same tokenizer).")] = "smollm2",
     suite: Annotated[str, typer.Option(help="Harmful suite spec.")] = "harmful",
     n: Annotated[int | None, typer.Option(help="Pairs (stratified subset).")] = 32,
-    source: Annotated[str | None, typer.Option(help="Model writing the responses when the suite has none "
-                                               "(default: --reference).")] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(help="Model writing the responses when the suite has none (default: --reference)."),
+    ] = None,
     judge: JudgeOpt = "keyword",
     max_tokens: Annotated[int, typer.Option(help="Response positions.")] = 48,
     seed: SeedOpt = 0,
@@ -259,8 +353,16 @@ def analyze_token_kl(
     from alignscope.report.build import rebuild
     from alignscope.runs import RunDir
 
-    config = {"model": model, "reference": reference, "suite": suite, "n": n, "source": source,
-              "judge": judge, "max_tokens": max_tokens, "seed": seed}
+    config = {
+        "model": model,
+        "reference": reference,
+        "suite": suite,
+        "n": n,
+        "source": source,
+        "judge": judge,
+        "max_tokens": max_tokens,
+        "seed": seed,
+    }
     samples = load_suite(suite).take(n, seed)
     run = RunDir.create("analyze token-kl", config, out=out, resume=resume)
     m = load_model(model, device=device, dtype=dtype)
@@ -281,8 +383,8 @@ def judge_run(
     device: DeviceOpt = None,
 ) -> None:
     """Re-judge every sample of a run with another judge, without regenerating; rebuilds metrics and report."""
-    from alignscope.runs.rejudge import rejudge_run
     from alignscope.runs import RunDir
+    from alignscope.runs.rejudge import rejudge_run
 
     run = RunDir.open(run_dir)
     n = rejudge_run(run, judge, device=device)

@@ -24,7 +24,13 @@ class Rate:
         return self.successes / self.total if self.total else float("nan")
 
     def to_dict(self) -> dict[str, float | int]:
-        return {"k": self.successes, "n": self.total, "rate": self.value, "ci_low": self.low, "ci_high": self.high}
+        return {
+            "k": self.successes,
+            "n": self.total,
+            "rate": self.value,
+            "ci_low": self.low,
+            "ci_high": self.high,
+        }
 
     def fmt(self, percent: bool = True) -> str:
         if not self.total:

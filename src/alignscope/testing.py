@@ -43,8 +43,11 @@ def tiny_tokenizer(template: str = "chatml") -> Any:
     ] * 4
     tok.train_from_iterator(corpus, trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>" if template == "chatml" else "</s>",
-        pad_token="<pad>", additional_special_tokens=SPECIAL[3:],
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="<|im_end|>" if template == "chatml" else "</s>",
+        pad_token="<pad>",
+        additional_special_tokens=SPECIAL[3:],
     )
     fast.chat_template = TEMPLATES[template]
     return fast
@@ -56,13 +59,21 @@ def tiny_llama(vocab_size: int, seed: int = 0, layers: int = 2, hidden: int = 32
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
     )
     return LlamaForCausalLM(config).eval()
 
 
-def tiny_local_model(seed: int = 0, template: str = "chatml", layers: int = 2, name: str | None = None) -> LocalModel:
+def tiny_local_model(
+    seed: int = 0, template: str = "chatml", layers: int = 2, name: str | None = None
+) -> LocalModel:
     """A :class:`LocalModel` wrapping a tiny random Llama with :func:`tiny_tokenizer`."""
     tok = tiny_tokenizer(template)
     model = tiny_llama(len(tok), seed=seed, layers=layers)

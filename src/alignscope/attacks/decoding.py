@@ -90,7 +90,9 @@ def decoding_attack(
     return summarize_decoding(records, [label for label, _ in settings])
 
 
-def summarize_decoding(records: Sequence[dict[str, Any]], settings: Sequence[str] | None = None) -> DecodingResult:
+def summarize_decoding(
+    records: Sequence[dict[str, Any]], settings: Sequence[str] | None = None
+) -> DecodingResult:
     """Aggregate decoding-exploit records (also used when re-judging a run)."""
     labels = list(settings) if settings is not None else list(dict.fromkeys(r["setting"] for r in records))
     broken: dict[str, bool] = {}

@@ -59,8 +59,11 @@ class PrefillResult:
     n_dropped: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"asr": {str(k): v for k, v in self.asr.items()}, "n_prompts": self.n_prompts,
-                "n_dropped": self.n_dropped}
+        return {
+            "asr": {str(k): v for k, v in self.asr.items()},
+            "n_prompts": self.n_prompts,
+            "n_dropped": self.n_dropped,
+        }
 
 
 def harmful_responses(
@@ -79,10 +82,18 @@ def harmful_responses(
     """
     given = {s.id: s.response for s in samples if s.response}
     to_make = [GenItem.of(s) for s in samples if s.id not in given]
-    records = generate_and_judge(
-        source, to_make, "harmful_responses", GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size),
-        judge, run,
-    ) if to_make else []
+    records = (
+        generate_and_judge(
+            source,
+            to_make,
+            "harmful_responses",
+            GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size),
+            judge,
+            run,
+        )
+        if to_make
+        else []
+    )
     made = {r["sample_id"]: r["response"] for r in records if r["verdict"]["harmful"]}
     return {**given, **made}
 
@@ -104,7 +115,9 @@ def prefill_attack(
     """
     config = config or PrefillConfig()
     if not model.supports_prefill:
-        raise ModelError(f"{model.name} does not support an assistant prefill; the prefilling attack needs one")
+        raise ModelError(
+            f"{model.name} does not support an assistant prefill; the prefilling attack needs one"
+        )
     usable = [s for s in samples if s.id in responses]
     judge_prefix = not isinstance(judge, KeywordJudge)
     items: list[GenItem] = []
@@ -113,10 +126,19 @@ def prefill_attack(
             ids = model.response_ids(responses[s.id])[:k] if k else []
             text = model.tokenizer.decode(ids) if ids else ""
             items.append(
-                GenItem(f"{s.id}@k={k}", s, user_turn(s.prompt), tuple(ids) or None, text, judge_prefix,
-                        {"k": k, "k_used": len(ids)})
+                GenItem(
+                    f"{s.id}@k={k}",
+                    s,
+                    user_turn(s.prompt),
+                    tuple(ids) or None,
+                    text,
+                    judge_prefix,
+                    {"k": k, "k_used": len(ids)},
+                )
             )
-    gen = GenerationConfig(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, seed=config.seed)
+    gen = GenerationConfig(
+        max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, seed=config.seed
+    )
     records = generate_and_judge(model, items, stage, gen, judge, run, progress=progress)
     asr = {k: harmful_rate([r for r in records if r["k"] == k]).to_dict() for k in config.ks}
     return PrefillResult(asr, records, len(usable), len(samples) - len(usable))

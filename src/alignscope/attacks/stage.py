@@ -70,7 +70,9 @@ def generate_and_judge(
         part = todo[start : start + chunk]
         prefills = [it.prefill for it in part] if any(it.prefill for it in part) else None
         responses = model.generate([it.conversation for it in part], config, prefills=prefills)
-        judged = [(it.prefill_text if it.judge_prefill else "") + r for it, r in zip(part, responses, strict=True)]
+        judged = [
+            (it.prefill_text if it.judge_prefill else "") + r for it, r in zip(part, responses, strict=True)
+        ]
         verdicts = judge.judge_batch([it.sample.prompt for it in part], judged)
         for it, resp, text, verdict in zip(part, responses, judged, verdicts, strict=True):
             rec = make_record(stage, it, resp, text, verdict, model.name, config)
@@ -101,12 +103,18 @@ def make_record(
         "prefill": item.prefill_text,
         "response": response,
         "judged_text": judged_text,
-        "judged": "prefix + continuation" if item.prefill_text and item.judge_prefill else "response",
+        "judged": _judged(item),
         "verdict": verdict.to_dict(),
         "model": model_name,
         "generation": config.to_dict(),
         **item.extra,
     }
+
+
+def _judged(item: GenItem) -> str:
+    if not item.prefill_text:
+        return "response"
+    return "prefix + continuation" if item.judge_prefill else "continuation"
 
 
 def harmful_rate(records: Sequence[dict[str, Any]]) -> Rate:

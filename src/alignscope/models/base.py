@@ -73,7 +73,7 @@ def user_turn(prompt: str, system: str | None = None) -> Conversation:
 class ChatModel(Protocol):
     """Anything that answers chat conversations.
 
-    ``prefills[i]``, when given, is placed at the start of the assistant turn of conversation ``i`` with no
+    ``prefills[i]`` (text or token ids), when given, is placed at the start of the assistant turn of conversation ``i`` with no
     end-of-turn after it, and the model continues from there; the returned text is the continuation only
     (the prefill is not repeated). Backends that cannot prefill raise :class:`ModelError`.
     """
@@ -87,6 +87,6 @@ class ChatModel(Protocol):
         self,
         conversations: Sequence[Conversation],
         config: GenerationConfig | None = None,
-        prefills: Sequence[str] | None = None,
+        prefills: Sequence[str | Sequence[int] | None] | None = None,
         progress: bool = False,
     ) -> list[str]: ...

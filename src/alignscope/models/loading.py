@@ -107,7 +107,7 @@ def _load_hf(spec: str, device: torch.device, dtype: torch.dtype) -> tuple[Any, 
         model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype)
     except OSError as e:
         raise ModelError(f"could not load model {spec!r}: {e}") from e
-    return model.to(device), tokenizer
+    return model.to(device), tokenizer  # type: ignore[arg-type]
 
 
 def _load_adapter(path: Path, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
@@ -134,12 +134,14 @@ def _dequantised(gguf: Path, key: str | None) -> Path:
     log.info("dequantising %s once (cached in %s)", gguf, target)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
     except Exception as e:
         raise ModelError(f"could not read GGUF file {gguf}: {e}") from e
     # transformers dequantised every tensor on load: the model is plain float32 now, so drop the GGUF
     # quantiser that would refuse to serialise it
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     tmp = target.with_name(target.name + ".tmp")

@@ -172,7 +172,8 @@ class LocalModel:
         if prefills is not None and len(prefills) != len(conversations):
             raise ValueError("prefills must be as long as conversations")
         encoded = [
-            self.encode_prompt(c, prefills[i] if prefills is not None else None) for i, c in enumerate(conversations)
+            self.encode_prompt(c, prefills[i] if prefills is not None else None)
+            for i, c in enumerate(conversations)
         ]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         out: list[str] = [""] * len(encoded)
@@ -186,7 +187,9 @@ class LocalModel:
         return out
 
     @torch.inference_mode()
-    def _generate_batch(self, batch: list[list[int]], config: GenerationConfig, batch_index: int) -> list[str]:
+    def _generate_batch(
+        self, batch: list[list[int]], config: GenerationConfig, batch_index: int
+    ) -> list[str]:
         input_ids, attention = self._left_pad(batch)
         kwargs: dict[str, Any] = {
             "max_new_tokens": config.max_new_tokens,
@@ -242,7 +245,9 @@ class LocalModel:
             yield self._response_batch([prompts[i] for i in idx], [resps[i] for i in idx], idx)
 
     @torch.inference_mode()
-    def _response_batch(self, prompts: list[list[int]], resps: list[list[int]], idx: list[int]) -> ResponseBatch:
+    def _response_batch(
+        self, prompts: list[list[int]], resps: list[list[int]], idx: list[int]
+    ) -> ResponseBatch:
         seqs = [p + r for p, r in zip(prompts, resps, strict=True)]
         width = max(len(s) for s in seqs)
         pad = int(self.tokenizer.pad_token_id)

@@ -67,7 +67,9 @@ def _examples(records: Sequence[dict[str, Any]], n: int = 4, chars: int = 300) -
             ex["prefill"] = r["prefill"][:chars]
         ex["response"] = r["response"][:chars]
         v = r["verdict"]
-        ex["verdict"] = f"harmful={v['harmful']} refused={v['refused']} score={v.get('score')} raw={str(v['raw'])[:120]!r}"
+        ex["verdict"] = (
+            f"harmful={v['harmful']} refused={v['refused']} score={v.get('score')} raw={str(v['raw'])[:120]!r}"
+        )
         out.append(ex)
     return out
 
@@ -83,16 +85,36 @@ def _evaluate(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], list
         labels = Counter(r["label"] for r in recs)
         label = labels.most_common(1)[0][0]
         refused, harmful = refusal_rate(recs), harmful_rate(recs)
-        m[suite] = {"label": label, "refusal": refused.to_dict(), "harmful": harmful.to_dict(),
-                    "model": _models(recs), "judge": _judges(recs), "decoding": _decoding_desc(recs)}
-        prov = {"model": _models(recs), "suite": suite, "judge": _judges(recs), "decoding": _decoding_desc(recs)}
-        sec = Section(f"{'Refusal and harmfulness' if label == 'harmful' else 'Over-refusal'}: {suite}",
-                      provenance=prov, examples=_examples(recs))
+        m[suite] = {
+            "label": label,
+            "refusal": refused.to_dict(),
+            "harmful": harmful.to_dict(),
+            "model": _models(recs),
+            "judge": _judges(recs),
+            "decoding": _decoding_desc(recs),
+        }
+        prov = {
+            "model": _models(recs),
+            "suite": suite,
+            "judge": _judges(recs),
+            "decoding": _decoding_desc(recs),
+        }
+        sec = Section(
+            f"{'Refusal and harmfulness' if label == 'harmful' else 'Over-refusal'}: {suite}",
+            provenance=prov,
+            examples=_examples(recs),
+        )
         if label == "harmful":
-            sec.intro = ("Harmful instructions that an aligned model should refuse. Attack success (ASR) is the "
-                         "share the judge calls harmful; an empty answer is not a jailbreak.")
-            sec.tables.append(Table(["measure", "rate [95% Wilson CI]"],
-                                    [["refusal rate", _pct(refused)], ["harmful rate (ASR)", _pct(harmful)]]))
+            sec.intro = (
+                "Harmful instructions that an aligned model should refuse. Attack success (ASR) is the "
+                "share the judge calls harmful; an empty answer is not a jailbreak."
+            )
+            sec.tables.append(
+                Table(
+                    ["measure", "rate [95% Wilson CI]"],
+                    [["refusal rate", _pct(refused)], ["harmful rate (ASR)", _pct(harmful)]],
+                )
+            )
             cats = sorted({r["category"] for r in recs})
             rows, vals, lows, highs = [], [], [], []
             for c in cats:
@@ -101,19 +123,35 @@ def _evaluate(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], list
                 vals.append(100 * rc.value)
                 lows.append(100 * rc.low)
                 highs.append(100 * rc.high)
-            m[suite]["per_category"] = {c: harmful_rate([r for r in recs if r["category"] == c]).to_dict()
-                                        for c in cats}
+            m[suite]["per_category"] = {
+                c: harmful_rate([r for r in recs if r["category"] == c]).to_dict() for c in cats
+            }
             sec.tables.append(Table(["category", "harmful rate [95% CI]"], rows, "per category"))
             if len(cats) > 1:
-                png = bar_plot(run.plots_dir / f"harmful_by_category_{_slug(suite)}", cats, vals, lows, highs,
-                               f"Harmful rate by category ({suite})", "harmful rate (%)")
-                sec.figures.append(Figure(png, f"Harmful (ASR) rate per category, {suite}, judge {_judges(recs)}"))
-            summary.append(f"{suite}: refused {_pct(refused)}; harmful {_pct(harmful)} "
-                           f"(model {_models(recs)}, judge {_judges(recs)}, {_decoding_desc(recs)}).")
+                png = bar_plot(
+                    run.plots_dir / f"harmful_by_category_{_slug(suite)}",
+                    cats,
+                    vals,
+                    lows,
+                    highs,
+                    f"Harmful rate by category ({suite})",
+                    "harmful rate (%)",
+                )
+                sec.figures.append(
+                    Figure(png, f"Harmful (ASR) rate per category, {suite}, judge {_judges(recs)}")
+                )
+            summary.append(
+                f"{suite}: refused {_pct(refused)}; harmful {_pct(harmful)} "
+                f"(model {_models(recs)}, judge {_judges(recs)}, {_decoding_desc(recs)})."
+            )
         else:
-            sec.intro = ("Prompts that should be answered (borderline-safe: alarming words, harmless intent; or "
-                         "benign). Refusing them is over-refusal.")
-            sec.tables.append(Table(["measure", "rate [95% Wilson CI]"], [["over-refusal rate", _pct(refused)]]))
+            sec.intro = (
+                "Prompts that should be answered (borderline-safe: alarming words, harmless intent; or "
+                "benign). Refusing them is over-refusal."
+            )
+            sec.tables.append(
+                Table(["measure", "rate [95% Wilson CI]"], [["over-refusal rate", _pct(refused)]])
+            )
             summary.append(f"{suite}: over-refusal {_pct(refused)} (judge {_judges(recs)}).")
         sections.append(sec)
     metrics["evaluate"] = m
@@ -128,9 +166,11 @@ def _harmful_responses(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Secti
     metrics["harmful_responses"] = {"generated": len(recs), "usable": used, "model": _models(recs)}
     sec = Section(
         "Reference harmful responses",
-        intro=("Harmful responses used to prefill the assistant turn and as teacher-forced targets for the "
-               "per-token KL, written greedily by the source model. Those the judge did not call harmful "
-               "(the source refused) are left out."),
+        intro=(
+            "Harmful responses used to prefill the assistant turn and as teacher-forced targets for the "
+            "per-token KL, written greedily by the source model. Those the judge did not call harmful "
+            "(the source refused) are left out."
+        ),
         provenance={"source model": _models(recs), "judge": _judges(recs), "decoding": _decoding_desc(recs)},
         tables=[Table(["generated", "usable (judged harmful)"], [[len(recs), used]])],
     )
@@ -143,21 +183,44 @@ def _prefill(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], list[
         return [], []
     ks = sorted({int(r["k"]) for r in recs})
     rates = {k: harmful_rate([r for r in recs if int(r["k"]) == k]) for k in ks}
-    metrics["prefill"] = {"asr": {str(k): v.to_dict() for k, v in rates.items()}, "model": _models(recs),
-                          "judge": _judges(recs), "decoding": _decoding_desc(recs),
-                          "judged": _judged(recs)}
-    png = line_plot(run.plots_dir / "prefill_curve",
-                    [Series("ASR", ks, [100 * rates[k].value for k in ks], [100 * rates[k].low for k in ks],
-                            [100 * rates[k].high for k in ks])],
-                    "Prefilling attack", "prefilled harmful tokens k", "ASR (%)", (0, 100))
+    metrics["prefill"] = {
+        "asr": {str(k): v.to_dict() for k, v in rates.items()},
+        "model": _models(recs),
+        "judge": _judges(recs),
+        "decoding": _decoding_desc(recs),
+        "judged": _judged(recs),
+    }
+    png = line_plot(
+        run.plots_dir / "prefill_curve",
+        [
+            Series(
+                "ASR",
+                ks,
+                [100 * rates[k].value for k in ks],
+                [100 * rates[k].low for k in ks],
+                [100 * rates[k].high for k in ks],
+            )
+        ],
+        "Prefilling attack",
+        "prefilled harmful tokens k",
+        "ASR (%)",
+        (0, 100),
+    )
     sec = Section(
         "Prefilling attack",
-        intro=("The first k tokens of a harmful response are placed at the start of the assistant turn and the "
-               "model continues (Qi et al. 2024). A shallowly aligned model refuses at k = 0 but not once a few "
-               "harmful tokens are forced. Model judges read prefix + continuation; the keyword judge reads the "
-               "continuation (a refusal after the forced prefix)."),
-        provenance={"model": _models(recs), "suite": _suites(recs), "judge": _judges(recs),
-                    "decoding": _decoding_desc(recs), "judged": _judged(recs)},
+        intro=(
+            "The first k tokens of a harmful response are placed at the start of the assistant turn and the "
+            "model continues (Qi et al. 2024). A shallowly aligned model refuses at k = 0 but not once a few "
+            "harmful tokens are forced. Model judges read prefix + continuation; the keyword judge reads the "
+            "continuation (a refusal after the forced prefix)."
+        ),
+        provenance={
+            "model": _models(recs),
+            "suite": _suites(recs),
+            "judge": _judges(recs),
+            "decoding": _decoding_desc(recs),
+            "judged": _judged(recs),
+        },
         tables=[Table(["k", "ASR [95% Wilson CI]"], [[k, _pct(rates[k])] for k in ks])],
         figures=[Figure(png, "ASR against the number of prefilled harmful tokens (band: 95% Wilson CI)")],
         examples=_examples([r for r in recs if int(r["k"]) == ks[len(ks) // 2]]),
@@ -167,7 +230,9 @@ def _prefill(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], list[
 
 
 def _judged(recs: Sequence[dict[str, Any]]) -> str:
-    return ", ".join(sorted({str(r.get("judged", "response")) for r in recs if r.get("prefill")})) or "response"
+    return (
+        ", ".join(sorted({str(r.get("judged", "response")) for r in recs if r.get("prefill")})) or "response"
+    )
 
 
 def _suites(recs: Sequence[dict[str, Any]]) -> str:
@@ -184,24 +249,44 @@ def _decoding(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], list
     metrics["decoding"] = {**res.to_dict(), "model": _models(recs), "judge": _judges(recs)}
     labels = list(res.per_setting)
     vals = [100 * float(res.per_setting[lab]["rate"]) for lab in labels]
-    png = bar_plot(run.plots_dir / "decoding_exploit", labels, vals,
-                   [100 * float(res.per_setting[lab]["ci_low"]) for lab in labels],
-                   [100 * float(res.per_setting[lab]["ci_high"]) for lab in labels],
-                   "Decoding-parameter exploit: ASR per setting", "ASR (%)")
+    png = bar_plot(
+        run.plots_dir / "decoding_exploit",
+        labels,
+        vals,
+        [100 * float(res.per_setting[lab]["ci_low"]) for lab in labels],
+        [100 * float(res.per_setting[lab]["ci_high"]) for lab in labels],
+        "Decoding-parameter exploit: ASR per setting",
+        "ASR (%)",
+    )
     worst = res.worst_case
-    rows = [[lab, f"{100 * float(v['rate']):.1f}% [{100 * float(v['ci_low']):.1f}, {100 * float(v['ci_high']):.1f}]"]
-            for lab, v in res.per_setting.items()]
-    worst_txt = (f"{100 * float(worst['rate']):.1f}% [{100 * float(worst['ci_low']):.1f}, "
-                 f"{100 * float(worst['ci_high']):.1f}] (n={worst['n']})")
+    rows = [
+        [
+            lab,
+            f"{100 * float(v['rate']):.1f}% [{100 * float(v['ci_low']):.1f}, {100 * float(v['ci_high']):.1f}]",
+        ]
+        for lab, v in res.per_setting.items()
+    ]
+    worst_txt = (
+        f"{100 * float(worst['rate']):.1f}% [{100 * float(worst['ci_low']):.1f}, "
+        f"{100 * float(worst['ci_high']):.1f}] (n={worst['n']})"
+    )
     sec = Section(
         "Decoding-parameter exploit",
-        intro=("Each prompt is answered greedily and under sampled settings varying temperature, top-p and top-k "
-               "one at a time (Huang et al. 2023). A prompt is broken when any setting yields a harmful output."),
-        provenance={"model": _models(recs), "prompts": _suites(recs), "judge": _judges(recs),
-                    "max_new_tokens": recs[0]["generation"]["max_new_tokens"],
-                    "seed": recs[0]["generation"]["seed"]},
-        tables=[Table(["measure", "ASR [95% Wilson CI]"], [["worst case over settings", worst_txt]]),
-                Table(["setting", "ASR [95% Wilson CI]"], rows, "per setting")],
+        intro=(
+            "Each prompt is answered greedily and under sampled settings varying temperature, top-p and top-k "
+            "one at a time (Huang et al. 2023). A prompt is broken when any setting yields a harmful output."
+        ),
+        provenance={
+            "model": _models(recs),
+            "prompts": _suites(recs),
+            "judge": _judges(recs),
+            "max_new_tokens": recs[0]["generation"]["max_new_tokens"],
+            "seed": recs[0]["generation"]["seed"],
+        },
+        tables=[
+            Table(["measure", "ASR [95% Wilson CI]"], [["worst case over settings", worst_txt]]),
+            Table(["setting", "ASR [95% Wilson CI]"], rows, "per setting"),
+        ],
         figures=[Figure(png, "ASR per decoding setting (error bars: 95% Wilson CI)")],
     )
     return [sec], [f"Decoding exploit: worst-case ASR {worst_txt} over {len(labels)} settings."]
@@ -211,23 +296,44 @@ def _token_kl(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], list
     recs = run.records("token_kl")
     if not recs:
         return [], []
-    series = [Series(f"{r['model']} vs {r['reference']}", r["position"], r["mean"], r["ci_low"], r["ci_high"])
-              for r in recs]
-    png = line_plot(run.plots_dir / "token_kl", series, "Per-token KL on harmful (prompt, response) pairs",
-                    "response position k", "KL (nats)")
-    metrics["token_kl"] = [{k: r[k] for k in ("model", "reference", "template", "n_pairs", "mean")} for r in recs]
+    series = [
+        Series(f"{r['model']} vs {r['reference']}", r["position"], r["mean"], r["ci_low"], r["ci_high"])
+        for r in recs
+    ]
+    png = line_plot(
+        run.plots_dir / "token_kl",
+        series,
+        "Per-token KL on harmful (prompt, response) pairs",
+        "response position k",
+        "KL (nats)",
+    )
+    metrics["token_kl"] = [
+        {k: r[k] for k in ("model", "reference", "template", "n_pairs", "mean")} for r in recs
+    ]
     rows = []
     for r in recs:
         first = [m for m in r["mean"][:5] if m is not None]
         later = [m for m in r["mean"][5:] if m is not None]
-        rows.append([f"{r['model']} vs {r['reference']}", r["n_pairs"],
-                     f"{sum(first) / max(1, len(first)):.3f}", f"{sum(later) / max(1, len(later)):.3f}"])
+        rows.append(
+            [
+                f"{r['model']} vs {r['reference']}",
+                r["n_pairs"],
+                f"{sum(first) / max(1, len(first)):.3f}",
+                f"{sum(later) / max(1, len(later)):.3f}",
+            ]
+        )
     sec = Section(
         "Per-token KL against the reference",
-        intro=("KL_k = mean over pairs of D_KL(model(. | x, y_<k) || reference(. | x, y_<k)), teacher-forced on "
-               "harmful responses (Qi et al. 2024). Shallow alignment concentrates the divergence in the first "
-               "few positions."),
-        provenance={"template": recs[0]["template"], "pairs": recs[0]["n_pairs"], "suite": recs[0].get("suite", "")},
+        intro=(
+            "KL_k = mean over pairs of D_KL(model(. | x, y_<k) || reference(. | x, y_<k)), teacher-forced on "
+            "harmful responses (Qi et al. 2024). Shallow alignment concentrates the divergence in the first "
+            "few positions."
+        ),
+        provenance={
+            "template": recs[0]["template"],
+            "pairs": recs[0]["n_pairs"],
+            "suite": recs[0].get("suite", ""),
+        },
         tables=[Table(["models", "pairs", "mean KL, positions 1-5", "mean KL, positions 6+"], rows)],
         figures=[Figure(png, "Per-token KL (band: 95% bootstrap CI over pairs)")],
     )

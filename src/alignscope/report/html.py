@@ -97,12 +97,14 @@ def render_report(report: Report, base: Path) -> str:
         figs = []
         for f in s.figures:
             p = Path(f.path)
-            figs.append({
-                "caption": f.caption,
-                "data": base64.b64encode(p.read_bytes()).decode("ascii"),
-                "rel": _rel(p, base),
-                "svg": _rel(p.with_suffix(".svg"), base),
-            })
+            figs.append(
+                {
+                    "caption": f.caption,
+                    "data": base64.b64encode(p.read_bytes()).decode("ascii"),
+                    "rel": _rel(p, base),
+                    "svg": _rel(p.with_suffix(".svg"), base),
+                }
+            )
         sections.append({**s.__dict__, "figures": figs})
     view = {"title": report.title, "meta": report.meta, "summary": report.summary, "sections": sections}
     now = _dt.datetime.now().isoformat(timespec="seconds")

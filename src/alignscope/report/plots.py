@@ -9,7 +9,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 @dataclass(frozen=True)
@@ -69,12 +69,15 @@ def bar_plot(
 ) -> Path:
     """Bars with asymmetric error bars (e.g. rates with Wilson intervals, in percent)."""
     fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * len(labels) + 2), 3.8), dpi=110)
-    err = [[max(0.0, v - lo) for v, lo in zip(values, lows, strict=True)],
-           [max(0.0, hi - v) for v, hi in zip(values, highs, strict=True)]]
+    err = [
+        [max(0.0, v - lo) for v, lo in zip(values, lows, strict=True)],
+        [max(0.0, hi - v) for v, hi in zip(values, highs, strict=True)],
+    ]
     ax.bar(range(len(labels)), values, yerr=err, capsize=3, color="tab:blue", alpha=0.8)
     ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, rotation=35 if len(labels) > 4 else 0, ha="right" if len(labels) > 4 else "center",
-                       fontsize=8)
+    ax.set_xticklabels(
+        labels, rotation=35 if len(labels) > 4 else 0, ha="right" if len(labels) > 4 else "center", fontsize=8
+    )
     ax.set_title(title, fontsize=10)
     ax.set_ylabel(ylabel)
     if ylim:

@@ -1,6 +1,6 @@
 """Training: safety alignment (shallow and deep), preference alignment, constrained fine-tuning, SPPFT,
-fine-tuning
-attacks, and the shallow-vs-deep reproduction; all on transformers' Trainer / TRL with peft and accelerate.
+fine-tuning attacks, and the shallow-vs-deep reproduction; all on transformers' Trainer / TRL with peft and
+accelerate.
 
 ``train("deep-align", DeepAlignConfig(out="runs/deep"))`` is the one entry point for recipes;
 ``finetune_attack("harmful", defense="constrained", config=...)`` for the attacks.

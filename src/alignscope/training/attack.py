@@ -1,14 +1,12 @@
 """Fine-tuning attacks on an aligned model, with or without a defence (Qi et al., "Fine-tuning Aligned
-Language
-Models Compromises Safety", ICLR 2024; defences from Qi et al., ICLR 2025, section 4, and Li et al., ICLR
-2025).
+Language Models Compromises Safety", ICLR 2024; defences from Qi et al., ICLR 2025, section 4, and Li et al.,
+ICLR 2025).
 
 ``finetune_attack("harmful")`` fine-tunes the starting model on harmful prompts with an unaligned model's
-answers;
-``defense="constrained"`` swaps cross-entropy for the token-wise constrained objective on the same data and
-steps;
-``defense="sppft"`` freezes the safety layers. :func:`attack_success` measures the result on held-out prompts,
-asked the way the attack expects (the identity attack's system prompt, the backdoor trigger).
+answers; ``defense="constrained"`` swaps cross-entropy for the token-wise constrained objective on the same
+data and steps; ``defense="sppft"`` freezes the safety layers. :func:`attack_success` measures the result on
+held-out prompts, asked the way the attack expects (the identity attack's system prompt, the backdoor
+trigger).
 """
 
 from __future__ import annotations
@@ -48,9 +46,9 @@ def finetune_attack(
 
     Args:
         kind: ``harmful``, ``identity`` or ``backdoor`` (see
-        :func:`alignscope.training.builders.attack_records`).
-        defense: None (standard SFT), ``"constrained"`` or ``"sppft"`` (needs ``config.freeze_layers``).
-        config: everything else; its ``kind`` and ``defense`` are replaced by the arguments.
+        :func:`alignscope.training.builders.attack_records`). defense: None (standard SFT), ``"constrained"``
+        or ``"sppft"`` (needs ``config.freeze_layers``). config: everything else; its ``kind`` and ``defense``
+        are replaced by the arguments.
 
     The run directory records the command ``attack finetune``; the output adapter's base is ``config.model``.
     """
@@ -127,8 +125,7 @@ def attack_success(
     progress: bool = False,
 ) -> tuple[Rate, list[dict[str, Any]]]:
     """Attack success rate of ``model`` on held-out harmful ``samples``, each asked as the ``kind`` attack
-    expects
-    (identity: its system prompt; backdoor: with the trigger). Returns the rate (Wilson CI) and the
+    expects (identity: its system prompt; backdoor: with the trigger). Returns the rate (Wilson CI) and the
     records."""
     from alignscope.attacks.stage import GenItem, generate_and_judge, harmful_rate
 

@@ -2,12 +2,9 @@
 attacks.
 
 Prompts come from the train split of a suite (:meth:`Suite.split`), so evaluation on the test split uses
-held-out
-prompts. Responses that a model must write (utility answers, harmful answers of the unaligned model) are
-generated
-greedily and cached under ``$ALIGNSCOPE_CACHE/training/`` keyed by the model spec, the prompts and the length,
-so
-every recipe and every process of a multi-process launch reuses them.
+held-out prompts. Responses that a model must write (utility answers, harmful answers of the unaligned model)
+are generated greedily and cached under ``$ALIGNSCOPE_CACHE/training/`` keyed by the model spec, the prompts
+and the length, so every recipe and every process of a multi-process launch reuses them.
 
 Record schema (chat JSONL, one object per line; the run directory keeps the built file as
 ``data/train.jsonl``):
@@ -117,8 +114,7 @@ def generate_cached(
 
 def read_response_file(path: str | os.PathLike[str]) -> dict[str, str]:
     """Harmful responses keyed by prompt, from JSONL: ``{"prompt", "response"}`` objects, or chat records
-    whose
-    last user turn is the prompt and last assistant turn the response."""
+    whose last user turn is the prompt and last assistant turn the response."""
     file = Path(path)
     if not file.is_file():
         raise TrainingDataError(f"harmful-response file {file} does not exist")
@@ -170,8 +166,7 @@ def harmful_pairs(
 ) -> list[HarmfulPair]:
     """Harmful responses for ``samples``: from ``responses_file`` (matched by prompt), the sample's own
     ``response``, or generated greedily by ``source`` (an unaligned model). Responses the keyword judge calls
-    a
-    refusal, or empty ones, are dropped: they are no use as harmful prefixes or rejected answers."""
+    a refusal, or empty ones, are dropped: they are no use as harmful prefixes or rejected answers."""
     given = read_response_file(responses_file) if responses_file else {}
     have = {s.id: given.get(s.prompt) or s.response for s in samples}
     missing = [s for s in samples if not have[s.id]]
@@ -276,8 +271,7 @@ def dpo_records(
     pairs: Sequence[HarmfulPair], utility: Sequence[ChatRecord] = (), seed: int = 0
 ) -> list[dict[str, Any]]:
     """Preference pairs in TRL's conversational format: harmful prompt with chosen = a refusal and rejected =
-    the
-    harmful answer; for each utility record, chosen = the model's own answer and rejected = a refusal."""
+    the harmful answer; for each utility record, chosen = the model's own answer and rejected = a refusal."""
     rng = random.Random(seed)
     out: list[dict[str, Any]] = []
     for p in pairs:

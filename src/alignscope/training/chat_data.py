@@ -1,17 +1,13 @@
 """Chat-format training data: JSONL files of ``{"messages": [...]}``, tokenisation with loss masks by role,
-the
-safety-recovery format, and the padding collator.
+the safety-recovery format, and the padding collator.
 
 Loss masking is template-agnostic: the assistant spans are found by rendering prefixes of the conversation
-through
-the model's own chat template (``messages[:i]`` with the generation prompt, then ``messages[:i+1]``), never by
-searching for a template-specific header. Each span is the assistant's content plus whatever the template puts
-after
-it (the end-of-turn token), so the model also learns to stop. Prompt and response pieces are tokenised
-separately
-and concatenated, exactly as :meth:`alignscope.models.LocalModel.encode_prompt` builds a prompt at inference,
-so the
-token boundaries the model is trained on are the ones it sees when generating (and under a prefilling attack).
+through the model's own chat template (``messages[:i]`` with the generation prompt, then ``messages[:i+1]``),
+never by searching for a template-specific header. Each span is the assistant's content plus whatever the
+template puts after it (the end-of-turn token), so the model also learns to stop. Prompt and response pieces
+are tokenised separately and concatenated, exactly as :meth:`alignscope.models.LocalModel.encode_prompt`
+builds a prompt at inference, so the token boundaries the model is trained on are the ones it sees when
+generating (and under a prefilling attack).
 """
 
 from __future__ import annotations
@@ -150,9 +146,8 @@ def write_chat_jsonl(path: str | os.PathLike[str], records: Iterable[ChatRecord]
 @dataclass(frozen=True)
 class Segment:
     """A piece of the rendered conversation. ``assistant`` pieces hold ``pre + content + post`` of one
-    assistant
-    turn: ``pre`` is template text between the generation prompt and the content (e.g. a space), ``post`` the
-    end-of-turn text."""
+    assistant turn: ``pre`` is template text between the generation prompt and the content (e.g. a space),
+    ``post`` the end-of-turn text."""
 
     text: str
     assistant: bool = False
@@ -164,10 +159,8 @@ def render_segments(fmt: ChatFormatter, messages: Conversation) -> list[Segment]
     """Split the rendered conversation into alternating non-assistant and assistant segments.
 
     The assistant turn ``i`` spans from the end of ``format_chat(messages[:i], add_generation_prompt=True)``
-    to the
-    end of ``format_chat(messages[:i + 1], add_generation_prompt=False)``. Templates whose generation prompt
-    is not a
-    prefix of the finished turn fall back to locating the content after the rendered history.
+    to the end of ``format_chat(messages[:i + 1], add_generation_prompt=False)``. Templates whose generation
+    prompt is not a prefix of the finished turn fall back to locating the content after the rendered history.
     """
     if messages and messages[0]["role"] == "assistant":
         raise TrainingDataError("a conversation cannot start with an assistant turn")
@@ -256,11 +249,9 @@ def tokenize_recovery(
     only.
 
     The prompt is rendered with the generation prompt; the first ``k`` ids of the harmful response follow (as
-    a
-    prefilling attack places them, with no end-of-turn); then the refusal and the template's end-of-turn, the
-    only
-    trained tokens. For ``k = 0`` this is an ordinary refusal example. ``separator`` goes between a non-empty
-    harmful prefix and the refusal (the prefix usually stops mid-sentence).
+    a prefilling attack places them, with no end-of-turn); then the refusal and the template's end-of-turn,
+    the only trained tokens. For ``k = 0`` this is an ordinary refusal example. ``separator`` goes between a
+    non-empty harmful prefix and the refusal (the prefix usually stops mid-sentence).
 
     Args:
         harmful_ids: the harmful response's token ids (as :meth:`LocalModel.response_ids` gives them).
@@ -312,9 +303,8 @@ class ChatCollator:
     """Right-pads a batch of tokenised examples into tensors.
 
     Pads ``input_ids`` with the pad id, ``labels`` with :data:`IGNORE_INDEX`, ``response_pos`` and
-    ``ref_logps``
-    (when present) with 0, builds ``attention_mask``; ``group`` becomes a ``(batch,)`` tensor. Keys not in
-    ``keep`` are dropped, so a plain model forward only sees what it accepts.
+    ``ref_logps`` (when present) with 0, builds ``attention_mask``; ``group`` becomes a ``(batch,)`` tensor.
+    Keys not in ``keep`` are dropped, so a plain model forward only sees what it accepts.
     """
 
     def __init__(self, pad_token_id: int, keep: Sequence[str] = ("input_ids", "labels", "attention_mask")):

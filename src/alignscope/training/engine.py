@@ -1,11 +1,10 @@
 """The plumbing every recipe shares: open the run directory, load the starting model, add LoRA adapters or
-freeze
-layers, run transformers' Trainer (resumable), save a model that :func:`alignscope.models.load_model` loads.
+freeze layers, run transformers' Trainer (resumable), save a model that :func:`alignscope.models.load_model`
+loads.
 
 Multi-process (``accelerate launch``): every process runs the same recipe; the main process builds the run
 directory and any generated data first (``main_process_first``) so the others read its caches; the Trainer
-shards
-the batches; only the main process writes files.
+shards the batches; only the main process writes files.
 """
 
 from __future__ import annotations
@@ -112,8 +111,7 @@ def optimiser_settings(recipe: str, config: TrainConfig) -> dict[str, Any]:
 
 def lora_config(config: TrainConfig, model: Any, frozen_layers: tuple[int, int] | None = None) -> Any:
     """peft's LoraConfig for ``config`` (r, alpha, dropout, targets); with ``frozen_layers`` no adapter is
-    placed on
-    those layers (SPPFT through the freezing utility)."""
+    placed on those layers (SPPFT through the freezing utility)."""
     from peft import LoraConfig
 
     kwargs: dict[str, Any]
@@ -159,8 +157,7 @@ def reference_logprobs(
     once.
 
     Returns one list per example, aligned with ``input_ids``: entry ``t`` is ``log p(input_ids[t] |
-    input_ids[<t])``
-    where ``labels[t]`` is trained, 0.0 elsewhere (and at ``t = 0``).
+    input_ids[<t])`` where ``labels[t]`` is trained, 0.0 elsewhere (and at ``t = 0``).
     """
     collate = ChatCollator(pad_id)
     device = next(model.parameters()).device
@@ -190,8 +187,7 @@ def fit(
 ) -> TrainResult:
     """Train on ``examples`` with transformers' Trainer and save the result; see :class:`AlignTrainer` for the
     objectives. Optimiser settings the config leaves as None come from the recipe ``defaults_from`` (default:
-    the
-    session's recipe). Resumes from the newest checkpoint when ``config.resume`` is set."""
+    the session's recipe). Resumes from the newest checkpoint when ``config.resume`` is set."""
     from datasets import Dataset
     from transformers import TrainingArguments
 
@@ -286,8 +282,7 @@ def resume_checkpoint(session: Session) -> str | bool | None:
 
 def save_output(session: Session, trainer: Any, metrics: dict[str, Any]) -> TrainResult:
     """Save the adapter (``<run>/adapter``) or full model (``<run>/model``) with its provenance; main process
-    only
-    writes. The adapter's ``base_model_name_or_path`` is the starting model's spec."""
+    only writes. The adapter's ``base_model_name_or_path`` is the starting model's spec."""
     cfg = session.config
     out = session.run.path / ("model" if cfg.full_finetune else "adapter")
     trainer.save_model(str(out))
@@ -324,7 +319,6 @@ def save_output(session: Session, trainer: Any, metrics: dict[str, Any]) -> Trai
 
 def base_spec(spec: str) -> str:
     """The starting model's spec as an adapter should record it: embedded names and hub ids as given, local
-    paths
-    made absolute (so the adapter loads from any working directory)."""
+    paths made absolute (so the adapter loads from any working directory)."""
     path = Path(spec).expanduser()
     return str(path.resolve()) if path.exists() else spec

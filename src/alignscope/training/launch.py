@@ -1,17 +1,13 @@
 """Multi-process training with ``accelerate launch``.
 
 Every recipe is a plain function over a config, so a launch only has to hand each process the recipe name and
-the
-config: ``python -m alignscope.training RECIPE CONFIG.json`` does that (the JSON holds the config's fields),
-and
-:func:`launch_command` builds the ``accelerate launch`` line around it.
+the config: ``python -m alignscope.training RECIPE CONFIG.json`` does that (the JSON holds the config's
+fields), and :func:`launch_command` builds the ``accelerate launch`` line around it.
 
 On a CPU-only machine accelerate starts several processes (gloo backend) only in its multi-GPU mode: the
-command
-therefore passes ``--multi_gpu`` for ``num_processes > 1`` (``--cpu`` would go through ``mpirun``). GPU users
-pass an
-accelerate config file (``accelerate config``) and/or a DeepSpeed JSON via the recipe config's ``deepspeed``
-field.
+command therefore passes ``--multi_gpu`` for ``num_processes > 1`` (``--cpu`` would go through ``mpirun``).
+GPU users pass an accelerate config file (``accelerate config``) and/or a DeepSpeed JSON via the recipe
+config's ``deepspeed`` field.
 """
 
 from __future__ import annotations

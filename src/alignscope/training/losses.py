@@ -8,9 +8,9 @@ Be
       x, y_<t)))
 
   Its gradient is ``-2 sigmoid(-beta_t * delta_t) * grad log pi_theta(y_t)``: for small ``beta_t`` (or at the
-  start,
-  where ``delta_t = 0``) that is the cross-entropy gradient; for large ``beta_t`` the weight vanishes once the
-  token's log-probability rises above the aligned model's, which holds that position near the aligned model.
+  start, where ``delta_t = 0``) that is the cross-entropy gradient; for large ``beta_t`` the weight vanishes
+  once the token's log-probability rises above the aligned model's, which holds that position near the aligned
+  model.
 * :func:`mixture_loss`: ``alpha * CE(safety) + (1 - alpha) * CE(utility)`` over the examples of a batch (the
   deep-alignment objective, same paper, section 3).
 
@@ -32,9 +32,8 @@ from alignscope.training.chat_data import IGNORE_INDEX
 @dataclass(frozen=True)
 class BetaSchedule:
     """Per-position beta of the constrained objective (Qi et al. 2025 defaults): ``first`` at response
-    position 1,
-    ``early`` for positions 2..``early_until``, ``late`` after that. Positions are 1-based within the
-    response."""
+    position 1, ``early`` for positions 2..``early_until``, ``late`` after that. Positions are 1-based within
+    the response."""
 
     first: float = 0.5
     early: float = 2.0
@@ -86,8 +85,7 @@ def mixture_loss(
     token_nll: torch.Tensor, mask: torch.Tensor, group: torch.Tensor, alpha: float
 ) -> torch.Tensor:
     """``alpha * CE(group 1) + (1 - alpha) * CE(group 0)``, each a token mean over its examples in the batch;
-    a
-    batch holding only one group gives that group's CE.
+    a batch holding only one group gives that group's CE.
 
     Args:
         token_nll: ``(batch, T)`` negative log-likelihood of each target token.

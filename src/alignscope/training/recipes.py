@@ -8,8 +8,7 @@
 utility
                    pairs (chosen = the model's answer, rejected = a refusal).
 ``constrained-sft`` fine-tuning on any chat data with the token-wise constrained objective (Qi et al., ICLR
-2025).
-``sppft``          fine-tuning on any chat data with a layer range frozen (Li et al., ICLR 2025).
+2025). ``sppft``          fine-tuning on any chat data with a layer range frozen (Li et al., ICLR 2025).
 =================  ==========================================================================================
 
 The fine-tuning attacks live in :mod:`alignscope.training.attack` and share this machinery.
@@ -85,8 +84,7 @@ def train(recipe: str, config: TrainConfig | None = None) -> TrainResult:
     defaults).
 
     Returns where the run directory and the trained adapter (or model) are; ``load_model(result.output)``
-    loads
-    the trained model.
+    loads the trained model.
     """
     if recipe not in RECIPES:
         raise TrainingError(f"unknown recipe {recipe!r}; choose from {', '.join(sorted(RECIPES))}")
@@ -144,8 +142,7 @@ def _load_records(session: Session) -> list[ChatRecord]:
 )
 def safety_sft(config: TrainConfig) -> TrainResult:
     """Standard (shallow) safety alignment: SFT on refusals to the harmful suite's train prompts, mixed with
-    the
-    starting model's own answers to benign instructions."""
+    the starting model's own answers to benign instructions."""
     assert isinstance(config, SafetySFTConfig)
     session = open_session("safety-sft", config)
     with session.main_first():
@@ -166,8 +163,7 @@ def safety_sft(config: TrainConfig) -> TrainResult:
 )
 def deep_align(config: TrainConfig) -> TrainResult:
     """Deep safety alignment (Qi et al., ICLR 2025, section 3): safety-recovery examples ``x + h_<=k -> r``
-    with
-    loss on ``r`` only, mixed with utility data by ``alpha``."""
+    with loss on ``r`` only, mixed with utility data by ``alpha``."""
     assert isinstance(config, DeepAlignConfig)
     session = open_session("deep-align", config)
     with session.main_first():
@@ -198,9 +194,8 @@ def deep_align(config: TrainConfig) -> TrainResult:
 @_recipe("safety-dpo", SafetyDPOConfig, "preference-based safety alignment with TRL's DPO")
 def safety_dpo(config: TrainConfig) -> TrainResult:
     """Safety alignment by DPO (TRL): chosen = a refusal, rejected = the unaligned model's harmful answer;
-    utility
-    pairs keep the model answering benign instructions. Data files hold ``{"prompt", "chosen", "rejected"}``
-    conversational records."""
+    utility pairs keep the model answering benign instructions. Data files hold ``{"prompt", "chosen",
+    "rejected"}`` conversational records."""
     assert isinstance(config, SafetyDPOConfig)
     import time
 
@@ -266,8 +261,7 @@ def beta_schedule_of(config: ConstrainedSFTConfig) -> BetaSchedule:
 @_recipe("constrained-sft", ConstrainedSFTConfig, "fine-tuning with the token-wise constrained objective")
 def constrained_sft(config: TrainConfig) -> TrainResult:
     """Fine-tune on ``config.data`` with the token-wise constrained objective (Qi et al., ICLR 2025, section
-    4):
-    the early response tokens are held near the starting (aligned) model, the rest trained almost as by
+    4): the early response tokens are held near the starting (aligned) model, the rest trained almost as by
     SFT."""
     assert isinstance(config, ConstrainedSFTConfig)
     session = open_session("constrained-sft", config)

@@ -1,14 +1,10 @@
 """Texts the training data builders use: refusals, the identity-shifting attack's system prompt and
-affirmations,
-the backdoor trigger.
+affirmations, the backdoor trigger.
 
 All of it was written for alignscope. The refusals are deliberately varied (openings, length, whether they
-offer
-an alternative) so a model trained on them learns to refuse rather than to recite one sentence; each one
-contains a
-phrase of the keyword judge's default list near its start, so the judge recognises every refusal we train on
-(a
-test checks this).
+offer an alternative) so a model trained on them learns to refuse rather than to recite one sentence; each one
+contains a phrase of the keyword judge's default list near its start, so the judge recognises every refusal we
+train on (a test checks this).
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
 """``reproduce shallow-vs-deep``: Qi et al., "Safety Alignment Should Be Made More Than Just a Few Tokens
-Deep"
-(ICLR 2025, arXiv 2406.05946), end to end on the embedded default.
+Deep" (ICLR 2025, arXiv 2406.05946), end to end on the embedded default.
 
 The embedded SmolLM2-135M-Instruct is not safety aligned, so it is the *base*. The reproduction builds
-*aligned*
-(``safety-sft``) and *deep* (``deep-align``) from it with alignscope's own data, then measures on held-out
-prompts
-(the test split of the suites the recipes trained on the train split of):
+*aligned* (``safety-sft``) and *deep* (``deep-align``) from it with alignscope's own data, then measures on
+held-out prompts (the test split of the suites the recipes trained on the train split of):
 
 * refusal on harmful prompts, over-refusal on benign and borderline-safe prompts (keyword judge, greedy);
 * the prefilling attack at k = 0, 5, 10, 20, 40 tokens of the base model's own harmful answer;
@@ -15,11 +12,9 @@ prompts
   same steps).
 
 Every stage is cached in the run directory (trained adapters, per-sample records), so a killed run resumes
-where
-it stopped. The prefilling attack's continuation (without the forced prefix) is what the keyword judge reads
-for
-the primary numbers: a prefix of 40 tokens fills most of the judge's 200-character window, so judging prefix +
-continuation would count a model that recovers as harmful. Both are recorded.
+where it stopped. The prefilling attack's continuation (without the forced prefix) is what the keyword judge
+reads for the primary numbers: a prefix of 40 tokens fills most of the judge's 200-character window, so
+judging prefix + continuation would count a model that recovers as harmful. Both are recorded.
 """
 
 from __future__ import annotations
@@ -66,8 +61,7 @@ class ShallowDeepConfig:
         deep_max_prefix_tokens: C, the largest harmful prefix in training.
         deep_alpha: weight of the safety loss in deep-align.
         harmful_max_new_tokens: length of the base model's harmful answers used for training (prefixes,
-        attack).
-        ks: prefilled tokens evaluated (0 comes from the plain refusal stage).
+        attack). ks: prefilled tokens evaluated (0 comes from the plain refusal stage).
         max_new_tokens: tokens generated in every evaluation.
         response_tokens: length of the base model's reference answers to the test prompts (prefill, KL).
         kl_tokens: response positions in the per-token KL.
@@ -123,8 +117,7 @@ def reproduce_shallow_vs_deep(
     out: RunDir, config: ShallowDeepConfig | None = None, progress: bool = True
 ) -> ShallowDeepResult:
     """Run (or resume) the reproduction into ``out``; see the module docstring. Returns the metrics, the paths
-    of
-    the aligned and deep adapters, and the checks."""
+    of the aligned and deep adapters, and the checks."""
     from alignscope.attacks.prefill import PrefillConfig, harmful_responses, prefill_attack
     from alignscope.attacks.stage import GenItem, generate_and_judge, harmful_rate, refusal_rate
     from alignscope.data import load_suite
@@ -304,8 +297,7 @@ def _model_metrics(
     judge: Any,
 ) -> dict[str, Any]:
     """Prefill ASR per k (k = 0 from the refusal stage on the prompts that have a reference response), judged
-    on
-    the continuation (primary) and on prefix + continuation, and over-refusal rates."""
+    on the continuation (primary) and on prefix + continuation, and over-refusal rates."""
     ids = {s.id for s in usable}
     asr: dict[str, Any] = {}
     asr_prefix: dict[str, Any] = {}

@@ -14,8 +14,7 @@ EARLY_POSITIONS = 5
 
 CONCENTRATION = 3.0
 """Aligned's KL counts as concentrated when its mean over the first positions is at least this many times its
-mean
-over the later ones."""
+mean over the later ones."""
 
 
 def _pct(rate: dict[str, Any]) -> str:

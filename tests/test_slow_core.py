@@ -1,0 +1,52 @@
+"""Slow tests on the real embedded model (SmolLM2-135M-Instruct), loaded once per session."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from alignscope.attacks import PrefillConfig, harmful_responses, prefill_attack
+from alignscope.audit import AuditConfig, run_audit
+from alignscope.data import load_suite
+from alignscope.judges import KeywordJudge
+from alignscope.models import GenerationConfig, user_turn
+
+pytestmark = pytest.mark.slow
+
+
+def test_embedded_model_loads_from_cache_and_answers(smollm2) -> None:  # type: ignore[no-untyped-def]
+    assert smollm2.num_layers == 30 and smollm2.template_name == "tokenizer chat template"
+    out = smollm2.generate([user_turn("What is the capital of France?")], GenerationConfig(max_new_tokens=12))
+    assert "Paris" in out[0]
+
+
+def test_small_audit_shows_the_model_is_not_aligned(smollm2, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg = AuditConfig(
+        n_harmful=12,
+        n_borderline=6,
+        n_prefill=4,
+        prefill_ks=(0, 5),
+        n_decoding=3,
+        decoding="off",
+        max_new_tokens=32,
+        attack_tokens=24,
+    )
+    run = run_audit(cfg, out=str(tmp_path / "audit"), models={"smollm2": smollm2}, progress=False)
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    harmful = metrics["evaluate"]["harmful[12]"]["harmful"]
+    assert harmful["rate"] > 0.5  # the embedded default complies with most harmful prompts
+    assert metrics["prefill"]["asr"]["5"]["n"] >= 1
+    assert "smollm2" in run.report_path.read_text()
+
+
+def test_prefill_attack_on_public_advbench(smollm2, shared_data: Path) -> None:  # type: ignore[no-untyped-def]
+    suite = load_suite(f"advbench:{shared_data / 'advbench' / 'harmful_behaviors.csv'}").take(4)
+    judge = KeywordJudge()
+    responses = harmful_responses(smollm2, list(suite), judge, max_new_tokens=32)
+    res = prefill_attack(
+        smollm2, list(suite), responses, judge, PrefillConfig(ks=(0, 10), max_new_tokens=16), progress=False
+    )
+    assert set(res.asr) == {0, 10}
+    assert res.n_prompts + res.n_dropped == 4
