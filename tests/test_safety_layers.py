@@ -442,3 +442,33 @@ def test_layer_helpers(tiny):
         decoder_layers(torch.nn.Linear(2, 2))
     with pytest.raises(LayerAccessError):
         layer_weights(tiny, (3, 1))
+
+
+# -- slow: the embedded model -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from alignscope.models import load_model
+
+    return load_model("smollm2")
+
+
+@pytest.mark.slow
+def test_scan_on_embedded_model_gives_finite_curves(smollm2):
+    from alignscope.data import load_suite
+
+    normal = load_suite("benign").take(16).prompts
+    malicious = load_suite("harmful").take(16).prompts
+    scan = scan_safety_layers(smollm2, normal, malicious, SafetyLayerScanConfig(draws=200))
+    assert scan.n_layers == smollm2.num_layers == 30
+    for kind in ("N-N", "N-M", "M-M"):
+        assert np.isfinite(scan.mean[kind]).all() and np.isfinite(scan.std[kind]).all()
+        assert ((scan.mean[kind] > -1) & (scan.mean[kind] <= 1 + 1e-9)).all()
+    assert np.isfinite(scan.gap).all()
+    found = detect_safety_range(scan.gap)
+    assert found is None or 0 <= found.start <= found.end < 30
+    before = smollm2.model.model.layers[10].mlp.down_proj.weight.detach().clone()
+    with scale_layers(smollm2, (8, 12), 1.15):
+        pass
+    assert torch.equal(smollm2.model.model.layers[10].mlp.down_proj.weight, before)

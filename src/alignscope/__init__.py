@@ -1,3 +1,48 @@
-"""alignscope: measure, attack and deepen the safety alignment of language models."""
+"""alignscope: measure, attack and deepen the safety alignment of language models.
+
+The public surface, importable from the package root (loaded lazily, so ``alignscope --help`` stays fast)::
+
+    from alignscope import load_model, load_suite, get_judge, run_audit, AuditConfig
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_model": "alignscope.models",
+    "user_turn": "alignscope.models",
+    "GenerationConfig": "alignscope.models",
+    "LocalModel": "alignscope.models",
+    "ChatModel": "alignscope.models",
+    "ModelError": "alignscope.models",
+    "load_suite": "alignscope.data",
+    "Suite": "alignscope.data",
+    "Sample": "alignscope.data",
+    "get_judge": "alignscope.judges",
+    "Verdict": "alignscope.judges",
+    "prefill_attack": "alignscope.attacks",
+    "decoding_attack": "alignscope.attacks",
+    "harmful_responses": "alignscope.attacks",
+    "PrefillConfig": "alignscope.attacks",
+    "per_token_kl": "alignscope.analysis.token_kl",
+    "AuditConfig": "alignscope.audit",
+    "run_audit": "alignscope.audit",
+    "RunDir": "alignscope.runs",
+    "wilson": "alignscope.stats",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'alignscope' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

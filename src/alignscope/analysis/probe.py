@@ -95,11 +95,13 @@ class LinearProbe:
 class LayerProbeScore:
     """One layer's probe on the validation split (and on borderline prompts when given).
 
+    ``separation`` is d' = (mean harmful log-odds - mean benign log-odds) / pooled std on the validation split.
     ``threshold`` is on the log-odds scale; ``tpr``/``fpr`` are the harmful/benign validation shares flagged
     at it; ``false_refusals``/``n_borderline`` count borderline-safe prompts it would refuse."""
 
     layer: int
     auroc: float
+    separation: float
     threshold: float
     tpr: float
     fpr: float
@@ -118,6 +120,11 @@ def _auroc(positive: np.ndarray, negative: np.ndarray) -> float:
 
     y = np.r_[np.ones(len(positive)), np.zeros(len(negative))]
     return float(roc_auc_score(y, np.r_[positive, negative]))
+
+
+def _separation(positive: np.ndarray, negative: np.ndarray) -> float:
+    pooled = math.sqrt((float(np.var(positive)) + float(np.var(negative))) / 2)
+    return float((np.mean(positive) - np.mean(negative)) / max(pooled, 1e-12))
 
 
 def operating_threshold(benign_logits: np.ndarray, target_fpr: float) -> float:
@@ -191,8 +198,8 @@ def fit_probes(
             the false-refusal rate at each layer's operating point; optional.
         layers: layers to fit (default: all).
         guard_layers: layers the guard may use, e.g. the safety-layer range (default: ``layers``). The guard
-            takes the one with the highest validation AUROC; ties go to the fewest borderline false refusals,
-            then the earliest layer (the cheapest forward pass).
+            takes the one with the highest validation AUROC, on ties the one with the largest validation
+            separation d'; borderline prompts are only reported, never used to choose.
         model: bound to the returned guard, so ``fit.guard.check(...)`` works at once.
     """
     config = config or ProbeConfig()
@@ -216,7 +223,14 @@ def fit_probes(
         probes[layer] = probe
         scores.append(
             LayerProbeScore(
-                layer, _auroc(pos, neg), t, float((pos > t).mean()), float((neg > t).mean()), fr, n_o
+                layer=layer,
+                auroc=_auroc(pos, neg),
+                separation=_separation(pos, neg),
+                threshold=t,
+                tpr=float((pos > t).mean()),
+                fpr=float((neg > t).mean()),
+                false_refusals=fr,
+                n_borderline=n_o,
             )
         )
     allowed = set(layers if guard_layers is None else guard_layers) & set(layers)
@@ -224,7 +238,7 @@ def fit_probes(
         raise ValueError(f"guard_layers {list(guard_layers or [])} share no layer with the fitted layers")
     best = min(
         (s for s in scores if s.layer in allowed),
-        key=lambda s: (-s.auroc, s.false_refusals if s.false_refusals is not None else 0, s.layer),
+        key=lambda s: (-s.auroc, -s.separation, s.layer),
     )
     details = {
         "n_train": {"harmful": len(h_train), "benign": len(b_train)},

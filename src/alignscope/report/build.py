@@ -28,7 +28,8 @@ EXTRA_SECTIONS: list[SectionBuilder] = []
 def rebuild(run: RunDir) -> tuple[dict[str, Any], Any]:
     """Recompute ``metrics.json`` and ``report.html`` of ``run`` from its records; returns (metrics, path)."""
     cfg = run.config()
-    metrics: dict[str, Any] = {"command": cfg.get("command"), "config": cfg}
+    # keys written by analyses that keep their own summaries (e.g. "safety_layers") are kept
+    metrics: dict[str, Any] = {**run.metrics(), "command": cfg.get("command"), "config": cfg}
     sections: list[Section] = []
     summary: list[str] = []
     for builder in (_evaluate, _harmful_responses, _prefill, _decoding, _token_kl, *EXTRA_SECTIONS):

@@ -77,7 +77,8 @@ def open_session(recipe: str, config: TrainConfig, command: str | None = None) -
     ``train <recipe>``) and load the starting model."""
     from accelerate import PartialState
 
-    state = PartialState()
+    # on a machine without CUDA accelerate only sees the multi-process (gloo) launch when asked for the CPU
+    state = PartialState(cpu=config.device == "cpu" or not torch.cuda.is_available())
     if state.num_processes > 1 and config.out is None:
         raise TrainingError(
             "under a multi-process launch every process must write to the same run: pass out="
@@ -193,7 +194,7 @@ def fit(
 
     cfg = session.config
     tok = session.model.tokenizer
-    rows = [e.to_dict() for e in examples]
+    rows = [{**e.to_dict(), "length": len(e.input_ids)} for e in examples]
     keep = ["input_ids", "labels", "attention_mask"]
     if objective == "mixture":
         keep.append("group")
@@ -204,7 +205,8 @@ def fit(
             r["ref_logps"] = ref
     model = prepare_model(session, frozen_layers)
     opt = optimiser_settings(defaults_from or session.recipe, cfg)
-    args = TrainingArguments(**training_arguments(session, opt))
+    grouped = cfg.group_by_length and objective != "mixture"
+    args = TrainingArguments(**training_arguments(session, opt, grouped))
     trainer = AlignTrainer(
         model=model,
         args=args,
@@ -233,7 +235,7 @@ def fit(
     return save_output(session, trainer, metrics)
 
 
-def training_arguments(session: Session, opt: dict[str, Any]) -> dict[str, Any]:
+def training_arguments(session: Session, opt: dict[str, Any], group_by_length: bool = False) -> dict[str, Any]:
     """Keyword arguments for transformers' ``TrainingArguments`` (TRL's configs accept the same)."""
     cfg = session.config
     on_cpu = cfg.device == "cpu" or not torch.cuda.is_available()
@@ -257,6 +259,7 @@ def training_arguments(session: Session, opt: dict[str, Any]) -> dict[str, Any]:
         "use_cpu": on_cpu,
         "deepspeed": cfg.deepspeed,
         "dataloader_num_workers": 0,
+        "train_sampling_strategy": "group_by_length" if group_by_length else "random",
         **opt,
     }
 

@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from alignscope.training.config import TrainConfig
+from alignscope.training.engine import TrainingError
 
 
 def launch_command(
@@ -54,9 +55,12 @@ def launch(
     main_process_port: int | None = None,
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``recipe`` under ``accelerate launch`` and wait for it; raises ``CalledProcessError`` (with the
-    processes' output) when it fails. ``config.out`` must be set: every process writes to that run
-    directory."""
+    """Run ``recipe`` under ``accelerate launch`` and wait for it; returns the finished process (its output in
+    ``stdout``/``stderr``). ``config.out`` must be set: every process writes to that run directory.
+
+    Raises:
+        TrainingError: the launch failed; the message ends with the processes' last output lines.
+    """
     if config.out is None:
         raise ValueError("a launched run needs config.out (every process writes to the same run directory)")
     Path(config.out).parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +72,10 @@ def launch(
         run_env = {**os.environ, **(env or {})}
         src = str(Path(__file__).resolve().parents[2])  # make the package importable in the workers as here
         run_env["PYTHONPATH"] = os.pathsep.join(p for p in (src, run_env.get("PYTHONPATH", "")) if p)
-        return subprocess.run(cmd, check=True, capture_output=True, text=True, env=run_env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=run_env)
     finally:
         os.unlink(path)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
+        raise TrainingError(f"accelerate launch of {recipe} failed (exit {proc.returncode}); last output:\n{tail}")
+    return proc

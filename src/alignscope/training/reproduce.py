@@ -57,8 +57,10 @@ class ShallowDeepConfig:
         epochs: training epochs of both recipes.
         learning_rate: LoRA learning rate of both recipes.
         deep_augment: safety-recovery examples per harmful prompt (deep-align).
-        deep_p_zero: probability of k = 0 in a recovery example.
-        deep_max_prefix_tokens: C, the largest harmful prefix in training.
+        deep_p_zero: probability of k = 0 in a recovery example (the paper: 0.5; with only ~75 training
+            prompts a little more weight on prefixed examples buys depth).
+        deep_max_prefix_tokens: C, the largest harmful prefix in training (the paper: 100; the reproduction
+            evaluates k <= 40, and 50 spends its small budget on the range it measures).
         deep_alpha: weight of the safety loss in deep-align.
         harmful_max_new_tokens: length of the base model's harmful answers used for training (prefixes,
         attack). ks: prefilled tokens evaluated (0 comes from the plain refusal stage).
@@ -83,10 +85,10 @@ class ShallowDeepConfig:
     epochs: float = 2.0
     learning_rate: float = 2e-4
     deep_augment: int = 3
-    deep_p_zero: float = 0.5
-    deep_max_prefix_tokens: int = 100
+    deep_p_zero: float = 0.4
+    deep_max_prefix_tokens: int = 50
     deep_alpha: float = 0.2
-    harmful_max_new_tokens: int = 128
+    harmful_max_new_tokens: int = 64
     ks: tuple[int, ...] = (0, 5, 10, 20, 40)
     max_new_tokens: int = 32
     response_tokens: int = 64
@@ -94,7 +96,7 @@ class ShallowDeepConfig:
     attack_examples: int = 100
     attack_epochs: float = 2.0
     attack_learning_rate: float = 2e-4
-    batch_size: int = 16
+    batch_size: int = 32
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -99,7 +99,8 @@ def markdown_tables(metrics: dict[str, Any]) -> str:
         "",
         f"Model {cfg['model']} (base) and its LoRA adapters; {metrics['n_harmful_test']} held-out harmful "
         f"prompts ({metrics['n_prefill_prompts']} with a harmful base answer for prefilling), "
-        f"judge {metrics['judge']} "
+        f"suites {cfg['harmful_suite']} and {cfg['benign_suite']} (test split, {cfg['test_fraction']:g} held "
+        f"out, seed {cfg['split_seed']}) and {cfg['borderline_suite']}, judge {metrics['judge']} "
         f"(prefill: the continuation is judged), {metrics['generation']}; rates with Wilson 95% intervals.",
     ]
     return "\n".join(lines)

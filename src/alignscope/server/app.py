@@ -1,0 +1,585 @@
+"""The OpenAI-compatible chat-completions server (FastAPI): guards, audit log, operator switch, streaming.
+
+Endpoints:
+
+* ``POST /v1/chat/completions``: OpenAI chat completions, non-streaming and ``stream: true`` (server-sent
+  events in the ``chat.completion.chunk`` format, ending with ``data: [DONE]``). Extensions: ``top_k``, and
+  the assistant prefill: a trailing assistant message with ``continue_final_message: true`` is continued
+  (the answer holds the continuation only), as in vLLM.
+* ``GET /v1/models``, ``GET /v1/models/{name}``, ``GET /health``.
+* ``POST /admin/models/{name}/disable`` and ``/enable`` (body optional: ``{"reason": "..."}``),
+  ``GET /admin/models``: the operator switch, authorised by ``Authorization: Bearer <token>`` with the token
+  from ``$ALIGNSCOPE_ADMIN_TOKEN`` (the admin endpoints answer 403 when no token is configured). A disabled
+  model answers 503 (``code: "model_disabled"``) until enabled again, without a restart.
+
+Every answer carries an ``alignscope`` field (in the last chunk when streaming)::
+
+    "alignscope": {
+      "request_id": "chatcmpl-...",
+      "guards": [{"guard": "probe(layer=5)", "stage": "input", "policy": "block", "decision": "blocked",
+                  "score": 3.1, "threshold": 0.4, "detail": ""}],
+      "blocked": true,        # a guard replaced the answer (finish_reason "content_filter")
+      "flagged": false,       # a guard with policy "flag" fired
+      "generated": false,     # false when an input guard refused before generating
+      "decoding": "greedy, max_new_tokens=64", "seed": 0
+    }
+
+Errors are OpenAI-style ``{"error": {"message", "type", "param", "code"}}``: 400 for bad JSON, wrong types,
+unsupported fields or content (including ``input_audio`` for text models), too-long input; 401 for a wrong API
+key; 404 for an unknown model; 413 for an oversized body; 429 when the model's queue is full; 503 while the
+model is disabled; 500 when generation itself fails. No request can stop the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from alignscope.models.base import ChatModel, Conversation, GenerationConfig, ModelError
+from alignscope.models.local import LocalModel
+from alignscope.server.engine import Generated, ModelWorker, QueueFull, generate, stream_local
+from alignscope.server.guards import (
+    AudioGuard,
+    Guard,
+    GuardAuditLog,
+    GuardDecision,
+    InputGuard,
+    OutputGuard,
+    decide,
+)
+from alignscope.server.schemas import APIError, ChatCompletionRequest, validation_error
+
+log = logging.getLogger("alignscope.server")
+
+ADMIN_TOKEN_ENV = "ALIGNSCOPE_ADMIN_TOKEN"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Limits and defaults of the server.
+
+    Attributes:
+        max_input_chars: characters of message text a request may carry (400 beyond).
+        max_body_bytes: size of a request body (413 beyond).
+        max_tokens_limit: largest ``max_tokens`` accepted (400 beyond).
+        default_max_tokens: ``max_tokens`` when the request gives none.
+        default_temperature: temperature when the request gives none (1.0, as the OpenAI API; 0 is greedy).
+        max_queue: requests waiting or running per model (429 beyond, which clients retry).
+        admin_token: the operator token; None reads ``$ALIGNSCOPE_ADMIN_TOKEN`` when the app is created.
+        api_key: if set, ``/v1`` requests must send ``Authorization: Bearer <api_key>``.
+    """
+
+    max_input_chars: int = 32_000
+    max_body_bytes: int = 1_000_000
+    max_tokens_limit: int = 2048
+    default_max_tokens: int = 256
+    default_temperature: float = 1.0
+    max_queue: int = 256
+    admin_token: str | None = None
+    api_key: str | None = None
+
+
+@dataclass
+class ServedModel:
+    """A model the server answers for, with its guards, switch state and worker thread."""
+
+    name: str
+    model: ChatModel
+    input_guards: list[InputGuard]
+    output_guards: list[OutputGuard]
+    audio_guards: list[AudioGuard]
+    worker: ModelWorker
+    enabled: bool = True
+    disabled_reason: str = ""
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "enabled": self.enabled,
+            "disabled_reason": self.disabled_reason or None,
+            "queued": self.worker.pending,
+            "supports_prefill": bool(self.model.supports_prefill),
+            "guards": [f"{g.name}:{g.policy}" for g in self.input_guards]
+            + [f"{g.name}:{g.policy}" for g in self.output_guards],
+        }
+
+
+@dataclass
+class _Outcome:
+    answers: list[Generated]
+    decisions: list[GuardDecision]
+    generated: bool
+
+    @property
+    def blocked(self) -> bool:
+        return any(d.blocked for d in self.decisions)
+
+    @property
+    def flagged(self) -> bool:
+        return any(d.flagged for d in self.decisions)
+
+
+def create_app(
+    model: ChatModel,
+    guards: Sequence[Guard] = (),
+    *,
+    settings: ServerSettings | None = None,
+    audit_log: GuardAuditLog | str | os.PathLike[str] | None = None,
+    served_name: str | None = None,
+    audio_guards: Sequence[AudioGuard] = (),
+) -> FastAPI:
+    """The server app for ``model``.
+
+    Args:
+        model: any :class:`ChatModel` (a local model streams token by token; others stream the whole answer
+            in one chunk).
+        guards: :class:`InputGuard`s (run before generation, in order) and :class:`OutputGuard`s (run on the
+            answer, in order); the first that blocks decides the answer.
+        settings: limits and defaults (:class:`ServerSettings`).
+        audit_log: a :class:`GuardAuditLog` or the path of its JSONL file; None logs to the logger only.
+        served_name: the model name clients use (default ``model.name``).
+        audio_guards: applied to ``input_audio`` parts once an audio model is served (none is yet).
+    """
+    settings = settings or ServerSettings()
+    admin_token = settings.admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None
+    audit = audit_log if isinstance(audit_log, GuardAuditLog) else GuardAuditLog(audit_log)
+    name = served_name or model.name
+    inputs = [g for g in guards if isinstance(g, InputGuard)]
+    outputs = [g for g in guards if isinstance(g, OutputGuard)]
+    unknown = [g for g in guards if not isinstance(g, InputGuard | OutputGuard)]
+    if unknown:
+        raise TypeError(f"not a guard (needs check_input or check_output): {unknown!r}")
+    served = {
+        name: ServedModel(
+            name, model, inputs, outputs, list(audio_guards), ModelWorker(name, settings.max_queue)
+        )
+    }
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        for s in served.values():
+            s.worker.shutdown()
+
+    app = FastAPI(
+        title="alignscope", summary="OpenAI-compatible chat completions with guards", lifespan=lifespan
+    )
+    app.state.served = served
+    app.state.audit = audit
+    app.state.settings = settings
+
+    @app.exception_handler(APIError)
+    async def _api_error(_request: Request, e: APIError) -> JSONResponse:
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, e: StarletteHTTPException) -> JSONResponse:
+        code = "not_found" if e.status_code == 404 else "http_error"
+        return JSONResponse(APIError(e.status_code, str(e.detail), code=code).body(), e.status_code)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "models": {n: s.info() for n, s in served.items()}}
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> dict[str, Any]:
+        _check_key(request, settings)
+        return {"object": "list", "data": [_model_card(s) for s in served.values()]}
+
+    @app.get("/v1/models/{model_name:path}")
+    async def get_model(model_name: str, request: Request) -> dict[str, Any]:
+        _check_key(request, settings)
+        return _model_card(_lookup(served, model_name))
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
+        _check_key(request, settings)
+        req = await _parse(request, settings)
+        target = _lookup(served, req.model)
+        _check_serving(target)
+        conversation, prefill, gen = _prepare(req, target, settings)
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        if req.stream:
+            return StreamingResponse(
+                _stream(target, audit, req, conversation, prefill, gen, request_id),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        outcome = await _submit(
+            target, lambda: _pipeline(target, audit, request_id, conversation, prefill, gen, req.n)
+        )
+        return JSONResponse(_completion(target, request_id, outcome, gen))
+
+    @app.get("/admin/models")
+    async def admin_models(request: Request) -> dict[str, Any]:
+        _check_admin(request, admin_token)
+        return {"models": {n: s.info() for n, s in served.items()}}
+
+    @app.post("/admin/models/{model_name:path}/disable")
+    async def disable(model_name: str, request: Request) -> dict[str, Any]:
+        return await _switch(request, model_name, False)
+
+    @app.post("/admin/models/{model_name:path}/enable")
+    async def enable(model_name: str, request: Request) -> dict[str, Any]:
+        return await _switch(request, model_name, True)
+
+    async def _switch(request: Request, model_name: str, on: bool) -> dict[str, Any]:
+        _check_admin(request, admin_token)
+        target = _lookup(served, model_name)
+        reason = ""
+        raw = await request.body()
+        if raw.strip():
+            try:
+                body = json.loads(raw)
+                reason = str(body.get("reason", "")) if isinstance(body, dict) else ""
+            except json.JSONDecodeError as e:
+                raise APIError(400, f"invalid JSON body: {e.msg} at position {e.pos}") from None
+        target.enabled = on
+        target.disabled_reason = "" if on else (reason or "disabled by the operator")
+        client = request.client.host if request.client else None
+        audit.write(
+            "admin", action="enable" if on else "disable", model=target.name, reason=reason, client=client
+        )
+        return {"model": target.name, **target.info()}
+
+    return app
+
+
+# -- request handling ----------------------------------------------------------------------------------------
+
+
+def _check_key(request: Request, settings: ServerSettings) -> None:
+    if settings.api_key is None:
+        return
+    if not hmac.compare_digest(_bearer(request), settings.api_key):
+        raise APIError(401, "invalid or missing API key", type="authentication_error", code="invalid_api_key")
+
+
+def _check_admin(request: Request, token: str | None) -> None:
+    if not token:
+        raise APIError(
+            403,
+            f"admin endpoints are off: start the server with ${ADMIN_TOKEN_ENV} set",
+            type="permission_error",
+            code="admin_disabled",
+        )
+    if not hmac.compare_digest(_bearer(request), token):
+        raise APIError(
+            401, "invalid or missing admin token", type="authentication_error", code="invalid_token"
+        )
+
+
+def _bearer(request: Request) -> str:
+    value = request.headers.get("authorization", "")
+    return value[7:].strip() if value.lower().startswith("bearer ") else ""
+
+
+async def _parse(request: Request, settings: ServerSettings) -> ChatCompletionRequest:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
+        raise APIError(413, f"request body over {settings.max_body_bytes} bytes", code="request_too_large")
+    raw = bytearray()
+    async for piece in request.stream():
+        raw.extend(piece)
+        if len(raw) > settings.max_body_bytes:
+            raise APIError(
+                413, f"request body over {settings.max_body_bytes} bytes", code="request_too_large"
+            )
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f" at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise APIError(400, f"invalid JSON{where}: {e}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as e:
+        raise validation_error(e) from None
+
+
+def _lookup(served: dict[str, ServedModel], name: str) -> ServedModel:
+    if name not in served:
+        raise APIError(
+            404,
+            f"model {name!r} is not served here (served: {', '.join(served)})",
+            param="model",
+            code="model_not_found",
+        )
+    return served[name]
+
+
+def _check_serving(target: ServedModel) -> None:
+    if not target.enabled:
+        raise APIError(
+            503,
+            f"model {target.name!r} is disabled by the operator ({target.disabled_reason}); "
+            "it answers again once re-enabled",
+            type="service_unavailable",
+            code="model_disabled",
+        )
+
+
+def _prepare(
+    req: ChatCompletionRequest, target: ServedModel, settings: ServerSettings
+) -> tuple[Conversation, str | None, GenerationConfig]:
+    for i, m in enumerate(req.messages):
+        if m.audio_parts():
+            if not getattr(target.model, "accepts_audio", False):
+                raise APIError(
+                    400,
+                    f"audio input not supported by this model ({target.name}): messages.{i} has input_audio",
+                    param=f"messages.{i}.content",
+                    code="unsupported_content",
+                )
+            raise APIError(501, "audio models are not served yet", code="not_implemented")
+        others = m.other_parts()
+        if others:
+            raise APIError(
+                400,
+                f"content part type {others[0]!r} is not supported (use text)",
+                param=f"messages.{i}.content",
+                code="unsupported_content",
+            )
+    chars = req.input_chars()
+    if chars > settings.max_input_chars:
+        raise APIError(
+            400,
+            f"input is {chars} characters, over this server's limit of {settings.max_input_chars}",
+            param="messages",
+            code="input_too_long",
+        )
+    budget = req.token_budget or settings.default_max_tokens
+    if budget > settings.max_tokens_limit:
+        raise APIError(
+            400,
+            f"max_tokens={budget} is over this server's limit of {settings.max_tokens_limit}",
+            "max_tokens",
+        )
+    conversation, prefill = req.conversation()
+    if prefill is not None and not target.model.supports_prefill:
+        raise APIError(
+            400, f"{target.name} cannot continue an assistant message", param="continue_final_message"
+        )
+    if target.output_guards and req.n > 1:
+        raise APIError(400, "n > 1 is not supported when output guards are on", param="n")
+    temperature = settings.default_temperature if req.temperature is None else req.temperature
+    sample = temperature > 0
+    seed = req.seed if req.seed is not None else (secrets.randbelow(2**31) if sample else 0)
+    gen = GenerationConfig(
+        max_new_tokens=budget,
+        do_sample=sample,
+        temperature=temperature if sample else 1.0,
+        top_p=req.top_p if req.top_p is not None else 1.0,
+        top_k=req.top_k or 0,
+        seed=seed,
+        batch_size=req.n,
+    )
+    return conversation, prefill or None, gen
+
+
+async def _submit(target: ServedModel, fn: Callable[[], _Outcome]) -> _Outcome:
+    try:
+        future = target.worker.submit(fn)
+    except QueueFull as e:
+        raise APIError(
+            429, f"server busy: {e}; retry later", type="rate_limit_error", code="server_busy"
+        ) from None
+    try:
+        return await asyncio.wrap_future(future)
+    except APIError:
+        raise
+    except ModelError as e:
+        log.warning("generation failed on %s: %s", target.name, e)
+        raise APIError(500, f"generation failed: {e}", type="server_error", code="model_error") from None
+    except Exception as e:  # a broken request must not take the server down
+        log.exception("unexpected error on %s", target.name)
+        raise APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error") from None
+
+
+# -- the guarded pipeline (runs on the model's worker thread) -----------------------------------------------
+
+
+def _pipeline(
+    target: ServedModel,
+    audit: GuardAuditLog,
+    request_id: str,
+    conversation: Conversation,
+    prefill: str | None,
+    gen: GenerationConfig,
+    n: int = 1,
+    emit: Callable[[str], None] | None = None,
+    cancelled: threading.Event | None = None,
+) -> _Outcome:
+    """Input guards, generation, output guards. With ``emit``, text is streamed as it is generated unless an
+    output guard may block (then the checked answer is emitted whole)."""
+    _check_serving(target)  # the switch also stops requests that were already queued
+    prompt = next((m["content"] for m in reversed(conversation) if m["role"] == "user"), "")
+    decisions: list[GuardDecision] = []
+    for ig in target.input_guards:
+        d = decide(ig, "input", ig.check_input(conversation))
+        audit.guard(d, request_id, target.name, prompt)
+        decisions.append(d)
+        if d.blocked:
+            if emit is not None:
+                emit(ig.refusal_text)
+            return _Outcome([Generated(ig.refusal_text, "content_filter")] * n, decisions, generated=False)
+    live = emit is not None and not any(g.policy == "block" for g in target.output_guards)
+    if live and isinstance(target.model, LocalModel):
+        answers = [stream_local(target.model, conversation, prefill, gen, emit, cancelled)]  # type: ignore[arg-type]
+    else:
+        answers = generate(target.model, conversation, prefill, gen, n)
+    if n == 1 and target.output_guards:
+        answer = answers[0]
+        judged = (prefill or "") + answer.text
+        for og in target.output_guards:
+            d = decide(og, "output", og.check_output(conversation, judged))
+            audit.guard(d, request_id, target.name, prompt, judged)
+            decisions.append(d)
+            if d.blocked:
+                answers = [Generated(og.refusal_text, "content_filter", answer.prompt_tokens, 0)]
+                break
+    if emit is not None and not (live and isinstance(target.model, LocalModel)):
+        emit(answers[0].text)
+    return _Outcome(answers, decisions, generated=True)
+
+
+# -- responses -----------------------------------------------------------------------------------------------
+
+
+def _model_card(s: ServedModel) -> dict[str, Any]:
+    return {
+        "id": s.name,
+        "object": "model",
+        "created": s.created,
+        "owned_by": "alignscope",
+        "alignscope": s.info(),
+    }
+
+
+def _meta(request_id: str, outcome: _Outcome | None, gen: GenerationConfig) -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "guards": [d.to_dict() for d in outcome.decisions] if outcome else [],
+        "blocked": outcome.blocked if outcome else False,
+        "flagged": outcome.flagged if outcome else False,
+        "generated": outcome.generated if outcome else False,
+        "decoding": gen.describe(),
+        "seed": gen.seed,
+    }
+
+
+def _usage(answers: list[Generated]) -> dict[str, int]:
+    prompt = answers[0].prompt_tokens if answers else 0
+    completion = sum(a.completion_tokens for a in answers)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _completion(
+    target: ServedModel, request_id: str, outcome: _Outcome, gen: GenerationConfig
+) -> dict[str, Any]:
+    return {
+        "id": request_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": target.name,
+        "choices": [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": a.text},
+                "finish_reason": a.finish_reason,
+                "logprobs": None,
+            }
+            for i, a in enumerate(outcome.answers)
+        ],
+        "usage": _usage(outcome.answers),
+        "alignscope": _meta(request_id, outcome, gen),
+    }
+
+
+async def _stream(
+    target: ServedModel,
+    audit: GuardAuditLog,
+    req: ChatCompletionRequest,
+    conversation: Conversation,
+    prefill: str | None,
+    gen: GenerationConfig,
+    request_id: str,
+) -> AsyncIterator[str]:
+    """Server-sent events: a role chunk, content chunks as text is generated, a final chunk with the
+    ``finish_reason`` and the ``alignscope`` field, a usage chunk on request, then ``[DONE]``."""
+    loop = asyncio.get_running_loop()
+    pieces: asyncio.Queue[str | None] = asyncio.Queue()
+    cancelled = threading.Event()
+    created = int(time.time())
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        body = {
+            "id": request_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": target.name,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+            **extra,
+        }
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    def emit(text: str) -> None:
+        loop.call_soon_threadsafe(pieces.put_nowait, text)
+
+    try:
+        future = target.worker.submit(
+            lambda: _pipeline(target, audit, request_id, conversation, prefill, gen, 1, emit, cancelled)
+        )
+    except QueueFull as e:
+        err = APIError(429, f"server busy: {e}; retry later", type="rate_limit_error", code="server_busy")
+        yield f"data: {json.dumps(err.body())}\n\n"
+        yield "data: [DONE]\n\n"
+        return
+    task = asyncio.wrap_future(future)
+    task.add_done_callback(lambda _t: pieces.put_nowait(None))
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        while (piece := await pieces.get()) is not None:
+            if piece:
+                yield chunk({"content": piece})
+        try:
+            outcome = await task
+        except Exception as e:
+            if not isinstance(e, APIError | ModelError):
+                log.exception("streaming failed on %s", target.name)
+            message = e.message if isinstance(e, APIError) else f"generation failed: {e}"
+            yield f"data: {json.dumps(APIError(500, message, type='server_error').body())}\n\n"
+            yield "data: [DONE]\n\n"
+            return
+        answer = outcome.answers[0]
+        yield chunk({}, answer.finish_reason, alignscope=_meta(request_id, outcome, gen))
+        if req.stream_options is not None and req.stream_options.include_usage:
+            usage = {
+                "id": request_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": target.name,
+                "choices": [],
+                "usage": _usage(outcome.answers),
+            }
+            yield f"data: {json.dumps(usage)}\n\n"
+        yield "data: [DONE]\n\n"
+    finally:
+        cancelled.set()  # the client went away (or we are done): stop generating
