@@ -152,7 +152,15 @@ def run_audit(
     pcfg = PrefillConfig(
         config.prefill_ks, config.attack_tokens, batch_size=config.batch_size, seed=config.seed
     )
-    prefill_attack(model, list(attack_set), responses, judge, pcfg, run, progress=progress)
+    if model.supports_prefill:
+        prefill_attack(model, list(attack_set), responses, judge, pcfg, run, progress=progress)
+    else:
+        note(
+            run,
+            "prefill",
+            f"{model.name} does not accept an assistant prefill: the prefilling attack is not "
+            "applicable to it.",
+        )
 
     if config.decoding != "off":
         grid = FULL_GRID if config.decoding == "full" else REDUCED_GRID
@@ -169,9 +177,24 @@ def run_audit(
         )
 
     if config.reference is not None:
-        token_kl_stage(model, pool.get(config.reference), attack_set, responses, config.kl_tokens, run)
+        reference = pool.get(config.reference)
+        if isinstance(model, LocalModel) and isinstance(reference, LocalModel):
+            token_kl_stage(model, reference, attack_set, responses, config.kl_tokens, run)
+        else:
+            note(
+                run,
+                "token_kl",
+                "the per-token KL needs the logits of both models: not applicable to remote models.",
+            )
     rebuild(run)
     return run
+
+
+def note(run: RunDir, key: str, text: str) -> None:
+    """Record, once, why a part of a command was not run; the report lists these notes."""
+    log.warning(text)
+    if key not in run.done("note"):
+        run.append({"stage": "note", "key": key, "text": text})
 
 
 def evaluate_suites(

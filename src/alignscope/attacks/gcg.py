@@ -265,18 +265,33 @@ def _optimise(
         strings.append(decode(step_ids))
         counts.append(len(cands))
         bar.set_postfix(loss=f"{step_loss:.3f}")
-        log.debug("step %d loss %.4f (%d candidates, %.2fs): %r", len(losses), step_loss, len(cands), times[-1], strings[-1])
+        log.debug(
+            "step %d loss %.4f (%d candidates, %.2fs): %r",
+            len(losses),
+            step_loss,
+            len(cands),
+            times[-1],
+            strings[-1],
+        )
         if config.early_stop and hit:
             stopped = True
             break
     return GCGResult(
-        decode(best_ids), best_loss, best_ids, losses, strings, times, init_loss, counts, stopped, messages, targets
+        decode(best_ids),
+        best_loss,
+        best_ids,
+        losses,
+        strings,
+        times,
+        init_loss,
+        counts,
+        stopped,
+        messages,
+        targets,
     )
 
 
-def suffix_loss(
-    model: LocalModel, messages_or_prompt: str | Conversation, target: str, suffix: str
-) -> float:
+def suffix_loss(model: LocalModel, messages_or_prompt: str | Conversation, target: str, suffix: str) -> float:
     """The loss of ``suffix`` on (prompt, target) from one plain forward pass of the prompt as text: the
     formatted chat with the suffix filled in is tokenised whole, exactly as generation will see it."""
     ids = model.encode_prompt(fill_suffix(messages_or_prompt, suffix))

@@ -131,7 +131,11 @@ def suffix_ids_in_context(model: LocalModel, slots: PromptSlots, suffix_text: st
     :class:`GCGError` when it merges with the text around it."""
     full = model._encode(slots.before_text + suffix_text + slots.after_text)
     nb, na = len(slots.before_ids), len(slots.after_ids)
-    if full[:nb] != slots.before_ids or (na and full[len(full) - na :] != slots.after_ids) or len(full) <= nb + na:
+    if (
+        full[:nb] != slots.before_ids
+        or (na and full[len(full) - na :] != slots.after_ids)
+        or len(full) <= nb + na
+    ):
         raise GCGError(
             f"the suffix {suffix_text!r} merges with the prompt around it when tokenised; choose another "
             "optim_str_init or put a space before the placeholder"
@@ -180,7 +184,8 @@ def make_cache(model: Any, kv: KV, batch: int, length: int) -> Any:
     from transformers import DynamicCache
 
     data = [
-        (k[:, :, :length].expand(batch, -1, -1, -1), v[:, :, :length].expand(batch, -1, -1, -1)) for k, v in kv
+        (k[:, :, :length].expand(batch, -1, -1, -1), v[:, :, :length].expand(batch, -1, -1, -1))
+        for k, v in kv
     ]
     return DynamicCache(ddp_cache_data=data)
 
@@ -322,7 +327,9 @@ def unique_candidates(cands: torch.Tensor, current: torch.Tensor) -> torch.Tenso
     return cands[keep]
 
 
-def retokenisation_filter(model: LocalModel, slots_list: Sequence[PromptSlots], cands: torch.Tensor) -> torch.Tensor:
+def retokenisation_filter(
+    model: LocalModel, slots_list: Sequence[PromptSlots], cands: torch.Tensor
+) -> torch.Tensor:
     """Boolean ``(n_cands,)``: True where the candidate's text, placed in every prompt, tokenises back to
     exactly ``before_ids + candidate + after_ids``, so the evaluated prompt (built from text) is the optimised
     one. Stricter than nanoGCG, which checks the suffix alone and misses merges at its edges."""

@@ -32,7 +32,8 @@ def rebuild(run: RunDir) -> tuple[dict[str, Any], Any]:
     metrics: dict[str, Any] = {**run.metrics(), "command": cfg.get("command"), "config": cfg}
     sections: list[Section] = []
     summary: list[str] = []
-    for builder in (_evaluate, _harmful_responses, _prefill, _decoding, _token_kl, *EXTRA_SECTIONS):
+    builders = (_evaluate, _harmful_responses, _prefill, _decoding, _token_kl, *EXTRA_SECTIONS, _notes)
+    for builder in builders:
         secs, lines = builder(run, metrics)
         sections += secs
         summary += lines
@@ -339,6 +340,14 @@ def _token_kl(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], list
         figures=[Figure(png, "Per-token KL (band: 95% bootstrap CI over pairs)")],
     )
     return [sec], []
+
+
+def _notes(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], list[str]]:
+    recs = run.records("note")
+    if not recs:
+        return [], []
+    metrics["notes"] = {r["key"]: r["text"] for r in recs}
+    return [Section("Not applicable", notes=[r["text"] for r in recs])], [r["text"] for r in recs]
 
 
 def _slug(s: str) -> str:

@@ -97,7 +97,8 @@ class TrainConfig:
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready (tuples as lists), so a recorded config compares equal to the live one on resume."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     def replace(self, **changes: Any) -> Any:
         return dataclasses.replace(self, **changes)

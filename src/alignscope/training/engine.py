@@ -235,7 +235,9 @@ def fit(
     return save_output(session, trainer, metrics)
 
 
-def training_arguments(session: Session, opt: dict[str, Any], group_by_length: bool = False) -> dict[str, Any]:
+def training_arguments(
+    session: Session, opt: dict[str, Any], group_by_length: bool = False
+) -> dict[str, Any]:
     """Keyword arguments for transformers' ``TrainingArguments`` (TRL's configs accept the same)."""
     cfg = session.config
     on_cpu = cfg.device == "cpu" or not torch.cuda.is_available()

@@ -77,5 +77,7 @@ def launch(
         os.unlink(path)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
-        raise TrainingError(f"accelerate launch of {recipe} failed (exit {proc.returncode}); last output:\n{tail}")
+        raise TrainingError(
+            f"accelerate launch of {recipe} failed (exit {proc.returncode}); last output:\n{tail}"
+        )
     return proc

@@ -99,7 +99,8 @@ class ShallowDeepConfig:
     batch_size: int = 32
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready (tuples as lists), so a recorded config compares equal to the live one on resume."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)
