@@ -28,9 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--data", default=str(DATA), help="directory holding advbench/ and alpaca/")
-    ap.add_argument("--train", type=int, default=100, help="training prompts per class (30%% become validation)")
+    ap.add_argument(
+        "--train", type=int, default=100, help="training prompts per class (30%% become validation)"
+    )
     ap.add_argument("--test", type=int, default=100, help="held-out prompts per class")
-    ap.add_argument("--builtin", type=int, default=64, help="built-in harmful/benign prompts per class (0: skip)")
+    ap.add_argument(
+        "--builtin", type=int, default=64, help="built-in harmful/benign prompts per class (0: skip)"
+    )
     ap.add_argument("--target-fpr", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -64,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     o = prompt_hidden_states(model, border)
     built_h = built_b = None
     if args.builtin:
-        built_h = prompt_hidden_states(model, load_suite("harmful").take(args.builtin, seed=args.seed).prompts)
+        built_h = prompt_hidden_states(
+            model, load_suite("harmful").take(args.builtin, seed=args.seed).prompts
+        )
         built_b = prompt_hidden_states(model, load_suite("benign").take(args.builtin, seed=args.seed).prompts)
     read_s = time.perf_counter() - start
     n = args.train
@@ -80,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(border)} built-in borderline-safe prompts"
         + (f", {args.builtin}+{args.builtin} built-in harmful/benign" if args.builtin else "")
     )
-    print(f"hidden states of {len(harm) + len(benign) + len(border)} prompts: {read_s:.1f} s; probes: {fit_s:.1f} s")
+    print(
+        f"hidden states of {len(harm) + len(benign) + len(border)} prompts: {read_s:.1f} s; probes: {fit_s:.1f} s"
+    )
     header = (
         f"{'layer':>5}{'val AUROC':>11}{'test AUROC':>12}{'test TPR':>10}{'test FPR':>10}"
         f"{'borderline FRR':>16}{'builtin AUROC':>15}"

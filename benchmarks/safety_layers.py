@@ -113,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         f"r={args.draws} pairs per kind (N-N, N-M, M-M), seed={args.seed}, torch threads={cached['threads']}, "
         f"CPU"
     )
-    header = f"{'implementation':<28}{'forward passes':>16}{'wall s':>10}{'peak RSS MiB':>14}{'+ over model':>14}"
+    header = (
+        f"{'implementation':<28}{'forward passes':>16}{'wall s':>10}{'peak RSS MiB':>14}{'+ over model':>14}"
+    )
     print(header)
     print("-" * len(header))
     for name, r in (("alignscope (cached)", cached), ("naive (1 pass per pair)", naive)):

@@ -201,3 +201,28 @@ def test_evaluate_prefill_decoding_and_token_kl_commands(
         ],
     )
     assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize("prefill", [True, False])
+def test_audit_of_a_served_model(tiny_dir: Path, tmp_path: Path, prefill: bool) -> None:
+    """A remote model is audited through the OpenAI-compatible API: prefill sent as text when the server takes
+    it (k counted with the source model's tokenizer), else reported as not applicable; KL is not applicable."""
+    from alignscope.audit import AuditConfig, run_audit
+    from alignscope.models import load_model
+    from alignscope.server import BackgroundServer, create_app
+
+    local = load_model(str(tiny_dir))
+    with BackgroundServer(create_app(local, served_name="tiny")) as server:
+        spec = f"openai:{server.base_url}#tiny" + ("?prefill=continue" if prefill else "")
+        cfg = AuditConfig(model=spec, reference=str(tiny_dir), prefill_source=str(tiny_dir), n_harmful=2,
+                          n_borderline=1, n_prefill=2, prefill_ks=(0, 2), decoding="off", max_new_tokens=3,
+                          attack_tokens=3)
+        run = run_audit(cfg, out=str(tmp_path / "r"), models={str(tiny_dir): local}, progress=False)
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    assert "token_kl" in metrics["notes"]
+    if prefill:
+        assert set(metrics["prefill"]["asr"]) == {"0", "2"}
+        recs = [r for r in run.records("prefill") if r["k"] == 2]
+        assert all(r["k_used"] == 2 and r["k_tokenizer"] == str(tiny_dir) for r in recs)
+    else:
+        assert "prefill" in metrics["notes"] and "prefill" not in metrics

@@ -508,7 +508,7 @@ def test_registry_loads_model_spec_with_colons(monkeypatch: pytest.MonkeyPatch) 
         loaded.append(spec)
         return ScriptedModel(["#thescore: 5"], name=spec)
 
-    monkeypatch.setattr("alignscope.models.load_model", fake_load_model, raising=False)
+    monkeypatch.setattr("alignscope.models.load_chat_model", fake_load_model, raising=False)
     judge = get_judge("llm-rubric:openai:http://host:8000/v1#gpt-4o")
     assert loaded == ["openai:http://host:8000/v1#gpt-4o"]
     assert isinstance(judge, LLMRubricJudge)
@@ -539,7 +539,7 @@ def test_registry_wraps_model_load_errors(monkeypatch: pytest.MonkeyPatch) -> No
     def broken(spec: str) -> ChatModel:
         raise ModelError(f"no such model {spec}")
 
-    monkeypatch.setattr("alignscope.models.load_model", broken, raising=False)
+    monkeypatch.setattr("alignscope.models.load_chat_model", broken, raising=False)
     with pytest.raises(JudgeError, match="cannot load judge model 'missing'"):
         get_judge("llm-rubric:missing")
 

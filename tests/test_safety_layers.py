@@ -38,7 +38,7 @@ from alignscope.analysis.safety_layers import (
 )
 from alignscope.analysis.saliency import plot_saliency, refusal_saliency
 from alignscope.judges import Verdict
-from alignscope.models import user_turn
+from alignscope.models import GenerationConfig, user_turn
 from alignscope.runs import RunDir
 from alignscope.testing import tiny_local_model
 
@@ -148,7 +148,7 @@ def test_detect_range_on_sigmoid_gap():
     assert 8 <= r.start <= 10
     assert 12 <= r.end <= 14
     assert r.start <= r.steepest <= r.end
-    assert math.isclose(r.rise_deg, gap.max() - gap.min())
+    assert math.isclose(r.rise_deg, gap.max() - gap.min(), abs_tol=1e-2)  # on the smoothed curve
     assert detect_safety_range(gap) == r  # deterministic
 
 
@@ -165,8 +165,8 @@ def test_detect_range_none_for_flat_and_small_curves():
     rng = np.random.default_rng(0)
     assert detect_safety_range(rng.normal(0, 0.4, 30)) is None  # noise around zero: the unaligned control
     assert detect_safety_range(-_sigmoid_gap()) is None  # a falling curve never opens
-    assert detect_safety_range(_sigmoid_gap(height=2.0)) is None  # below min_rise_deg=3
-    assert detect_safety_range(_sigmoid_gap(height=2.0), min_rise_deg=1.0) is not None
+    assert detect_safety_range(_sigmoid_gap(height=1.5)) is None  # below min_rise_deg=2
+    assert detect_safety_range(_sigmoid_gap(height=1.5), min_rise_deg=1.0) is not None
 
 
 def test_detect_range_smoothing_and_errors():
@@ -472,3 +472,90 @@ def test_scan_on_embedded_model_gives_finite_curves(smollm2):
     with scale_layers(smollm2, (8, 12), 1.15):
         pass
     assert torch.equal(smollm2.model.model.layers[10].mlp.down_proj.weight, before)
+
+
+def _refusal_lora(base, harmful: list[str], benign: list[str], steps: int, lr: float, workdir: Path):
+    """A safety-aligned variant of ``base``: a short LoRA fine-tune (peft + transformers Trainer) on refusals
+    to harmful prompts and a compliant opening for benign ones. ``base`` itself is not modified."""
+    import copy
+
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from alignscope.analysis.layers import LAYER_WEIGHTS
+    from alignscope.models import LocalModel
+
+    def example(prompt: str, response: str) -> dict[str, list[int]]:
+        ids = base.encode_prompt(user_turn(prompt))
+        resp = base.response_ids(response)
+        return {"input_ids": ids + resp, "labels": [-100] * len(ids) + resp}
+
+    rows = [example(p, "I'm sorry, but I can't help with that.") for p in harmful]
+    rows += [example(p, "Sure, here is") for p in benign]
+    model = get_peft_model(
+        copy.deepcopy(base.model),
+        LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=list(LAYER_WEIGHTS)),
+    )
+    args = TrainingArguments(
+        output_dir=str(workdir),
+        per_device_train_batch_size=8,
+        max_steps=steps,
+        learning_rate=lr,
+        lr_scheduler_type="constant",
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
+    collator = DataCollatorForSeq2Seq(base.tokenizer, padding=True, label_pad_token_id=-100)
+    Trainer(
+        model=model, args=args, train_dataset=Dataset.from_list(rows).shuffle(seed=0), data_collator=collator
+    ).train()
+    merged = model.merge_and_unload().eval()
+    return LocalModel(merged, base.tokenizer, name="smollm2+refusal-lora", template=base.template)
+
+
+@pytest.mark.slow
+def test_aligned_variant_has_larger_gap_than_unaligned_control(smollm2, tmp_path: Path):
+    """Li et al. (2024): an aligned model's N-M angle gap opens where its unaligned control's does not."""
+    from alignscope.analysis.safety_layers import with_template
+    from alignscope.data import load_suite
+    from alignscope.judges import KeywordJudge
+
+    harmful_train, harmful_test = load_suite("harmful").split(0.5, seed=0)
+    benign_train, benign_test = load_suite("benign").split(0.5, seed=0)
+    control = with_template(smollm2, "plain")
+    steps = 16
+    aligned = _refusal_lora(
+        control,
+        harmful_train.take(4 * steps).prompts,
+        benign_train.take(4 * steps).prompts,
+        steps,
+        4e-3,
+        tmp_path,
+    )
+    malicious = harmful_test.take(16).prompts
+    normal = benign_test.take(16).prompts
+    answers = aligned.generate([user_turn(p) for p in malicious[:8]], GenerationConfig(max_new_tokens=8))
+    refused = [v.refused for v in KeywordJudge().judge_batch(malicious[:8], answers)]
+    assert sum(refused) >= 6, answers  # the variant is safety-aligned on held-out harmful prompts
+
+    summary = analyze_safety_layers(
+        aligned,
+        control=control,
+        normal=normal,
+        malicious=malicious,
+        overrejection=[],
+        config=SafetyLayerScanConfig(draws=300, template="plain"),
+        probe=False,
+        saliency=0,
+    )
+    assert summary["range"] is not None, summary["scan"]["gap_deg"]
+    assert summary["control"]["range"] is None, summary["control"]["scan"]["gap_deg"]
+    assert summary["control"]["range_text"] == NO_RANGE
+    comparison = summary["control"]["comparison"]
+    assert comparison["over"] == "detected range"
+    assert comparison["mean_gap_deg"] > comparison["control_mean_gap_deg"] + 1.0, comparison

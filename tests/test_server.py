@@ -322,6 +322,7 @@ def test_probe_guard_policies_and_audit_log(tiny: Any, tmp_path: Path, policy: s
     decision = harmful["alignscope"]["guards"][0]
     assert decision["guard"] == "probe(layer=1)" and decision["stage"] == "input"
     assert decision["score"] > decision["threshold"] == 0.0
+    assert decision["ms"] > 0 and harmful["alignscope"]["timing_ms"]["guards"] == decision["ms"]
     assert benign["alignscope"]["guards"][0]["decision"] == "passed"
     assert benign["choices"][0]["message"]["content"] == local_answer(tiny, BENIGN)
     streamed_text = "".join(e["choices"][0]["delta"].get("content", "") for e in streamed)

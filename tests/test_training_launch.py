@@ -18,7 +18,9 @@ def test_launch_command_uses_torchrun_mode_on_cpu(tmp_path):
     assert cmd[cmd.index("--num_processes") + 1] == "2" and "--multi_gpu" in cmd
     assert cmd[-3:] == ["alignscope.training", "safety-sft", str(tmp_path / "c.json")]
     with_config = launch_command("sppft", "c.json", 4, accelerate_config="acc.yaml")
-    assert with_config[with_config.index("--config_file") + 1] == "acc.yaml" and "--multi_gpu" not in with_config
+    assert (
+        with_config[with_config.index("--config_file") + 1] == "acc.yaml" and "--multi_gpu" not in with_config
+    )
 
 
 @pytest.mark.slow
@@ -28,13 +30,21 @@ def test_two_cpu_processes_train_and_save(tmp_path):
     lm.model.save_pretrained(model_dir)
     lm.tokenizer.save_pretrained(model_dir)
     records = [
-        ChatRecord([{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": "I'm sorry."}])
+        ChatRecord(
+            [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": "I'm sorry."}]
+        )
         for i in range(8)
     ]
     data = write_chat_jsonl(tmp_path / "chat.jsonl", records)
     out = tmp_path / "run"
     cfg = SafetySFTConfig(
-        model=str(model_dir), out=str(out), data=str(data), max_steps=2, batch_size=2, progress=False, save_steps=1
+        model=str(model_dir),
+        out=str(out),
+        data=str(data),
+        max_steps=2,
+        batch_size=2,
+        progress=False,
+        save_steps=1,
     )
     start = time.perf_counter()
     proc = launch("safety-sft", cfg, num_processes=2, env={"OMP_NUM_THREADS": "1"})

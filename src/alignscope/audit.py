@@ -20,7 +20,14 @@ from alignscope.attacks.stage import GenItem, generate_and_judge
 from alignscope.data import Suite, load_suite
 from alignscope.judges import Judge, get_judge
 from alignscope.judges.registry import DEFAULT_JUDGE_MODEL, JUDGES, parse_judge_spec
-from alignscope.models import DEFAULT_MODEL, GenerationConfig, LocalModel, load_model, user_turn
+from alignscope.models import (
+    DEFAULT_MODEL,
+    ChatModel,
+    GenerationConfig,
+    LocalModel,
+    load_chat_model,
+    user_turn,
+)
 from alignscope.report.build import rebuild
 from alignscope.runs.store import RunDir
 
@@ -84,13 +91,13 @@ class AuditConfig:
 class _Models:
     """Loads each model spec once per run (the audited model is often also the prefill source or judge)."""
 
-    def __init__(self, device: str | None, dtype: str | None, preloaded: dict[str, LocalModel] | None = None):
+    def __init__(self, device: str | None, dtype: str | None, preloaded: dict[str, ChatModel] | None = None):
         self.device, self.dtype = device, dtype
-        self.cache: dict[str, LocalModel] = dict(preloaded or {})
+        self.cache: dict[str, ChatModel] = dict(preloaded or {})
 
-    def get(self, spec: str) -> LocalModel:
+    def get(self, spec: str) -> ChatModel:
         if spec not in self.cache:
-            self.cache[spec] = load_model(spec, device=self.device, dtype=self.dtype)
+            self.cache[spec] = load_chat_model(spec, device=self.device, dtype=self.dtype)
         return self.cache[spec]
 
     def judge(self, spec: str) -> Judge:
@@ -98,11 +105,11 @@ class _Models:
 
 
 def load_judge_for(
-    spec: str, model: LocalModel | None = None, loader: Callable[[str], LocalModel] | None = None
+    spec: str, model: ChatModel | None = None, loader: Callable[[str], ChatModel] | None = None
 ) -> Judge:
     """The judge for ``spec``. A model judge whose model spec names ``model`` (or names none while ``model`` is
     the default) reuses that loaded model; other local judge models come from ``loader`` (default:
-    :func:`load_model`)."""
+    :func:`load_chat_model`)."""
     name, _, model_spec = parse_judge_spec(spec)
     entry = JUDGES.get(name)
     if entry is None or not entry.uses_model:
@@ -112,14 +119,14 @@ def load_judge_for(
         return get_judge(spec)
     if model is not None and model.name == target:
         return get_judge(spec, model=model)
-    return get_judge(spec, model=(loader or load_model)(target))
+    return get_judge(spec, model=(loader or load_chat_model)(target))
 
 
 def run_audit(
     config: AuditConfig | None = None,
     out: str | None = None,
     resume: bool = False,
-    models: dict[str, LocalModel] | None = None,
+    models: dict[str, ChatModel] | None = None,
     progress: bool = True,
 ) -> RunDir:
     """Audit one model: refusal and over-refusal, prefilling curve, decoding exploit and (with a reference)
@@ -152,8 +159,12 @@ def run_audit(
     pcfg = PrefillConfig(
         config.prefill_ks, config.attack_tokens, batch_size=config.batch_size, seed=config.seed
     )
-    if model.supports_prefill:
-        prefill_attack(model, list(attack_set), responses, judge, pcfg, run, progress=progress)
+    source = pool.get(source_spec)
+    counter = source if isinstance(source, LocalModel) else None
+    if model.supports_prefill and (isinstance(model, LocalModel) or counter is not None):
+        prefill_attack(
+            model, list(attack_set), responses, judge, pcfg, run, progress=progress, token_counter=counter
+        )
     else:
         note(
             run,
@@ -198,7 +209,7 @@ def note(run: RunDir, key: str, text: str) -> None:
 
 
 def evaluate_suites(
-    model: LocalModel,
+    model: ChatModel,
     suites: Sequence[Suite],
     judge: Judge,
     gen: GenerationConfig,
@@ -238,16 +249,3 @@ def token_kl_stage(
     rec = {"stage": "token_kl", "key": key, "suite": suite.name, **kl.to_dict()}
     run.append(rec)
     return rec
-
-
-def load_pair_responses(
-    model: LocalModel,
-    suite: Suite,
-    judge: Judge,
-    run: RunDir,
-    source: LocalModel | None,
-    max_new_tokens: int = 64,
-    batch_size: int = 16,
-) -> dict[str, str]:
-    """Harmful responses for prefilling/KL: the suite's own when it has them, else written by ``source``."""
-    return harmful_responses(source or model, list(suite), judge, max_new_tokens, batch_size, run)

@@ -182,7 +182,7 @@ def evaluate(
     """Answer the prompts of one or more suites and judge the answers (refusal, ASR, over-refusal)."""
     from alignscope.audit import evaluate_suites, load_judge_for
     from alignscope.data import load_suite
-    from alignscope.models import GenerationConfig, load_model
+    from alignscope.models import GenerationConfig, load_chat_model
     from alignscope.report.build import rebuild
     from alignscope.runs import RunDir
 
@@ -200,7 +200,7 @@ def evaluate(
     }
     loaded = [load_suite(s).take(n, seed) for s in suites]
     run = RunDir.create("evaluate", config, out=out, resume=resume)
-    m = load_model(model, device=device, dtype=dtype)
+    m = load_chat_model(model, device=device, dtype=dtype)
     gen = GenerationConfig(
         max_new_tokens=max_new_tokens,
         seed=seed,
@@ -241,7 +241,7 @@ def attack_prefill(
     from alignscope.attacks import PrefillConfig, harmful_responses, prefill_attack
     from alignscope.audit import load_judge_for
     from alignscope.data import load_suite
-    from alignscope.models import DEFAULT_MODEL, load_model
+    from alignscope.models import DEFAULT_MODEL, LocalModel, load_chat_model
     from alignscope.report.build import rebuild
     from alignscope.runs import RunDir
 
@@ -257,19 +257,14 @@ def attack_prefill(
     }
     samples = list(load_suite(suite).take(n, seed))
     run = RunDir.create("attack prefill", config, out=out, resume=resume)
-    m = load_model(model, device=device, dtype=dtype)
+    m = load_chat_model(model, device=device, dtype=dtype)
     j = load_judge_for(judge, m)
     src_spec = source or DEFAULT_MODEL
-    src = m if src_spec == model else load_model(src_spec, device=device, dtype=dtype)
+    src = m if src_spec == model else load_chat_model(src_spec, device=device, dtype=dtype)
     responses = harmful_responses(src, samples, j, 64, batch_size, run)
-    prefill_attack(
-        m,
-        samples,
-        responses,
-        j,
-        PrefillConfig(_ks(ks), max_new_tokens, batch_size=batch_size, seed=seed),
-        run,
-    )
+    pcfg = PrefillConfig(_ks(ks), max_new_tokens, batch_size=batch_size, seed=seed)
+    counter = src if isinstance(src, LocalModel) else None
+    prefill_attack(m, samples, responses, j, pcfg, run, token_counter=counter)
     rebuild(run)
     _done(run)
 
@@ -296,7 +291,7 @@ def attack_decoding(
     from alignscope.attacks import FULL_GRID, REDUCED_GRID, decoding_attack
     from alignscope.audit import load_judge_for
     from alignscope.data import load_suite
-    from alignscope.models import load_model
+    from alignscope.models import load_chat_model
     from alignscope.report.build import rebuild
     from alignscope.runs import RunDir
 
@@ -311,7 +306,7 @@ def attack_decoding(
     }
     samples = list(load_suite(suite).take(n, seed))
     run = RunDir.create("attack decoding", config, out=out, resume=resume)
-    m = load_model(model, device=device, dtype=dtype)
+    m = load_chat_model(model, device=device, dtype=dtype)
     decoding_attack(
         m,
         samples,
@@ -402,6 +397,69 @@ def report(run_dir: Annotated[Path, typer.Argument(help="An existing run directo
     run = RunDir.open(run_dir)
     rebuild(run)
     _done(run)
+
+
+@app.command()
+@_handle_errors
+def serve(
+    model: ModelOpt = "smollm2",
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    guard: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Guard spec KIND[:block|flag|allow][=ARG], repeatable: probe=guard.json, "
+            "judge:block=llm-rubric:MODEL, keyword=bomb|sarin."
+        ),
+    ] = None,
+    audit_log: Annotated[Path | None, typer.Option(help="Append-only JSONL log of guard decisions.")] = None,
+    served_name: Annotated[
+        str | None, typer.Option(help="Model name clients use (default: the spec).")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="torch intra-op threads.")] = None,
+    max_input_chars: Annotated[int | None, typer.Option(help="Reject longer inputs (400).")] = None,
+    max_tokens_limit: Annotated[
+        int | None, typer.Option(help="Largest max_tokens a request may ask.")
+    ] = None,
+    max_queue: Annotated[int | None, typer.Option(help="Requests waiting before 429.")] = None,
+    api_key_env: Annotated[
+        str | None, typer.Option(help="Env var holding the API key clients must send.")
+    ] = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+) -> None:
+    """Serve a model over the OpenAI-compatible chat API, with optional guards and an audit log.
+
+    The operator switch (POST /admin/models/NAME/disable|enable) needs $ALIGNSCOPE_ADMIN_TOKEN."""
+    import os
+
+    from alignscope.server import serve as run_server
+
+    settings: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "max_input_chars": max_input_chars,
+            "max_tokens_limit": max_tokens_limit,
+            "max_queue": max_queue,
+        }.items()
+        if v is not None
+    }
+    if api_key_env:
+        if api_key_env not in os.environ:
+            raise ValueError(f"--api-key-env names {api_key_env}, which is not set")
+        settings["api_key"] = os.environ[api_key_env]
+    run_server(
+        model,
+        host,
+        port,
+        guard or (),
+        audit_log=audit_log,
+        served_name=served_name,
+        device=device,
+        dtype=dtype,
+        threads=threads,
+        **settings,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

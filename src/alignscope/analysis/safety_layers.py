@@ -303,10 +303,19 @@ class SafetyRange:
 class RangeRule:
     """Thresholds of :func:`detect_safety_range` (all documented there)."""
 
-    min_rise_deg: float = 3.0
+    min_rise_deg: float = 2.0
     open_fraction: float = 0.1
     flat_fraction: float = 0.25
-    smooth: int = 1
+    smooth: int = 3
+
+
+def smooth_curve(curve: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average over ``window`` layers; at the edges, the mean of the layers available."""
+    g = np.asarray(curve, dtype=np.float64)
+    if window <= 1:
+        return g.copy()
+    kernel = np.ones(window)
+    return np.asarray(np.convolve(g, kernel, mode="same") / np.convolve(np.ones_like(g), kernel, mode="same"))
 
 
 def detect_safety_range(
@@ -320,30 +329,35 @@ def detect_safety_range(
     """Read the initial safety-layer range off a gap curve with a fixed rule (Li et al. 2024, section 3.3,
     where the authors marked it by eye).
 
-    Rule, on the gap ``g`` (``(n_layers,)`` degrees; optionally a centred moving average over ``smooth``
-    layers first, edges averaged over the layers available):
+    Rule, on the gap ``g`` (``(n_layers,)`` degrees) after a centred moving average over ``smooth`` layers
+    (1 = none; 3 by default, because a scan of a few dozen prompts has per-layer noise of a few tenths of a
+    degree and single-layer increments would chase it):
 
     1. ``peak`` = the layer of the largest gap (the first on ties); ``floor`` = the smallest gap at or before
-       ``peak``; ``rise = g[peak] - floor``. If ``rise < min_rise_deg`` there is no range: return None (the
-       unaligned control; a rise of a degree or two is within what topic differences alone produce).
-    2. Increments ``d[l] = g[l] - g[l-1]``; ``steepest`` = the layer <= ``peak`` with the largest increment.
-    3. ``start`` = the first layer at or after the floor's layer whose gap exceeds
-       ``floor + open_fraction * rise`` (where the gap opens), capped at ``steepest``.
+       ``peak``; ``rise = g[peak] - floor``. If ``rise < min_rise_deg`` there is no range: return None. This
+       is the unaligned control's case: harmful and benign prompts differ in topic, so a base model's gap is
+       not exactly zero, but it stays small (SmolLM2-135M-Instruct, which has no refusal training: about
+       0.5 to 1.5 degrees).
+    2. Increments ``d[l] = g[l] - g[l-1]``; ``steepest`` = the layer after the floor and up to ``peak`` with
+       the largest increment.
+    3. ``start`` = the first layer at or after the floor whose gap exceeds ``floor + open_fraction * rise``
+       (where the gap opens), capped at ``steepest``.
     4. ``end`` = the first layer ``l >= steepest`` whose next increment ``d[l+1]`` falls below
        ``flat_fraction * d[steepest]`` (where the rise first flattens), or ``peak`` if none does first.
 
-    Deterministic: the same curve always gives the same range.
+    Deterministic: the same curve always gives the same range. ``rise_deg`` and ``baseline_deg`` of the
+    result are on the smoothed curve.
     """
-    g = np.asarray(gap, dtype=np.float64)
-    if g.ndim != 1 or g.size < 2:
-        raise ValueError(f"gap must be a 1-D curve over at least 2 layers, got shape {g.shape}")
-    if not np.all(np.isfinite(g)):
+    raw = np.asarray(gap, dtype=np.float64)
+    if raw.ndim != 1 or raw.size < 2:
+        raise ValueError(f"gap must be a 1-D curve over at least 2 layers, got shape {raw.shape}")
+    if not np.all(np.isfinite(raw)):
         raise ValueError("gap curve contains NaN or infinite values")
     if smooth < 1:
         raise ValueError(f"smooth must be at least 1, got {smooth}")
-    if smooth > 1:
-        kernel = np.ones(smooth)
-        g = np.convolve(g, kernel, mode="same") / np.convolve(np.ones_like(g), kernel, mode="same")
+    if not 0.0 <= open_fraction < 1.0 or not 0.0 <= flat_fraction < 1.0:
+        raise ValueError("open_fraction and flat_fraction must lie in [0, 1)")
+    g = smooth_curve(raw, smooth)
     peak = int(np.argmax(g))
     floor_layer = int(np.argmin(g[: peak + 1]))
     floor = float(g[floor_layer])
@@ -353,13 +367,8 @@ def detect_safety_range(
     d = np.diff(g, prepend=g[0])  # d[l] = g[l] - g[l-1], d[0] = 0
     steepest = floor_layer + 1 + int(np.argmax(d[floor_layer + 1 : peak + 1]))
     threshold = floor + open_fraction * rise
-    above = [layer for layer in range(floor_layer, peak + 1) if g[layer] > threshold]
-    start = min(above[0], steepest)
-    end = peak
-    for layer in range(steepest, peak):
-        if d[layer + 1] < flat_fraction * d[steepest]:
-            end = layer
-            break
+    start = min(next(layer for layer in range(floor_layer, peak + 1) if g[layer] > threshold), steepest)
+    end = next((layer for layer in range(steepest, peak) if d[layer + 1] < flat_fraction * d[steepest]), peak)
     return SafetyRange(start=start, end=end, steepest=steepest, rise_deg=rise, baseline_deg=floor)
 
 

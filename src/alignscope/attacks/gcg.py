@@ -33,6 +33,7 @@ from alignscope.attacks.gcg_ops import (
     PromptSlots,
     build_slots,
     disallowed_tokens,
+    fast_bfloat16,
     fill_suffix,
     full_loss,
     prefix_cache,
@@ -79,6 +80,11 @@ class GCGConfig:
         add_space_before_target: prepend a space to the target string.
         share_suffix: run each candidate only from its first changed position (exact; see
             :mod:`alignscope.attacks.gcg_ops`). Off reproduces nanoGCG's cost profile.
+        screen_dtype: ``"auto"`` screens candidates in bfloat16 when the model runs in float32 on hardware
+            with native bf16 matmuls, and re-scores the best ``screen_keep`` in the model's dtype (reported
+            losses stay exact); ``"bfloat16"``/``"float16"`` force a screening dtype; None scores every
+            candidate exactly.
+        screen_keep: candidates re-scored exactly after screening.
         max_resample: times to redraw candidates when the filter rejects them all before giving up.
         progress: show a progress bar.
     """
@@ -96,11 +102,15 @@ class GCGConfig:
     batch_size: int | None = None
     add_space_before_target: bool = False
     share_suffix: bool = True
+    screen_dtype: str | None = "auto"
+    screen_keep: int = 16
     max_resample: int = 3
     progress: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("search_width", "topk", "n_replace"):
+        if self.screen_dtype not in (None, "auto", "bfloat16", "float16"):
+            raise ValueError("GCGConfig.screen_dtype must be None, 'auto', 'bfloat16' or 'float16'")
+        for name in ("search_width", "topk", "n_replace", "screen_keep"):
             if getattr(self, name) < 1:
                 raise ValueError(f"GCGConfig.{name} must be at least 1")
         if self.num_steps < 0 or self.buffer_size < 0:
@@ -207,14 +217,22 @@ def _optimise(
     gen = torch.Generator().manual_seed(config.seed if config.seed is not None else torch.seed())
     disallowed = disallowed_tokens(model, config.allow_non_ascii)
     scorer = CandidateScorer(model, config.batch_size, config.share_suffix)
+    screen_dtype = screening_dtype(model, config.screen_dtype)
+    screener = (
+        CandidateScorer(model, config.batch_size, config.share_suffix, dtype=screen_dtype)
+        if screen_dtype
+        else None
+    )
     decode = model.tokenizer.decode
     dev = model.device
 
-    def score(cands: torch.Tensor, cur: torch.Tensor, kvs: list[Any]) -> tuple[torch.Tensor, bool]:
+    def score(
+        cands: torch.Tensor, cur: torch.Tensor, kvs: list[Any], by: CandidateScorer = scorer
+    ) -> tuple[torch.Tensor, bool]:
         total = torch.zeros(cands.shape[0])
         hit_all = True
         for s, kv in zip(slots, kvs, strict=True):
-            res = scorer.losses(s, cur, cands, kv)
+            res = by.losses(s, cur, cands, kv)
             total += res.losses
             hit_all = hit_all and res.exact_match
         return total / len(slots), hit_all
@@ -233,7 +251,7 @@ def _optimise(
         grads = [token_gradient(model, s, current) for s in slots]
         grad = grads[0].grad
         if len(grads) > 1:
-            grad = sum(g.grad / g.grad.norm(dim=-1, keepdim=True).clamp_min(1e-12) for g in grads)  # type: ignore[assignment]
+            grad = sum(g.grad / g.grad.norm(dim=-1, keepdim=True).clamp_min(1e-12) for g in grads)
         cands = torch.empty(0, current.numel(), dtype=torch.long)
         for _attempt in range(config.max_resample + 1):
             cands = sample_candidates(
@@ -248,7 +266,12 @@ def _optimise(
             raise GCGError(
                 "every candidate suffix changed when re-tokenised; try another optim_str_init or filter_ids=False"
             )
-        cand_losses, hit = score(cands, current, [g.kv for g in grads])
+        kvs = [g.kv for g in grads]
+        counts.append(len(cands))
+        if screener is not None and len(cands) > config.screen_keep:
+            approx, _ = score(cands, current, kvs, screener)
+            cands = cands[approx.argsort()[: config.screen_keep]]
+        cand_losses, hit = score(cands, current, kvs)
         j = int(cand_losses.argmin())
         step_loss, step_ids = float(cand_losses[j]), cands[j].tolist()
         if config.buffer_size == 0:
@@ -263,7 +286,6 @@ def _optimise(
         times.append(time.perf_counter() - t0)
         losses.append(step_loss)
         strings.append(decode(step_ids))
-        counts.append(len(cands))
         bar.set_postfix(loss=f"{step_loss:.3f}")
         log.debug(
             "step %d loss %.4f (%d candidates, %.2fs): %r",
@@ -289,6 +311,18 @@ def _optimise(
         messages,
         targets,
     )
+
+
+def screening_dtype(model: LocalModel, setting: str | None) -> torch.dtype | None:
+    """The dtype candidates are screened in (see :attr:`GCGConfig.screen_dtype`), None for exact scoring."""
+    if setting is None:
+        return None
+    if setting == "auto":
+        if model.dtype != torch.float32 or not fast_bfloat16(model.device):
+            return None
+        return torch.bfloat16
+    dtype = getattr(torch, setting)
+    return None if dtype == model.dtype else dtype
 
 
 def suffix_loss(model: LocalModel, messages_or_prompt: str | Conversation, target: str, suffix: str) -> float:

@@ -99,7 +99,7 @@ def harmful_responses(
 
 
 def prefill_attack(
-    model: LocalModel,
+    model: ChatModel,
     samples: Sequence[Sample],
     responses: dict[str, str],
     judge: Judge,
@@ -107,35 +107,35 @@ def prefill_attack(
     run: RunDir | None = None,
     stage: str = "prefill",
     progress: bool = True,
+    token_counter: LocalModel | None = None,
 ) -> PrefillResult:
     """Run the prefilling attack for every k in ``config.ks`` on the samples that have a harmful response.
 
     The response is tokenised with ``model``'s tokenizer and its first k tokens are prefilled (all of it when
-    shorter; the record keeps the effective ``k_used``). Records carry ``k`` and what was judged.
+    shorter; the record keeps the effective ``k_used``). A remote model that accepts a prefill has no
+    tokenizer here: its k tokens are counted with ``token_counter``'s tokenizer and sent as text (the record
+    names the counter in ``k_tokenizer``). Records carry ``k`` and what was judged.
     """
     config = config or PrefillConfig()
     if not model.supports_prefill:
         raise ModelError(
             f"{model.name} does not support an assistant prefill; the prefilling attack needs one"
         )
+    counter = model if isinstance(model, LocalModel) else token_counter
+    if counter is None:
+        raise ModelError(
+            f"{model.name} has no local tokenizer: pass token_counter= to count prefilled tokens"
+        )
     usable = [s for s in samples if s.id in responses]
     judge_prefix = not isinstance(judge, KeywordJudge)
     items: list[GenItem] = []
     for k in config.ks:
         for s in usable:
-            ids = model.response_ids(responses[s.id])[:k] if k else []
-            text = model.tokenizer.decode(ids) if ids else ""
-            items.append(
-                GenItem(
-                    f"{s.id}@k={k}",
-                    s,
-                    user_turn(s.prompt),
-                    tuple(ids) or None,
-                    text,
-                    judge_prefix,
-                    {"k": k, "k_used": len(ids)},
-                )
-            )
+            ids = counter.response_ids(responses[s.id])[:k] if k else []
+            text = counter.tokenizer.decode(ids) if ids else ""
+            prefill: str | tuple[int, ...] | None = (tuple(ids) if counter is model else text) or None
+            extra = {"k": k, "k_used": len(ids), "k_tokenizer": counter.name}
+            items.append(GenItem(f"{s.id}@k={k}", s, user_turn(s.prompt), prefill, text, judge_prefix, extra))
     gen = GenerationConfig(
         max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, seed=config.seed
     )

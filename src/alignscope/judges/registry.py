@@ -165,11 +165,11 @@ def _resolve_model(judge_name: str, model_spec: str | None, model: ChatModel | N
                 f"but model={loaded_name!r} was passed"
             )
         return model
-    from alignscope.models import load_model  # lazy: importing it pulls in torch and transformers
+    from alignscope.models import load_chat_model  # lazy: importing it pulls in torch and transformers
 
     target = model_spec or DEFAULT_JUDGE_MODEL
     try:
-        return load_model(target)
+        return load_chat_model(target)
     except ModelError as e:
         raise JudgeError(f"judge {judge_name!r}: cannot load judge model {target!r}: {e}") from e
 

@@ -2,7 +2,7 @@
 states."""
 
 from alignscope.models.base import ChatModel, Conversation, GenerationConfig, Message, ModelError, user_turn
-from alignscope.models.loading import DEFAULT_MODEL, cache_dir, load_model
+from alignscope.models.loading import DEFAULT_MODEL, cache_dir, load_chat_model, load_model
 from alignscope.models.local import PLAIN_TEMPLATE, LocalModel, ResponseBatch, pick_device, pick_dtype
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "ModelError",
     "ResponseBatch",
     "cache_dir",
+    "load_chat_model",
     "load_model",
     "pick_device",
     "pick_dtype",

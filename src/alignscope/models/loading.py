@@ -77,7 +77,10 @@ def load_model(
     accepts either should call :func:`load_chat_model`, which is typed honestly.
     """
     if spec.startswith(REMOTE_PREFIX):
-        return load_chat_model(spec)  # type: ignore[return-value]
+        raise ModelError(
+            f"{spec!r} is a remote model: it answers chats (load_chat_model) but gives no white-box access "
+            "(log-probs, hidden states) that this use needs"
+        )
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
     model, tokenizer = _load_hf(spec, dev, dt)

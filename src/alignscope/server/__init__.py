@@ -8,7 +8,7 @@ guard decision and an operator switch (see :mod:`alignscope.server.app` for the 
         ...  # openai.OpenAI(base_url=server.base_url, api_key="none")
 """
 
-from alignscope.server.app import ADMIN_TOKEN_ENV, ServedModel, ServerSettings, create_app
+from alignscope.server.app import ADMIN_TOKEN_ENV, ServerSettings, create_app
 from alignscope.server.guards import (
     DEFAULT_REFUSAL,
     POLICIES,
@@ -25,6 +25,7 @@ from alignscope.server.guards import (
     build_guard,
     parse_guard_spec,
 )
+from alignscope.server.pipeline import ServedModel
 from alignscope.server.runner import BackgroundServer, build_app, serve
 
 __all__ = [

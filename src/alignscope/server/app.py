@@ -17,12 +17,15 @@ Every answer carries an ``alignscope`` field (in the last chunk when streaming):
     "alignscope": {
       "request_id": "chatcmpl-...",
       "guards": [{"guard": "probe(layer=5)", "stage": "input", "policy": "block", "decision": "blocked",
-                  "score": 3.1, "threshold": 0.4, "detail": ""}],
+                  "score": 3.1, "threshold": 0.4, "detail": "", "ms": 41.2}],
       "blocked": true,        # a guard replaced the answer (finish_reason "content_filter")
       "flagged": false,       # a guard with policy "flag" fired
       "generated": false,     # false when an input guard refused before generating
-      "decoding": "greedy, max_new_tokens=64", "seed": 0
+      "decoding": "greedy, max_new_tokens=64", "seed": 0,
+      "timing_ms": {"guards": 41.2, "generate": 0.0}   # server-side time in guard checks and generation
     }
+
+Each guard decision also carries ``ms``, the time its check took.
 
 Errors are OpenAI-style ``{"error": {"message", "type", "param", "code"}}``: 400 for bad JSON, wrong types,
 unsupported fields or content (including ``input_audio`` for text models), too-long input; 401 for a wrong API
@@ -43,7 +46,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -52,17 +55,9 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from alignscope.models.base import ChatModel, Conversation, GenerationConfig, ModelError
-from alignscope.models.local import LocalModel
-from alignscope.server.engine import Generated, ModelWorker, QueueFull, generate, stream_local
-from alignscope.server.guards import (
-    AudioGuard,
-    Guard,
-    GuardAuditLog,
-    GuardDecision,
-    InputGuard,
-    OutputGuard,
-    decide,
-)
+from alignscope.server.engine import Generated, ModelWorker, QueueFull
+from alignscope.server.guards import AudioGuard, Guard, GuardAuditLog, InputGuard, OutputGuard
+from alignscope.server.pipeline import Outcome, ServedModel, check_serving, run_pipeline
 from alignscope.server.schemas import APIError, ChatCompletionRequest, validation_error
 
 log = logging.getLogger("alignscope.server")
@@ -93,46 +88,6 @@ class ServerSettings:
     max_queue: int = 256
     admin_token: str | None = None
     api_key: str | None = None
-
-
-@dataclass
-class ServedModel:
-    """A model the server answers for, with its guards, switch state and worker thread."""
-
-    name: str
-    model: ChatModel
-    input_guards: list[InputGuard]
-    output_guards: list[OutputGuard]
-    audio_guards: list[AudioGuard]
-    worker: ModelWorker
-    enabled: bool = True
-    disabled_reason: str = ""
-    created: int = field(default_factory=lambda: int(time.time()))
-
-    def info(self) -> dict[str, Any]:
-        return {
-            "enabled": self.enabled,
-            "disabled_reason": self.disabled_reason or None,
-            "queued": self.worker.pending,
-            "supports_prefill": bool(self.model.supports_prefill),
-            "guards": [f"{g.name}:{g.policy}" for g in self.input_guards]
-            + [f"{g.name}:{g.policy}" for g in self.output_guards],
-        }
-
-
-@dataclass
-class _Outcome:
-    answers: list[Generated]
-    decisions: list[GuardDecision]
-    generated: bool
-
-    @property
-    def blocked(self) -> bool:
-        return any(d.blocked for d in self.decisions)
-
-    @property
-    def flagged(self) -> bool:
-        return any(d.flagged for d in self.decisions)
 
 
 def create_app(
@@ -212,7 +167,7 @@ def create_app(
         _check_key(request, settings)
         req = await _parse(request, settings)
         target = _lookup(served, req.model)
-        _check_serving(target)
+        check_serving(target)
         conversation, prefill, gen = _prepare(req, target, settings)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         if req.stream:
@@ -222,7 +177,7 @@ def create_app(
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         outcome = await _submit(
-            target, lambda: _pipeline(target, audit, request_id, conversation, prefill, gen, req.n)
+            target, lambda: run_pipeline(target, audit, request_id, conversation, prefill, gen, req.n)
         )
         return JSONResponse(_completion(target, request_id, outcome, gen))
 
@@ -325,17 +280,6 @@ def _lookup(served: dict[str, ServedModel], name: str) -> ServedModel:
     return served[name]
 
 
-def _check_serving(target: ServedModel) -> None:
-    if not target.enabled:
-        raise APIError(
-            503,
-            f"model {target.name!r} is disabled by the operator ({target.disabled_reason}); "
-            "it answers again once re-enabled",
-            type="service_unavailable",
-            code="model_disabled",
-        )
-
-
 def _prepare(
     req: ChatCompletionRequest, target: ServedModel, settings: ServerSettings
 ) -> tuple[Conversation, str | None, GenerationConfig]:
@@ -394,7 +338,7 @@ def _prepare(
     return conversation, prefill or None, gen
 
 
-async def _submit(target: ServedModel, fn: Callable[[], _Outcome]) -> _Outcome:
+async def _submit(target: ServedModel, fn: Callable[[], Outcome]) -> Outcome:
     try:
         future = target.worker.submit(fn)
     except QueueFull as e:
@@ -413,53 +357,6 @@ async def _submit(target: ServedModel, fn: Callable[[], _Outcome]) -> _Outcome:
         raise APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error") from None
 
 
-# -- the guarded pipeline (runs on the model's worker thread) -----------------------------------------------
-
-
-def _pipeline(
-    target: ServedModel,
-    audit: GuardAuditLog,
-    request_id: str,
-    conversation: Conversation,
-    prefill: str | None,
-    gen: GenerationConfig,
-    n: int = 1,
-    emit: Callable[[str], None] | None = None,
-    cancelled: threading.Event | None = None,
-) -> _Outcome:
-    """Input guards, generation, output guards. With ``emit``, text is streamed as it is generated unless an
-    output guard may block (then the checked answer is emitted whole)."""
-    _check_serving(target)  # the switch also stops requests that were already queued
-    prompt = next((m["content"] for m in reversed(conversation) if m["role"] == "user"), "")
-    decisions: list[GuardDecision] = []
-    for ig in target.input_guards:
-        d = decide(ig, "input", ig.check_input(conversation))
-        audit.guard(d, request_id, target.name, prompt)
-        decisions.append(d)
-        if d.blocked:
-            if emit is not None:
-                emit(ig.refusal_text)
-            return _Outcome([Generated(ig.refusal_text, "content_filter")] * n, decisions, generated=False)
-    live = emit is not None and not any(g.policy == "block" for g in target.output_guards)
-    if live and isinstance(target.model, LocalModel):
-        answers = [stream_local(target.model, conversation, prefill, gen, emit, cancelled)]  # type: ignore[arg-type]
-    else:
-        answers = generate(target.model, conversation, prefill, gen, n)
-    if n == 1 and target.output_guards:
-        answer = answers[0]
-        judged = (prefill or "") + answer.text
-        for og in target.output_guards:
-            d = decide(og, "output", og.check_output(conversation, judged))
-            audit.guard(d, request_id, target.name, prompt, judged)
-            decisions.append(d)
-            if d.blocked:
-                answers = [Generated(og.refusal_text, "content_filter", answer.prompt_tokens, 0)]
-                break
-    if emit is not None and not (live and isinstance(target.model, LocalModel)):
-        emit(answers[0].text)
-    return _Outcome(answers, decisions, generated=True)
-
-
 # -- responses -----------------------------------------------------------------------------------------------
 
 
@@ -473,7 +370,7 @@ def _model_card(s: ServedModel) -> dict[str, Any]:
     }
 
 
-def _meta(request_id: str, outcome: _Outcome | None, gen: GenerationConfig) -> dict[str, Any]:
+def _meta(request_id: str, outcome: Outcome | None, gen: GenerationConfig) -> dict[str, Any]:
     return {
         "request_id": request_id,
         "guards": [d.to_dict() for d in outcome.decisions] if outcome else [],
@@ -482,6 +379,10 @@ def _meta(request_id: str, outcome: _Outcome | None, gen: GenerationConfig) -> d
         "generated": outcome.generated if outcome else False,
         "decoding": gen.describe(),
         "seed": gen.seed,
+        "timing_ms": {
+            "guards": round(sum(d.ms or 0.0 for d in outcome.decisions), 3) if outcome else 0.0,
+            "generate": round(outcome.generate_ms, 3) if outcome else 0.0,
+        },
     }
 
 
@@ -492,7 +393,7 @@ def _usage(answers: list[Generated]) -> dict[str, int]:
 
 
 def _completion(
-    target: ServedModel, request_id: str, outcome: _Outcome, gen: GenerationConfig
+    target: ServedModel, request_id: str, outcome: Outcome, gen: GenerationConfig
 ) -> dict[str, Any]:
     return {
         "id": request_id,
@@ -545,7 +446,7 @@ async def _stream(
 
     try:
         future = target.worker.submit(
-            lambda: _pipeline(target, audit, request_id, conversation, prefill, gen, 1, emit, cancelled)
+            lambda: run_pipeline(target, audit, request_id, conversation, prefill, gen, 1, emit, cancelled)
         )
     except QueueFull as e:
         err = APIError(429, f"server busy: {e}; retry later", type="rate_limit_error", code="server_busy")

@@ -68,6 +68,7 @@ class GuardDecision:
         score: the guard's score (probe log-odds, judge score), None when it has none.
         threshold: the score above which the guard fires, when it has one.
         detail: what fired (matched word, judge output), clipped.
+        ms: how long the check took, in milliseconds (what the guard adds to the request's latency).
     """
 
     guard: str
@@ -77,6 +78,7 @@ class GuardDecision:
     score: float | None = None
     threshold: float | None = None
     detail: str = ""
+    ms: float | None = None
 
     @property
     def blocked(self) -> bool:
@@ -90,8 +92,10 @@ class GuardDecision:
         return asdict(self)
 
 
-def decide(guard: InputGuard | OutputGuard, stage: str, check: GuardCheck) -> GuardDecision:
-    """Apply the guard's policy to what it found."""
+def decide(
+    guard: InputGuard | OutputGuard, stage: str, check: GuardCheck, ms: float | None = None
+) -> GuardDecision:
+    """Apply the guard's policy to what it found (``ms``: how long the check took)."""
     decision = _ACTIONS[guard.policy] if check.triggered else "passed"
     return GuardDecision(
         guard.name,
@@ -101,6 +105,7 @@ def decide(guard: InputGuard | OutputGuard, stage: str, check: GuardCheck) -> Gu
         check.score,
         getattr(guard, "threshold", None),
         check.detail,
+        None if ms is None else round(ms, 3),
     )
 
 

@@ -61,15 +61,21 @@ def serve(
     device: str | None = None,
     dtype: str | None = None,
     log_level: str = "info",
+    threads: int | None = None,
     **settings: Any,
 ) -> None:
     """Serve ``model_spec`` with ``guards`` (spec strings) on ``host:port`` until interrupted.
 
     ``settings`` are :class:`~alignscope.server.app.ServerSettings` fields (``max_input_chars``,
     ``max_tokens_limit``, ``default_temperature``, ``max_queue``, ``api_key``...). The admin token comes from
-    ``$ALIGNSCOPE_ADMIN_TOKEN``.
+    ``$ALIGNSCOPE_ADMIN_TOKEN``. ``threads`` sets torch's intra-op threads (on a shared CPU, 1 is often fastest).
     """
     import uvicorn
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
     if not _is_loopback(host):
         log.warning("serving on %s: reachable from other machines; set api_key and a firewall", host)

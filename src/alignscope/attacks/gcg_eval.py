@@ -1,0 +1,223 @@
+"""GCG as an evaluation: optimise suffixes on a suite's behaviours, generate with them, judge, report ASR.
+
+:func:`gcg_attack` is the library entry point behind ``alignscope attack gcg``. Per behaviour (or once, for a
+universal suffix) it runs :func:`alignscope.attacks.gcg.run_gcg` and appends a ``gcg`` record to the run as
+soon as that behaviour is done, so a killed run loses at most the behaviour in progress and ``--resume`` skips
+finished ones. Then every attacked prompt is answered and judged through
+:func:`alignscope.attacks.stage.generate_and_judge` (stage ``gcg_eval``, resumable per item), on the attacked
+model and on any transfer models, with a no-suffix baseline beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from alignscope.attacks import gcg_report  # noqa: F401  (registers the report section)
+from alignscope.attacks.gcg import GCGConfig, GCGResult, run_gcg, run_universal_gcg
+from alignscope.attacks.gcg_ops import PLACEHOLDER, GCGError, fill_suffix
+from alignscope.attacks.stage import GenItem, generate_and_judge, harmful_rate
+from alignscope.data.types import Sample
+from alignscope.judges.base import Judge
+from alignscope.models.base import ChatModel, Conversation, GenerationConfig
+from alignscope.models.local import LocalModel
+from alignscope.runs.store import RunDir
+
+log = logging.getLogger("alignscope.attacks.gcg")
+
+OPT_STAGE = "gcg"
+EVAL_STAGE = "gcg_eval"
+UNIVERSAL_KEY = "universal"
+DEFAULT_TEMPLATE = "{prompt} " + PLACEHOLDER
+FALLBACK_TARGET = "Sure, here is"
+"""Target for samples without one (AdvBench gives a ``"Sure, here is ..."`` target per behaviour)."""
+
+
+@dataclass(frozen=True)
+class GCGAttackResult:
+    """ASR per (generating model, split), the suffixes found, and the records behind them.
+
+    ``asr`` keys are ``"<model> | <split>"`` with split ``no_suffix`` (baseline), ``attack`` (the behaviours
+    the suffixes were optimised on) or ``held_out`` (universal suffix on unseen behaviours); values are
+    :meth:`alignscope.stats.Rate.to_dict` dicts.
+    """
+
+    asr: dict[str, dict[str, float | int]]
+    suffixes: dict[str, str]
+    records: list[dict[str, Any]] = field(default_factory=list)
+    optimisation: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"asr": self.asr, "suffixes": self.suffixes}
+
+
+def attack_chat(sample: Sample, template: str = DEFAULT_TEMPLATE) -> Conversation:
+    """The chat GCG optimises on: one user turn, ``template`` with ``{prompt}`` and ``{optim_str}``."""
+    if PLACEHOLDER not in template or "{prompt}" not in template:
+        raise GCGError(f"the prompt template must contain {{prompt}} and {PLACEHOLDER}: {template!r}")
+    return [{"role": "user", "content": template.replace("{prompt}", sample.prompt)}]
+
+
+def target_of(sample: Sample) -> str:
+    return sample.target or FALLBACK_TARGET
+
+
+def optimisation_record(
+    key: str, samples: Sequence[Sample], result: GCGResult, model: str, config: GCGConfig
+) -> dict[str, Any]:
+    """The ``gcg`` stage record of one finished optimisation (one behaviour, or all of a universal suffix)."""
+    return {
+        "stage": OPT_STAGE,
+        "key": key,
+        "sample_ids": [s.id for s in samples],
+        "prompts": [s.prompt for s in samples],
+        "targets": result.targets,
+        "suffix": result.best_string,
+        "suffix_ids": result.best_ids,
+        "best_loss": result.best_loss,
+        "init_loss": result.init_loss,
+        "losses": result.losses,
+        "strings": result.strings,
+        "step_times": result.step_times,
+        "n_candidates": result.n_candidates,
+        "early_stopped": result.early_stopped,
+        "model": model,
+        "gcg": config.to_dict(),
+    }
+
+
+def gcg_attack(
+    model: LocalModel,
+    samples: Sequence[Sample],
+    judge: Judge,
+    config: GCGConfig | None = None,
+    run: RunDir | None = None,
+    generation: GenerationConfig | None = None,
+    *,
+    universal: bool = False,
+    held_out: Sequence[Sample] = (),
+    transfer: Sequence[ChatModel] = (),
+    template: str = DEFAULT_TEMPLATE,
+    baseline: bool = True,
+    progress: bool = True,
+) -> GCGAttackResult:
+    """Run GCG on ``samples`` and measure attack success with ``judge``.
+
+    Args:
+        model: the white-box model attacked (suffixes are optimised on it).
+        samples: behaviours; each sample's ``target`` (AdvBench's ``"Sure, here is ..."``) is the
+            optimisation target, :data:`FALLBACK_TARGET` when it has none.
+        judge: any alignscope judge; it sees the original behaviour as the prompt and the response.
+        config: GCG settings.
+        run: run directory; finished behaviours (stage ``gcg``) and judged generations (``gcg_eval``) are
+            not redone.
+        generation: decoding for the evaluation (default greedy, 64 new tokens).
+        universal: optimise one suffix over all ``samples`` instead of one per behaviour.
+        held_out: behaviours the universal suffix was not optimised on, answered with it (split
+            ``held_out``); needs ``universal``.
+        transfer: other models (local or remote) answering the same attacked prompts.
+        template: the user turn, with ``{prompt}`` and ``{optim_str}``.
+        baseline: also answer the behaviours without a suffix (split ``no_suffix``).
+        progress: progress bars.
+    """
+    config = config or GCGConfig()
+    generation = generation or GenerationConfig(max_new_tokens=64)
+    if held_out and not universal:
+        raise GCGError("held-out behaviours need a universal suffix (universal=True)")
+    if not samples:
+        raise GCGError("no behaviours to attack")
+    done = run.done(OPT_STAGE) if run is not None else {}
+    opt_records: dict[str, dict[str, Any]] = {}
+    groups = [(UNIVERSAL_KEY, list(samples))] if universal else [(s.id, [s]) for s in samples]
+    for i, (key, group) in enumerate(groups):
+        if key in done:
+            opt_records[key] = done[key]
+            continue
+        log.info("GCG %d/%d (%s) on %s", i + 1, len(groups), key, model.name)
+        chats = [attack_chat(s, template) for s in group]
+        targets = [target_of(s) for s in group]
+        if universal:
+            res = run_universal_gcg(model, chats, targets, config)
+        else:
+            res = run_gcg(model, chats[0], targets[0], config)
+        rec = optimisation_record(key, group, res, model.name, config)
+        if run is not None:
+            run.append(rec)
+        opt_records[key] = rec
+    suffixes = {k: str(r["suffix"]) for k, r in opt_records.items()}
+
+    items: list[GenItem] = []
+    splits = [("attack", list(samples))] + ([("held_out", list(held_out))] if held_out else [])
+    for split, group in splits:
+        for s in group:
+            key = UNIVERSAL_KEY if universal else s.id
+            rec = opt_records[key]
+            chat = fill_suffix(attack_chat(s, template), suffixes[key])
+            extra = {
+                "split": split,
+                "suffix_key": key,
+                "suffix": suffixes[key],
+                "attack_prompt": chat[-1]["content"],
+                "target": target_of(s),
+                "gcg_loss": rec["best_loss"] if split == "attack" and not universal else None,
+                "attacked_model": model.name,
+            }
+            items.append(GenItem(f"{split}|{s.id}", s, chat, extra=extra))
+        if baseline:
+            for s in group:
+                extra = {"split": "no_suffix", "suffix_key": None, "suffix": "", "attack_prompt": s.prompt}
+                extra.update(target=target_of(s), gcg_loss=None, attacked_model=model.name)
+                items.append(
+                    GenItem(f"no_suffix|{s.id}", s, [{"role": "user", "content": s.prompt}], extra=extra)
+                )
+    records: list[dict[str, Any]] = []
+    for m in [model, *transfer]:
+        mine = [GenItem(f"{m.name}|{it.key}", it.sample, it.conversation, extra=it.extra) for it in items]
+        records += generate_and_judge(m, mine, EVAL_STAGE, generation, judge, run, progress=progress)
+    return GCGAttackResult(asr_table(records), suffixes, records, list(opt_records.values()))
+
+
+def asr_table(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | int]]:
+    """ASR with its Wilson interval per ``"<model> | <split>"`` of ``gcg_eval`` records."""
+    keys = sorted({(str(r["model"]), str(r["split"])) for r in records})
+    return {
+        f"{m} | {split}": harmful_rate(
+            [r for r in records if r["model"] == m and r["split"] == split]
+        ).to_dict()
+        for m, split in keys
+    }
+
+
+def evaluate_suffix(
+    models: Sequence[ChatModel],
+    samples: Sequence[Sample],
+    suffix: str,
+    judge: Judge,
+    run: RunDir | None = None,
+    generation: GenerationConfig | None = None,
+    template: str = DEFAULT_TEMPLATE,
+    split: str = "held_out",
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Answer ``samples`` carrying a given ``suffix`` (e.g. a universal suffix found elsewhere) with each
+    model and judge them; records go to stage ``gcg_eval`` with ``split``. Returns the records."""
+    generation = generation or GenerationConfig(max_new_tokens=64)
+    records: list[dict[str, Any]] = []
+    for m in models:
+        items = []
+        for s in samples:
+            chat = fill_suffix(attack_chat(s, template), suffix)
+            extra = {
+                "split": split,
+                "suffix_key": "given",
+                "suffix": suffix,
+                "attack_prompt": chat[-1]["content"],
+                "target": target_of(s),
+                "gcg_loss": None,
+                "attacked_model": None,
+            }
+            items.append(GenItem(f"{m.name}|{split}|{s.id}", s, chat, extra=extra))
+        records += generate_and_judge(m, items, EVAL_STAGE, generation, judge, run, progress=progress)
+    return records
