@@ -73,6 +73,7 @@ def test_audit_end_to_end_and_resume(tiny_dir: Path, tiny_ref_dir: Path, tmp_pat
     html = (out / "report.html").read_text()
     assert "Prefilling attack" in html and "data:image/png;base64," in html and "Per-token KL" in html
     assert str(tiny_dir) in html  # every section names the model
+    assert "Safety layers" in html and metrics["safety_layers"]["scan"]["n_layers"] == 2
     lines = (out / "samples.jsonl").read_text().splitlines()
     # resuming a finished run regenerates nothing
     res = runner.invoke(app, [*_audit_args(tiny_dir, out), "--reference", str(tiny_ref_dir), "--resume"])
@@ -214,9 +215,18 @@ def test_audit_of_a_served_model(tiny_dir: Path, tmp_path: Path, prefill: bool) 
     local = load_model(str(tiny_dir))
     with BackgroundServer(create_app(local, served_name="tiny")) as server:
         spec = f"openai:{server.base_url}#tiny" + ("?prefill=continue" if prefill else "")
-        cfg = AuditConfig(model=spec, reference=str(tiny_dir), prefill_source=str(tiny_dir), n_harmful=2,
-                          n_borderline=1, n_prefill=2, prefill_ks=(0, 2), decoding="off", max_new_tokens=3,
-                          attack_tokens=3)
+        cfg = AuditConfig(
+            model=spec,
+            reference=str(tiny_dir),
+            prefill_source=str(tiny_dir),
+            n_harmful=2,
+            n_borderline=1,
+            n_prefill=2,
+            prefill_ks=(0, 2),
+            decoding="off",
+            max_new_tokens=3,
+            attack_tokens=3,
+        )
         run = run_audit(cfg, out=str(tmp_path / "r"), models={str(tiny_dir): local}, progress=False)
     metrics = json.loads((run.path / "metrics.json").read_text())
     assert "token_kl" in metrics["notes"]
@@ -226,3 +236,30 @@ def test_audit_of_a_served_model(tiny_dir: Path, tmp_path: Path, prefill: bool) 
         assert all(r["k_used"] == 2 and r["k_tokenizer"] == str(tiny_dir) for r in recs)
     else:
         assert "prefill" in metrics["notes"] and "prefill" not in metrics
+
+
+def test_analyze_safety_layers_command(tiny_dir: Path, tiny_ref_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sl"
+    res = runner.invoke(
+        app,
+        [
+            "analyze",
+            "safety-layers",
+            "--model",
+            str(tiny_dir),
+            "--control",
+            str(tiny_ref_dir),
+            "--n",
+            "6",
+            "--draws",
+            "20",
+            "--out",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    sl = json.loads((out / "metrics.json").read_text())["safety_layers"]
+    assert sl["control"]["model"] == str(tiny_ref_dir) and len(sl["scan"]["gap_deg"]) == 2
+    html = (out / "report.html").read_text()
+    assert "Safety layers" in html and sl["range_text"] in html
+    assert (out / "probe_guard.json").exists()

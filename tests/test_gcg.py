@@ -8,16 +8,15 @@ from torch.nn import functional as F
 
 from alignscope.attacks.gcg import GCGConfig, run_gcg, run_universal_gcg, suffix_loss
 from alignscope.attacks.gcg_ops import (
-    CandidateScorer,
     build_slots,
     fill_suffix,
-    full_loss,
     prefix_cache,
     retokenisation_filter,
     sample_candidates,
     suffix_ids_in_context,
     token_gradient,
 )
+from alignscope.attacks.gcg_scoring import CandidateScorer, full_loss
 from alignscope.data.types import Sample
 from alignscope.judges.keyword import KeywordJudge
 from alignscope.models.base import GenerationConfig
@@ -40,6 +39,9 @@ def test_best_loss_equals_a_fresh_forward_pass(tiny):
     res = run_gcg(tiny, PROMPT, TARGET, FAST)
     assert len(res.losses) == len(res.strings) == len(res.step_times) == 3
     assert res.best_loss == min([res.init_loss, *res.losses])
+    # the space before the placeholder is kept: the initial suffix follows the prompt after a space
+    assert res.init_loss == pytest.approx(suffix_loss(tiny, PROMPT, TARGET, " " + INIT), abs=1e-5)
+    assert res.init_loss != pytest.approx(suffix_loss(tiny, PROMPT, TARGET, INIT), abs=1e-5)
     fresh = suffix_loss(tiny, PROMPT, TARGET, res.best_string)
     assert fresh == pytest.approx(res.best_loss, abs=1e-4)
     # the attacked chat, tokenised as text, holds exactly the optimised tokens

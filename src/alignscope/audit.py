@@ -56,6 +56,8 @@ class AuditConfig:
             or ``off``.
         n_decoding: harmful prompts in the decoding sweep.
         kl_tokens: response positions in the per-token KL profile.
+        safety_layers: run the safety-layer scan (cosine gap curve, detected range, probe) on local models.
+        n_safety: normal and malicious prompts each in the safety-layer scan.
         seed: seeds subsets and sampled decoding.
         batch_size: generation batch size.
         device / dtype: override automatic choices.
@@ -76,6 +78,8 @@ class AuditConfig:
     decoding: DecodingGrid = "reduced"
     n_decoding: int = 16
     kl_tokens: int = 48
+    safety_layers: bool = True
+    n_safety: int = 32
     seed: int = 0
     batch_size: int = 16
     device: str | None = None
@@ -196,6 +200,20 @@ def run_audit(
                 run,
                 "token_kl",
                 "the per-token KL needs the logits of both models: not applicable to remote models.",
+            )
+    if config.safety_layers:
+        if isinstance(model, LocalModel):
+            if "safety_layers" not in run.metrics():
+                from alignscope.analysis.safety_analysis import analyze_safety_layers
+
+                analyze_safety_layers(
+                    model, out=run, n_prompts=config.n_safety, localize=False, saliency=2, progress=progress
+                )
+        else:
+            note(
+                run,
+                "safety_layers",
+                "the safety-layer scan needs hidden states: not applicable to remote models.",
             )
     rebuild(run)
     return run

@@ -20,7 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 attack_app = typer.Typer(help="Attacks: prefilling, decoding-parameter exploit.", no_args_is_help=True)
-analyze_app = typer.Typer(help="White-box analyses: per-token KL.", no_args_is_help=True)
+analyze_app = typer.Typer(help="White-box analyses: per-token KL, safety layers.", no_args_is_help=True)
 app.add_typer(attack_app, name="attack")
 app.add_typer(analyze_app, name="analyze")
 console = Console(stderr=True)
@@ -121,6 +121,8 @@ def audit(
         ),
     ] = None,
     decoding: Annotated[str, typer.Option(help="Decoding exploit grid: reduced, full or off.")] = "reduced",
+    safety_layers: Annotated[bool, typer.Option(help="Safety-layer scan (gap curve, range, probe).")] = True,
+    n_safety: Annotated[int, typer.Option(help="Normal and malicious prompts each in the scan.")] = 32,
     n_decoding: Annotated[int, typer.Option(help="Harmful prompts in the decoding exploit.")] = 16,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer (refusal stages).")] = 64,
     attack_tokens: Annotated[int, typer.Option(help="Tokens per answer (prefill and decoding stages).")] = 48,
@@ -151,6 +153,8 @@ def audit(
         attack_tokens=attack_tokens,
         decoding=decoding,  # type: ignore[arg-type]
         n_decoding=n_decoding,
+        safety_layers=safety_layers,
+        n_safety=n_safety,
         seed=seed,
         batch_size=batch_size,
         device=device,
@@ -366,6 +370,70 @@ def analyze_token_kl(
     src = {model: m, reference: ref}.get(src_spec) or load_model(src_spec, device=device, dtype=dtype)
     responses = harmful_responses(src, list(samples), load_judge_for(judge, m), max(64, max_tokens), 16, run)
     token_kl_stage(m, ref, samples, responses, max_tokens, run)
+    rebuild(run)
+    _done(run)
+
+
+@analyze_app.command("safety-layers")
+@_handle_errors
+def analyze_safety_layers_cmd(
+    model: ModelOpt = "smollm2",
+    control: Annotated[
+        str | None,
+        typer.Option(
+            help="Model with no safety training, scanned on the same prompts and pairs (the paper's control)."
+        ),
+    ] = None,
+    localize: Annotated[bool, typer.Option(help="Pin the range down by over-rejection (slow).")] = False,
+    n: Annotated[int, typer.Option(help="Normal and malicious prompts each.")] = 100,
+    draws: Annotated[int, typer.Option(help="Random pairs per pair type (the paper: 500).")] = 500,
+    alpha: Annotated[float | None, typer.Option(help="Over-rejection weight scale (default 1.15).")] = None,
+    template: Annotated[str, typer.Option(help="chat (the model's template) or plain.")] = "chat",
+    normal: Annotated[str, typer.Option(help="Normal prompts suite.")] = "benign",
+    malicious: Annotated[str, typer.Option(help="Malicious prompts suite.")] = "harmful",
+    overrejection: Annotated[str, typer.Option(help="Over-rejection suite.")] = "borderline",
+    seed: SeedOpt = 0,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+) -> None:
+    """Safety layers (Li et al. 2024): cosine gap curve, detected range, over-rejection, probe guard."""
+    from alignscope.analysis.safety_analysis import analyze_safety_layers
+    from alignscope.analysis.safety_layers import SafetyLayerScanConfig
+    from alignscope.report.build import rebuild
+    from alignscope.runs import RunDir
+
+    if template not in {"chat", "plain"}:
+        raise typer.BadParameter("--template must be chat or plain")
+    config = {
+        "model": model,
+        "control": control,
+        "localize": localize,
+        "n": n,
+        "draws": draws,
+        "alpha": alpha,
+        "template": template,
+        "normal": normal,
+        "malicious": malicious,
+        "overrejection": overrejection,
+        "seed": seed,
+    }
+    run = RunDir.create("analyze safety-layers", config, out=out, resume=resume)
+    extra: dict[str, Any] = {"alpha": alpha} if alpha is not None else {}
+    analyze_safety_layers(
+        model,
+        control=control,
+        localize=localize,
+        out=run,
+        normal=normal,
+        malicious=malicious,
+        overrejection=overrejection,
+        n_prompts=n,
+        config=SafetyLayerScanConfig(draws=draws, seed=seed, template=template),  # type: ignore[arg-type]
+        device=device,
+        progress=True,
+        **extra,
+    )
     rebuild(run)
     _done(run)
 

@@ -27,15 +27,12 @@ import torch
 from tqdm.auto import tqdm
 
 from alignscope.attacks.gcg_ops import (
-    PLACEHOLDER,
-    CandidateScorer,
     GCGError,
     PromptSlots,
+    as_messages,
     build_slots,
     disallowed_tokens,
-    fast_bfloat16,
     fill_suffix,
-    full_loss,
     prefix_cache,
     retokenisation_filter,
     sample_candidates,
@@ -43,6 +40,7 @@ from alignscope.attacks.gcg_ops import (
     token_gradient,
     unique_candidates,
 )
+from alignscope.attacks.gcg_scoring import CandidateScorer, fast_bfloat16, full_loss
 from alignscope.models.base import Conversation
 from alignscope.models.local import LocalModel
 
@@ -71,7 +69,8 @@ class GCGConfig:
             never used).
         filter_ids: drop candidates whose text re-tokenises differently inside the formatted prompt, so the
             prompt a model is later given as text is the optimised one.
-        early_stop: stop once some candidate makes the model produce the whole target greedily.
+        early_stop: stop once the suffix a step moves to makes the model produce the whole target greedily
+            (on every prompt, for a universal suffix).
         buffer_size: keep the best ``buffer_size`` suffixes and always continue from the best of them; 0
             (default, as Zou et al. and nanoGCG) moves to the step's best candidate even when it is worse.
         seed: seeds candidate sampling (None: not seeded).
@@ -191,7 +190,7 @@ def run_universal_gcg(
         raise GCGError(f"{getattr(model, 'name', model)!r} is not a local model; GCG needs gradients")
     if config.add_space_before_target:
         targets = [" " + t for t in targets]
-    messages = [fill_suffix(p, PLACEHOLDER) for p in prompts]
+    messages = [as_messages(p) for p in prompts]
     slots = [build_slots(model, m, t) for m, t in zip(messages, targets, strict=True)]
     for s in slots:
         prefix_cache(model, s)
@@ -228,13 +227,13 @@ def _optimise(
 
     def score(
         cands: torch.Tensor, cur: torch.Tensor, kvs: list[Any], by: CandidateScorer = scorer
-    ) -> tuple[torch.Tensor, bool]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         total = torch.zeros(cands.shape[0])
-        hit_all = True
+        hit_all = torch.ones(cands.shape[0], dtype=torch.bool)
         for s, kv in zip(slots, kvs, strict=True):
             res = by.losses(s, cur, cands, kv)
             total += res.losses
-            hit_all = hit_all and res.exact_match
+            hit_all &= res.hits
         return total / len(slots), hit_all
 
     init_loss = float(score(current[None], current, [None] * len(slots))[0][0])
@@ -295,7 +294,7 @@ def _optimise(
             times[-1],
             strings[-1],
         )
-        if config.early_stop and hit:
+        if config.early_stop and bool(hit[j]):
             stopped = True
             break
     return GCGResult(

@@ -32,7 +32,19 @@ def rebuild(run: RunDir) -> tuple[dict[str, Any], Any]:
     metrics: dict[str, Any] = {**run.metrics(), "command": cfg.get("command"), "config": cfg}
     sections: list[Section] = []
     summary: list[str] = []
-    builders = (_evaluate, _harmful_responses, _prefill, _decoding, _token_kl, *EXTRA_SECTIONS, _notes)
+    from alignscope.attacks import gcg_report  # noqa: F401  (registers the GCG section)
+    from alignscope.report.safety_section import safety_layers_section
+
+    builders = (
+        _evaluate,
+        _harmful_responses,
+        _prefill,
+        _decoding,
+        _token_kl,
+        safety_layers_section,
+        *EXTRA_SECTIONS,
+        _notes,
+    )
     for builder in builders:
         secs, lines = builder(run, metrics)
         sections += secs
