@@ -3,7 +3,8 @@
     python benchmarks/gcg_vs_nanogcg.py [--behaviours 2] [--steps 10] [--search-width 64] [--topk 256]
                                         [--threads 1] [--out gcg_bench.json]
 
-Same model weights (SmolLM2-135M-Instruct, float32, saved with ``save_pretrained``), same AdvBench behaviours
+Both draw candidates with the same seeded calls (torch.rand, then torch.randint), so with exact scoring they
+pick the same suffix at every step: the table says whether they did. Same model weights (SmolLM2-135M-Instruct, float32, saved with ``save_pretrained``), same AdvBench behaviours
 and targets, same formatted prompt (alignscope's chat formatting, handed to nanoGCG as text), same initial
 suffix, search width, top-k and steps. nanoGCG needs transformers<=4.47.1, so it runs in its own virtualenv
 (created once under ``$ALIGNSCOPE_CACHE/venvs/nanogcg`` with pip: torch 2.13.0, transformers 4.47.1, nanogcg)
@@ -23,6 +24,7 @@ processes for two cores spend most of their time waiting at barriers.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -35,6 +37,7 @@ from typing import Any
 
 import torch
 
+from alignscope.attacks import gcg as gcg_module
 from alignscope.attacks.gcg import NANOGCG_INIT, GCGConfig, run_gcg
 from alignscope.data import load_suite
 from alignscope.models import cache_dir, load_model
@@ -138,8 +141,22 @@ def main() -> None:
                 }
             )
             print(f"[{b.id}] {name} ...", file=sys.stderr)
+            marks: list[float] = []
+            real = gcg_module.token_gradient
+
+            def timed(
+                *a: Any, _real: Any = real, _marks: list[float] = marks
+            ) -> Any:  # each step starts here
+                _marks.append(time.process_time())
+                return _real(*a)
+
+            gcg_module.token_gradient = timed
             c0 = time.process_time()
-            res = run_gcg(model, b.prompt, str(b.target), cfg)
+            try:
+                res = run_gcg(model, b.prompt, str(b.target), cfg)
+            finally:
+                gcg_module.token_gradient = real
+            marks.append(time.process_time())
             results[name].append(
                 {
                     "losses": res.losses,
@@ -147,6 +164,7 @@ def main() -> None:
                     "best_string": res.best_string,
                     "step_times": res.step_times,
                     "cpu_total": time.process_time() - c0,
+                    "step_cpu": [y - x for x, y in itertools.pairwise(marks)],
                     "init_loss": res.init_loss,
                     "candidates": res.n_candidates,
                 }
@@ -156,28 +174,36 @@ def main() -> None:
             file=sys.stderr,
         )
 
-    def med(rs: list[dict[str, Any]]) -> float:
-        return statistics.median(t for r in rs for t in r["step_times"])
+    def med(rs: list[dict[str, Any]], key: str) -> float:
+        return statistics.median(t for r in rs for t in r[key])
 
-    base = med(results["nanoGCG 0.3.0"])
+    ng = results["nanoGCG 0.3.0"]
     print(
         f"\nGCG on SmolLM2-135M-Instruct (float32, CPU, {args.threads} thread(s)), {len(behaviours)} AdvBench "
         f"behaviours, {args.steps} steps, search width {args.search_width}, top-k {args.topk}, init 20 x's\n"
     )
     print(
-        "| implementation | median s/step | speed-up vs nanoGCG | mean loss after last step | mean best loss |"
+        "| implementation | median s/step (wall) | speed-up | median CPU s/step | speed-up (CPU) "
+        "| mean loss after last step | mean best loss | same suffix as nanoGCG at every step |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for name, rs in results.items():
         last = statistics.mean(r["losses"][-1] for r in rs)
         best = statistics.mean(r["best_loss"] for r in rs)
-        print(f"| {name} | {med(rs):.2f} | {base / med(rs):.2f}x | {last:.3f} | {best:.3f} |")
-    ng_cpu = statistics.median(t for r in results["nanoGCG 0.3.0"] for t in r["step_cpu"])
+        wall, cpu = med(rs, "step_times"), med(rs, "step_cpu")
+        same = all(
+            [round(x, 3) for x in a["losses"]] == [round(x, 3) for x in b["losses"]]
+            for a, b in zip(rs, ng, strict=True)
+        )
+        print(
+            f"| {name} | {wall:.2f} | {med(ng, 'step_times') / wall:.2f}x | {cpu:.2f} | {med(ng, 'step_cpu') / cpu:.2f}x "
+            f"| {last:.3f} | {best:.3f} | {'yes' if same else 'no'} |"
+        )
     print(
-        f"\nnanoGCG median CPU s/step: {ng_cpu:.2f}; init losses (nanoGCG / alignscope): "
+        "\ninit losses (nanoGCG / alignscope): "
         + ", ".join(
             f"{a['init_loss']:.4f}/{b['init_loss']:.4f}"
-            for a, b in zip(results["nanoGCG 0.3.0"], results["alignscope"], strict=True)
+            for a, b in zip(ng, results["alignscope"], strict=True)
         )
     )
     if args.out:

@@ -117,9 +117,10 @@ def test_key_from_the_named_environment_variable(monkeypatch: pytest.MonkeyPatch
     assert RemoteModel("openai:http://h/v1#m").name == "openai:http://h/v1#m"
 
 
-def test_load_model_dispatches_remote_specs() -> None:
-    assert isinstance(load_model("openai:http://127.0.0.1:9/v1#m"), RemoteModel)
+def test_remote_specs_load_as_chat_models_only() -> None:
     assert isinstance(load_chat_model("openai:http://127.0.0.1:9/v1#m"), RemoteModel)
+    with pytest.raises(ModelError, match="white-box"):
+        load_model("openai:http://127.0.0.1:9/v1#m")  # white-box uses need a local model
 
 
 def test_judge_spec_loads_a_remote_judge_model() -> None:

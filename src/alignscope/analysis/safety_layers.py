@@ -336,8 +336,9 @@ def detect_safety_range(
     1. ``peak`` = the layer of the largest gap (the first on ties); ``floor`` = the smallest gap at or before
        ``peak``; ``rise = g[peak] - floor``. If ``rise < min_rise_deg`` there is no range: return None. This
        is the unaligned control's case: harmful and benign prompts differ in topic, so a base model's gap is
-       not exactly zero, but it stays small (SmolLM2-135M-Instruct, which has no refusal training: about
-       0.5 to 1.5 degrees).
+       not exactly zero, but it stays small. Measured on SmolLM2-135M-Instruct (no refusal training) with
+       16-32 prompts per side: rises of 0.2 (chat template) to 1.4 degrees (plain template); a 16-step
+       refusal LoRA of it: 6.5 degrees.
     2. Increments ``d[l] = g[l] - g[l-1]``; ``steepest`` = the layer after the floor and up to ``peak`` with
        the largest increment.
     3. ``start`` = the first layer at or after the floor whose gap exceeds ``floor + open_fraction * rise``

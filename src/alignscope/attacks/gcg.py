@@ -83,7 +83,8 @@ class GCGConfig:
             with native bf16 matmuls, and re-scores the best ``screen_keep`` in the model's dtype (reported
             losses stay exact); ``"bfloat16"``/``"float16"`` force a screening dtype; None scores every
             candidate exactly.
-        screen_keep: candidates re-scored exactly after screening.
+        screen_keep: candidates re-scored exactly after screening (8: on SmolLM2 the exact argmin ranked
+            first in bfloat16 in every step we checked, and the benchmark's trajectories equal nanoGCG's).
         max_resample: times to redraw candidates when the filter rejects them all before giving up.
         progress: show a progress bar.
     """
@@ -102,7 +103,7 @@ class GCGConfig:
     add_space_before_target: bool = False
     share_suffix: bool = True
     screen_dtype: str | None = "auto"
-    screen_keep: int = 16
+    screen_keep: int = 8
     max_resample: int = 3
     progress: bool = False
 
