@@ -263,3 +263,34 @@ def test_analyze_safety_layers_command(tiny_dir: Path, tiny_ref_dir: Path, tmp_p
     html = (out / "report.html").read_text()
     assert "Safety layers" in html and sl["range_text"] in html
     assert (out / "probe_guard.json").exists()
+
+
+def test_attack_gcg_command(tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "gcg"
+    args = [
+        "attack",
+        "gcg",
+        "--model",
+        str(tiny_dir),
+        "--n",
+        "2",
+        "--steps",
+        "2",
+        "--search-width",
+        "8",
+        "--topk",
+        "8",
+        "--max-new-tokens",
+        "3",
+        "--no-screen",
+        "--out",
+        str(out),
+    ]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    recs = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert sum(r["stage"] == "gcg" for r in recs) == 2
+    assert "GCG" in (out / "report.html").read_text()
+    # resuming redoes nothing
+    assert runner.invoke(app, [*args, "--resume"]).exit_code == 0
+    assert len((out / "samples.jsonl").read_text().splitlines()) == len(recs)

@@ -422,17 +422,25 @@ def test_analyze_safety_layers_end_to_end(tiny, tmp_path: Path):
         assert (run.path / p).exists()
     assert run.metrics()["safety_layers"]["model"] == tiny.name
     assert len(run.records("safety-scan")) == 8
-    # a second call into the same run appends no duplicate per-layer records
-    analyze_safety_layers(
+    # a second call into the same run appends no duplicate per-layer records; localisation from a given range
+    again = analyze_safety_layers(
         tiny,
         out=run,
         normal=NORMAL,
         malicious=MALICIOUS,
         overrejection=BORDERLINE,
         config=SafetyLayerScanConfig(draws=30),
+        localize=True,
+        initial_range=(0, 1),
+        judge=_LengthJudge(),
+        max_new_tokens=3,
+        radius=1,
+        probe=False,
         saliency=0,
     )
     assert len(run.records("safety-scan")) == 8
+    assert again["localization"]["initial"] == [0, 1]
+    assert again["localization"]["initial_from"] == "initial_range argument"
 
 
 def test_layer_helpers(tiny):

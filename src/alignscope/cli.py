@@ -19,7 +19,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-attack_app = typer.Typer(help="Attacks: prefilling, decoding-parameter exploit.", no_args_is_help=True)
+attack_app = typer.Typer(help="Attacks: prefilling, decoding-parameter exploit, GCG.", no_args_is_help=True)
 analyze_app = typer.Typer(help="White-box analyses: per-token KL, safety layers.", no_args_is_help=True)
 app.add_typer(attack_app, name="attack")
 app.add_typer(analyze_app, name="analyze")
@@ -320,6 +320,99 @@ def attack_decoding(
         seed,
         batch_size,
         run,
+    )
+    rebuild(run)
+    _done(run)
+
+
+@attack_app.command("gcg")
+@_handle_errors
+def attack_gcg(
+    model: ModelOpt = "smollm2",
+    suite: Annotated[str, typer.Option(help="Behaviours with targets, e.g. advbench:PATH.")] = "harmful",
+    n: Annotated[int | None, typer.Option(help="Behaviours (stratified subset).")] = 5,
+    judge: JudgeOpt = "keyword",
+    steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 250,
+    search_width: Annotated[int, typer.Option(help="Candidates per step.")] = 512,
+    topk: Annotated[int, typer.Option(help="Top-k tokens per suffix position from the gradient.")] = 256,
+    n_replace: Annotated[int, typer.Option(help="Tokens replaced per candidate.")] = 1,
+    init: Annotated[str | None, typer.Option(help="Initial suffix (default: 20 'x').")] = None,
+    allow_non_ascii: Annotated[bool, typer.Option(help="Allow non-ASCII suffix tokens.")] = False,
+    early_stop: Annotated[bool, typer.Option(help="Stop when greedy decoding produces the target.")] = False,
+    screen: Annotated[
+        bool, typer.Option(help="Screen candidates in bfloat16, re-score the best exactly.")
+    ] = True,
+    universal: Annotated[bool, typer.Option(help="One suffix over all behaviours.")] = False,
+    held_out: Annotated[
+        int, typer.Option(help="With --universal: extra behaviours to test the suffix on.")
+    ] = 0,
+    transfer: Annotated[
+        list[str] | None, typer.Option(help="Other model(s) answering the attacked prompts.")
+    ] = None,
+    template: Annotated[
+        str, typer.Option(help="User turn with {prompt} and {optim_str}.")
+    ] = "{prompt} {optim_str}",
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens generated with the found suffix.")] = 64,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+) -> None:
+    """GCG adversarial suffixes (Zou et al. 2023), then generation with them and judging."""
+    from dataclasses import asdict
+
+    from alignscope.attacks.gcg import GCGConfig
+    from alignscope.attacks.gcg_eval import gcg_attack
+    from alignscope.audit import load_judge_for
+    from alignscope.data import load_suite
+    from alignscope.models import GenerationConfig, load_chat_model, load_model
+    from alignscope.report.build import rebuild
+    from alignscope.runs import RunDir
+
+    kwargs: dict[str, Any] = {"optim_str_init": init} if init else {}
+    cfg = GCGConfig(
+        num_steps=steps,
+        search_width=search_width,
+        topk=topk,
+        n_replace=n_replace,
+        allow_non_ascii=allow_non_ascii,
+        early_stop=early_stop,
+        seed=seed,
+        screen_dtype="auto" if screen else None,
+        **kwargs,
+    )
+    full = load_suite(suite)
+    samples = list(full.take(n, seed))
+    chosen = {s.id for s in samples}
+    extra = [s for s in full if s.id not in chosen][:held_out] if held_out else []
+    config = {
+        "model": model,
+        "suite": suite,
+        "n": n,
+        "judge": judge,
+        "gcg": asdict(cfg),
+        "universal": universal,
+        "held_out": held_out,
+        "transfer": transfer or [],
+        "template": template,
+        "max_new_tokens": max_new_tokens,
+        "seed": seed,
+    }
+    run = RunDir.create("attack gcg", config, out=out, resume=resume)
+    m = load_model(model, device=device, dtype=dtype)
+    others = [load_chat_model(t, device=device, dtype=dtype) for t in transfer or []]
+    gcg_attack(
+        m,
+        samples,
+        load_judge_for(judge, m),
+        cfg,
+        run,
+        GenerationConfig(max_new_tokens=max_new_tokens),
+        universal=universal,
+        held_out=extra,
+        transfer=others,
+        template=template,
     )
     rebuild(run)
     _done(run)

@@ -65,6 +65,7 @@ def analyze_safety_layers(
     *,
     control: str | LocalModel | None = None,
     localize: bool = False,
+    initial_range: tuple[int, int] | None = None,
     out: RunDir | None = None,
     normal: str | Sequence[str] = "benign",
     malicious: str | Sequence[str] = "harmful",
@@ -90,6 +91,8 @@ def analyze_safety_layers(
         localize: run the over-rejection localisation (the slow part: one short greedy generation over the
             over-rejection set per candidate range); skipped, with the reason recorded, when no range is
             found.
+        initial_range: start the localisation from this inclusive ``(start, end)`` instead of the detected
+            range (e.g. a range read off a plot, or the paper's range for a known model).
         out: run directory for records (stages ``safety-scan``, ``over-rejection``, ``probe``, ``saliency``),
             ``metrics.json`` (under the key ``"safety_layers"``, other keys kept), plots and
             ``probe_guard.json``. Re-running into it resumes the localisation.
@@ -164,13 +167,16 @@ def analyze_safety_layers(
             summary["plots"].append(str(p.relative_to(out.path)))
 
     if localize:
-        if found is None:
-            summary["localization"] = {"skipped": f"{NO_RANGE}: nothing to localise"}
+        start_range = initial_range if initial_range is not None else (found.as_tuple() if found else None)
+        if start_range is None:
+            summary["localization"] = {"skipped": f"{NO_RANGE}: nothing to localise (pass initial_range)"}
+        elif not over_p:
+            summary["localization"] = {"skipped": "no over-rejection prompts"}
         else:
             result = localize_safety_layers(
                 lm,
                 over_p,
-                found.as_tuple(),
+                (int(start_range[0]), int(start_range[1])),
                 alpha,
                 judge=judge or KeywordJudge(),
                 max_new_tokens=max_new_tokens,
@@ -180,7 +186,11 @@ def analyze_safety_layers(
                 system_prompt=config.system_prompt,
                 progress=progress,
             )
-            summary["localization"] = {**result.to_dict(), "suite": over_name}
+            summary["localization"] = {
+                **result.to_dict(),
+                "suite": over_name,
+                "initial_from": "detected range" if initial_range is None else "initial_range argument",
+            }
             if out is not None:
                 p = plot_overrejection(result, out.plots_dir / "overrejection.png")
                 summary["plots"].append(str(p.relative_to(out.path)))
