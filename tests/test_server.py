@@ -515,7 +515,7 @@ def _evaluate_remote_and_local(smollm2: Any, tmp_path: Path) -> None:
     from alignscope.audit import evaluate_suites
     from alignscope.data import load_suite
     from alignscope.judges import get_judge
-    from alignscope.models import load_model
+    from alignscope.models import load_chat_model
     from alignscope.runs import RunDir
 
     suites = [load_suite("harmful").take(2, 0), load_suite("borderline").take(2, 0)]
@@ -523,7 +523,7 @@ def _evaluate_remote_and_local(smollm2: Any, tmp_path: Path) -> None:
     keyword = get_judge("keyword")
     with BackgroundServer(create_app(smollm2)) as s:
         spec = f"openai:{s.base_url}#smollm2"
-        remote = load_model(spec)  # the spec the CLI passes through `evaluate --model`
+        remote = load_chat_model(spec)  # the spec the CLI passes through `evaluate --model`
         run_remote = RunDir.create("evaluate", {"model": spec}, out=str(tmp_path / "remote"))
         got = evaluate_suites(remote, suites, keyword, gen, run_remote, progress=False)
         rubric = get_judge(f"llm-rubric:max_new_tokens=32:{spec}")

