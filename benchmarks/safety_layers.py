@@ -10,6 +10,7 @@ weights are memory-mapped and only count as resident once touched), then a threa
 size every 5 ms while the scan runs; the table shows that peak and its increase over the warmed-up model.
 
     PYTHONPATH=src python benchmarks/safety_layers.py [--model smollm2] [--prompts 32] [--draws 100]
+        [--batch-sizes 16,2] [--no-naive]
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def naive_cosines(model: Any, first: list[str], second: list[str], pairs: np.nda
     return out
 
 
-def _run(method: str, spec: str, n: int, draws: int, seed: int, queue: Any) -> None:
+def _run(method: str, spec: str, n: int, draws: int, seed: int, batch: int, queue: Any) -> None:
     from alignscope.analysis.safety_layers import SafetyLayerScanConfig, draw_pairs, scan_safety_layers
     from alignscope.models import load_model, user_turn
 
@@ -85,9 +86,10 @@ def _run(method: str, spec: str, n: int, draws: int, seed: int, queue: Any) -> N
     with PeakRSS() as mem:
         start = time.perf_counter()
         if method == "cached":
-            scan = scan_safety_layers(model, normal, malicious, SafetyLayerScanConfig(draws=draws, seed=seed))
+            config = SafetyLayerScanConfig(draws=draws, seed=seed, batch_size=batch)
+            scan = scan_safety_layers(model, normal, malicious, config)
             cos = scan.cosines
-            passes = -(-len(normal) // 16) + -(-len(malicious) // 16)
+            passes = -(-len(normal) // batch) + -(-len(malicious) // batch)
         else:
             pairs = draw_pairs(len(normal), len(malicious), draws, seed)
             groups = {"N-N": (normal, normal), "N-M": (normal, malicious), "M-M": (malicious, malicious)}
@@ -97,6 +99,7 @@ def _run(method: str, spec: str, n: int, draws: int, seed: int, queue: Any) -> N
     queue.put(
         {
             "method": method,
+            "batch": batch if method == "cached" else 2,
             "seconds": seconds,
             "peak_mib": mem.peak,
             "extra_mib": mem.peak - mem.before,
@@ -107,10 +110,10 @@ def _run(method: str, spec: str, n: int, draws: int, seed: int, queue: Any) -> N
     )
 
 
-def measure(method: str, spec: str, n: int, draws: int, seed: int) -> dict[str, Any]:
+def measure(method: str, spec: str, n: int, draws: int, seed: int, batch: int = 16) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_run, args=(method, spec, n, draws, seed, queue))
+    proc = ctx.Process(target=_run, args=(method, spec, n, draws, seed, batch, queue))
     proc.start()
     result = queue.get()
     proc.join()
@@ -123,14 +126,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", type=int, default=32, help="normal and malicious prompts, each")
     ap.add_argument("--draws", type=int, default=100, help="pairs of each kind (r)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-sizes", default="16", help="comma-separated batch sizes of the cached scan")
+    ap.add_argument("--no-naive", action="store_true", help="time only the cached scan")
     args = ap.parse_args(argv)
 
-    cached = measure("cached", args.model, args.prompts, args.draws, args.seed)
-    naive = measure("naive", args.model, args.prompts, args.draws, args.seed)
-    diff = max(
-        float(np.max(np.abs(np.asarray(cached["cosines"][k]) - np.asarray(naive["cosines"][k]))))
-        for k in cached["cosines"]
-    )
+    runs = [
+        (
+            f"alignscope (cached, batch {b})",
+            measure("cached", args.model, args.prompts, args.draws, args.seed, b),
+        )
+        for b in (int(x) for x in args.batch_sizes.split(","))
+    ]
+    cached = runs[0][1]
+    naive = None
+    if not args.no_naive:
+        naive = measure("naive", args.model, args.prompts, args.draws, args.seed)
+        runs.append(("naive (1 pass per pair)", naive))
     print(
         f"safety-layer scan, model={args.model}, {args.prompts}+{args.prompts} prompts (builtin benign/harmful), "
         f"r={args.draws} pairs per kind (N-N, N-M, M-M), seed={args.seed}, torch threads={cached['threads']}, "
@@ -141,16 +152,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(header)
     print("-" * len(header))
-    for name, r in (("alignscope (cached)", cached), ("naive (1 pass per pair)", naive)):
+    for name, r in runs:
         print(
             f"{name:<28}{r['forward_passes']:>16}{r['seconds']:>10.1f}{r['peak_mib']:>14.0f}{r['extra_mib']:>14.0f}"
         )
-    print(
-        f"speed-up (naive / cached wall time): {naive['seconds'] / cached['seconds']:.1f}x; "
-        f"peak-RSS ratio (naive / cached): {naive['peak_mib'] / cached['peak_mib']:.2f}, increase over the "
-        f"model (naive / cached): {naive['extra_mib'] / max(cached['extra_mib'], 1e-9):.2f}; "
-        f"max |cosine difference| over all pairs and layers: {diff:.2e}"
-    )
+    if naive is None:
+        return 0
+    for name, r in runs[:-1]:
+        diff = max(
+            float(np.max(np.abs(np.asarray(r["cosines"][k]) - np.asarray(naive["cosines"][k]))))
+            for k in r["cosines"]
+        )
+        print(
+            f"{name}: speed-up (naive / cached wall time) {naive['seconds'] / r['seconds']:.1f}x; "
+            f"peak-RSS ratio (naive / cached) {naive['peak_mib'] / r['peak_mib']:.2f}; increase over the "
+            f"model (naive / cached) {naive['extra_mib'] / max(r['extra_mib'], 1e-9):.2f}; "
+            f"max |cosine difference| over all pairs and layers {diff:.2e}"
+        )
     return 0
 
 

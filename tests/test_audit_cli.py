@@ -294,3 +294,32 @@ def test_attack_gcg_command(tiny_dir: Path, tmp_path: Path) -> None:
     # resuming redoes nothing
     assert runner.invoke(app, [*args, "--resume"]).exit_code == 0
     assert len((out / "samples.jsonl").read_text().splitlines()) == len(recs)
+
+
+def test_train_command_saves_a_loadable_adapter(tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "train"
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "safety-sft",
+            "--model",
+            str(tiny_dir),
+            "--out",
+            str(out),
+            "--set",
+            "max_steps=2",
+            "--set",
+            "n_harmful=4",
+            "--set",
+            "n_utility=4",
+            "--set",
+            "utility_max_new_tokens=4",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    from alignscope.models import load_model
+
+    assert load_model(str(out / "adapter")).generate([[{"role": "user", "content": "hi"}]])
+    res = runner.invoke(app, ["train", "safety-sft", "--model", str(tiny_dir), "--set", "no_such_field=1"])
+    assert res.exit_code == 2 and "no_such_field" in res.output

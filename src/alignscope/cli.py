@@ -531,6 +531,146 @@ def analyze_safety_layers_cmd(
     _done(run)
 
 
+train_app = typer.Typer(
+    help="Training recipes: safety-sft, deep-align, safety-dpo, constrained-sft, sppft.", no_args_is_help=True
+)
+reproduce_app = typer.Typer(
+    help="Reproduce the papers' experiments on the embedded default.", no_args_is_help=True
+)
+app.add_typer(train_app, name="train")
+app.add_typer(reproduce_app, name="reproduce")
+
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Config field as KEY=VALUE (JSON values: 2e-5, true, [10, 14]); repeatable. "
+        "Fields: see the recipe's config dataclass.",
+    ),
+]
+ConfigFileOpt = Annotated[Path | None, typer.Option("--config", help="JSON file of config fields.")]
+
+
+def _fields(config_file: Path | None, sets: list[str] | None, **given: Any) -> dict[str, Any]:
+    """Config fields from a JSON file, then --set KEY=VALUE pairs, then explicit options (None = not given)."""
+    import json
+
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            values.update(json.loads(config_file.read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"--config {config_file}: {e}") from e
+    for item in sets or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            values[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key.strip()] = raw
+    values.update({k: v for k, v in given.items() if v is not None})
+    return values
+
+
+def _train_recipe(recipe: str) -> Callable[..., None]:
+    @_handle_errors
+    def command(
+        model: Annotated[str | None, typer.Option("--model", "-m", help="Starting model spec.")] = None,
+        out: Annotated[Path | None, typer.Option(help="Output run directory.")] = None,
+        data: Annotated[
+            Path | None,
+            typer.Option(
+                help="Training data JSONL (chat messages); default: built from alignscope's suites."
+            ),
+        ] = None,
+        full_finetune: Annotated[bool, typer.Option(help="Full fine-tuning instead of LoRA.")] = False,
+        sets: SetOpt = None,
+        config_file: ConfigFileOpt = None,
+        num_processes: Annotated[
+            int, typer.Option(help="Processes under accelerate launch (1: in-process).")
+        ] = 1,
+        accelerate_config: Annotated[
+            Path | None, typer.Option(help="accelerate / DeepSpeed config file.")
+        ] = None,
+    ) -> None:
+        from alignscope.training import RECIPES, config_from_dict, launch, train
+
+        values = _fields(
+            config_file,
+            sets,
+            model=model,
+            out=str(out) if out else None,
+            data=str(data) if data else None,
+            full_finetune=full_finetune or None,
+        )
+        cfg = config_from_dict(RECIPES[recipe].config_class, values)
+        if num_processes > 1 or accelerate_config is not None:
+            proc = launch(recipe, cfg, num_processes=num_processes, accelerate_config=accelerate_config)
+            console.print(proc.stdout[-2000:])
+            return
+        result = train(recipe, cfg)
+        console.print(f"[green]trained {result.recipe}:[/] {result.steps} steps; output {result.output}")
+        console.print(f"evaluate it: alignscope audit --model {result.output}")
+
+    command.__doc__ = (
+        f"Train with the {recipe} recipe (see alignscope.training; every config field via --set)."
+    )
+    return command
+
+
+for _name in ("safety-sft", "deep-align", "safety-dpo", "constrained-sft", "sppft"):
+    train_app.command(_name)(_train_recipe(_name))
+
+
+@attack_app.command("finetune")
+@_handle_errors
+def attack_finetune(
+    model: ModelOpt = "smollm2-aligned",
+    kind: Annotated[str, typer.Option(help="harmful, identity or backdoor.")] = "harmful",
+    defense: Annotated[str | None, typer.Option(help="None (standard SFT), constrained or sppft.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output run directory.")] = None,
+    sets: SetOpt = None,
+    config_file: ConfigFileOpt = None,
+) -> None:
+    """Fine-tuning attacks (harmful examples, identity shifting, backdoor), optionally defended."""
+    from alignscope.training import FinetuneAttackConfig, config_from_dict, finetune_attack
+
+    values = _fields(
+        config_file, sets, model=model, kind=kind, defense=defense, out=str(out) if out else None
+    )
+    cfg = config_from_dict(FinetuneAttackConfig, values)
+    assert isinstance(cfg, FinetuneAttackConfig)
+    result = finetune_attack(cfg.kind, cfg.defense, cfg)
+    console.print(f"[green]attack fine-tune done:[/] {result.steps} steps; output {result.output}")
+    console.print(f"measure it: alignscope audit --model {result.output}")
+
+
+@reproduce_app.command("shallow-vs-deep")
+@_handle_errors
+def reproduce_shallow_vs_deep_cmd(
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+    sets: SetOpt = None,
+    config_file: ConfigFileOpt = None,
+) -> None:
+    """Qi et al. 2024 on the embedded default: build aligned and deep models, measure refusal, prefilling,
+    per-token KL and the fine-tuning attack; one report. Stages are cached, so --resume continues."""
+    from dataclasses import fields
+
+    from alignscope.runs import RunDir
+    from alignscope.training.reproduce import ShallowDeepConfig, reproduce_shallow_vs_deep
+
+    values = _fields(config_file, sets)
+    known = {f.name for f in fields(ShallowDeepConfig)}
+    if set(values) - known:
+        raise ValueError(f"unknown ShallowDeepConfig field(s): {', '.join(sorted(set(values) - known))}")
+    cfg = ShallowDeepConfig(**values)
+    run = RunDir.create("reproduce shallow-vs-deep", cfg.to_dict(), out=out, resume=resume)
+    reproduce_shallow_vs_deep(run, cfg)
+    _done(run)
+
+
 @app.command("judge")
 @_handle_errors
 def judge_run(
