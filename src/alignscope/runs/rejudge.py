@@ -1,0 +1,31 @@
+"""Re-judge a finished (or partial) run without regenerating: every verdict is replaced, the old records are
+kept in ``samples.jsonl.bak``, and metrics and report are rebuilt."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alignscope.runs.store import RunDir
+
+
+def rejudge_run(run: RunDir, judge_spec: str, device: str | None = None, batch: int = 32) -> int:
+    """Replace the verdict of every judged record in ``run`` with ``judge_spec``'s; returns how many."""
+    from alignscope.audit import load_judge_for
+    from alignscope.models import load_model
+    from alignscope.report.build import rebuild
+
+    judge = load_judge_for(judge_spec, loader=lambda spec: load_model(spec, device=device))
+    records = run.records()
+    judged = [r for r in records if "verdict" in r and "judged_text" in r]
+    for start in range(0, len(judged), batch):
+        part = judged[start : start + batch]
+        verdicts = judge.judge_batch([r["prompt"] for r in part], [r["judged_text"] for r in part])
+        for r, v in zip(part, verdicts, strict=True):
+            r["verdict"] = v.to_dict()
+    run.rewrite_records(records)
+    cfg: dict[str, Any] = run.config()
+    cfg.setdefault("rejudged_with", []).append(judge_spec)
+    cfg["judge"] = judge_spec
+    run.write_config(cfg)
+    rebuild(run)
+    return len(judged)
