@@ -68,7 +68,9 @@ class RunDir:
                 )
             old = run.config()
             if _comparable(old) != _comparable(config):
-                diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k) and k != "resume")
+                diff = sorted(
+                    k for k in set(old) | set(config) if old.get(k) != config.get(k) and k != "resume"
+                )
                 raise RunError(f"cannot resume {path}: its config differs in {', '.join(diff)}")
             return run
         path.mkdir(parents=True, exist_ok=True)
@@ -166,7 +168,9 @@ class RunDir:
 
     def _write_json(self, name: str, data: Any) -> None:
         tmp = self.path / (name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=_json_default), encoding="utf-8")
+        tmp.write_text(
+            json.dumps(data, indent=2, ensure_ascii=False, default=_json_default), encoding="utf-8"
+        )
         os.replace(tmp, self.path / name)
 
     def _read_json(self, name: str) -> Any:

@@ -58,10 +58,12 @@ class ShallowDeepConfig:
         learning_rate: LoRA learning rate of both recipes.
         deep_augment: safety-recovery examples per harmful prompt (deep-align).
         deep_p_zero: probability of k = 0 in a recovery example (the paper: 0.5; with only ~75 training
-            prompts a little more weight on prefixed examples buys depth).
+            prompts more weight on prefixed examples buys depth).
         deep_max_prefix_tokens: C, the largest harmful prefix in training (the paper: 100; the reproduction
-            evaluates k <= 40, and 50 spends its small budget on the range it measures).
-        deep_alpha: weight of the safety loss in deep-align.
+            evaluates k <= 40 and spends its small budget on the range it measures).
+        deep_alpha: weight of the safety loss in deep-align (the paper: 0.2, on a model that already refused;
+            here deep-align must also teach refusal from scratch, and on this machine 0.2 gave k=10 prefill ASR
+            67% against 39% for 0.5 with p_zero 0.3 and C 40).
         harmful_max_new_tokens: length of the base model's harmful answers used for training (prefixes,
         attack). ks: prefilled tokens evaluated (0 comes from the plain refusal stage).
         max_new_tokens: tokens generated in every evaluation.
@@ -85,9 +87,9 @@ class ShallowDeepConfig:
     epochs: float = 2.0
     learning_rate: float = 2e-4
     deep_augment: int = 3
-    deep_p_zero: float = 0.4
-    deep_max_prefix_tokens: int = 50
-    deep_alpha: float = 0.2
+    deep_p_zero: float = 0.3
+    deep_max_prefix_tokens: int = 40
+    deep_alpha: float = 0.5
     harmful_max_new_tokens: int = 64
     ks: tuple[int, ...] = (0, 5, 10, 20, 40)
     max_new_tokens: int = 32
