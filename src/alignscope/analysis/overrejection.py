@@ -278,6 +278,7 @@ def plot_overrejection(result: OverRejectionResult, path: str | os.PathLike[str]
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -297,6 +298,7 @@ def plot_overrejection(result: OverRejectionResult, path: str | os.PathLike[str]
             ax.axhline(100 * result.baseline.rate, color="tab:gray", linestyle="--", label="unscaled")
         ax.axvline(mark, color="tab:green", alpha=0.5, label=f"chosen {list(result.chosen)}")
         ax.set_xlabel(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
     axes[0].set_ylabel("over-rejection R_o [% refused]")
     fig.suptitle(
