@@ -363,7 +363,7 @@ class ProbeGuard:
         try:
             encoded = [model.encode_prompt(c) for c in conversations]
             for start in range(0, len(encoded), self.batch_size):
-                ids, mask = _left_pad(encoded[start : start + self.batch_size], model)
+                ids, mask = model.left_pad(encoded[start : start + self.batch_size])
                 with torch.inference_mode(), contextlib.suppress(_StopForward):
                     model.model(input_ids=ids, attention_mask=mask)
                 out[start : start + ids.shape[0]] = captured["h"][:, -1, :].float().cpu()
@@ -473,16 +473,3 @@ def evaluate_guard(
             int((border > guard.threshold).sum()), len(border)
         ).to_dict()
     return out
-
-
-def _left_pad(batch: list[list[int]], model: LocalModel) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ``(batch, width)`` ids and attention mask, so position -1 is every prompt's last token."""
-    width = max(len(x) for x in batch)
-    pad = int(model.tokenizer.pad_token_id)
-    ids = torch.full((len(batch), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for r, x in enumerate(batch):
-        if x:
-            ids[r, width - len(x) :] = torch.tensor(x)
-            mask[r, width - len(x) :] = 1
-    return ids.to(model.device), mask.to(model.device)

@@ -190,7 +190,7 @@ class LocalModel:
     def _generate_batch(
         self, batch: list[list[int]], config: GenerationConfig, batch_index: int
     ) -> list[str]:
-        input_ids, attention = self._left_pad(batch)
+        input_ids, attention = self.left_pad(batch)
         kwargs: dict[str, Any] = {
             "max_new_tokens": config.max_new_tokens,
             "do_sample": config.do_sample,
@@ -210,7 +210,9 @@ class LocalModel:
         new = generated[:, input_ids.shape[1] :]
         return [str(t) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
-    def _left_pad(self, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def left_pad(self, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ``(batch, width)`` ids and attention mask on the model's device, so position -1 is every
+        prompt's last token."""
         width = max(len(x) for x in batch)
         pad = int(self.tokenizer.pad_token_id)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -300,7 +302,7 @@ class LocalModel:
         out = torch.zeros((len(encoded), self.num_layers, int(self.model.config.hidden_size)))
         bar = tqdm(total=len(encoded), desc=f"hidden states ({self.name})", disable=not progress, leave=False)
         for start in range(0, len(encoded), batch_size):
-            ids, mask = self._left_pad(encoded[start : start + batch_size])
+            ids, mask = self.left_pad(encoded[start : start + batch_size])
             hs = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
             stacked = torch.stack([h[:, -1, :] for h in hs[1:]], dim=1)
             out[start : start + ids.shape[0]] = stacked.float().cpu()
