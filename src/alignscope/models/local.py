@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -300,10 +301,19 @@ class LocalModel:
         As in transformers, the last layer's entry is taken after the final norm."""
         encoded = [self.encode_prompt(c) for c in conversations]
         out = torch.zeros((len(encoded), self.num_layers, int(self.model.config.hidden_size)))
+        # Only hidden states are needed: ask for the last position's logits alone (a (batch, 1, vocab) tensor
+        # instead of (batch, length, vocab)) where the architecture supports it.
+        extra = (
+            {"logits_to_keep": 1}
+            if "logits_to_keep" in inspect.signature(self.model.forward).parameters
+            else {}
+        )
         bar = tqdm(total=len(encoded), desc=f"hidden states ({self.name})", disable=not progress, leave=False)
         for start in range(0, len(encoded), batch_size):
             ids, mask = self.left_pad(encoded[start : start + batch_size])
-            hs = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+            hs = self.model(
+                input_ids=ids, attention_mask=mask, output_hidden_states=True, **extra
+            ).hidden_states
             stacked = torch.stack([h[:, -1, :] for h in hs[1:]], dim=1)
             out[start : start + ids.shape[0]] = stacked.float().cpu()
             bar.update(ids.shape[0])
