@@ -275,3 +275,35 @@ def test_gcg_on_the_embedded_model(smollm2):
     assert len(res.losses) == 2
     assert res.best_loss <= res.init_loss
     assert suffix_loss(smollm2, prompt, target, res.best_string) == pytest.approx(res.best_loss, abs=1e-3)
+
+
+def test_early_stop_when_the_target_is_produced_greedily():
+    """A model that always predicts the target token: the first step already produces the target greedily,
+    so early stop ends the run there and says so; without early stop every step runs."""
+    from alignscope.testing import tiny_local_model
+
+    model = tiny_local_model(seed=0)
+    target = next(
+        text
+        for text in (model.tokenizer.decode([i]) for i in range(model.tokenizer.vocab_size))
+        if text.strip().isalpha() and len(model.response_ids(text)) == 1
+    )
+    target_ids = model.response_ids(target)
+    head = model.model.lm_head
+    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    with torch.no_grad():
+        biased.weight.copy_(head.weight)
+        biased.bias.zero_()
+        biased.bias[target_ids[0]] = 1e4
+    model.model.lm_head = biased
+    stopped = run_gcg(
+        model,
+        PROMPT,
+        target,
+        GCGConfig(num_steps=5, search_width=8, topk=4, optim_str_init=INIT, early_stop=True),
+    )
+    assert stopped.early_stopped and len(stopped.losses) == 1
+    out = model.generate([stopped.attack_messages()], GenerationConfig(max_new_tokens=1))
+    assert out[0].startswith(target)
+    full = run_gcg(model, PROMPT, target, GCGConfig(num_steps=5, search_width=8, topk=4, optim_str_init=INIT))
+    assert not full.early_stopped and len(full.losses) == 5

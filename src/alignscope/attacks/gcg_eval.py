@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from alignscope.attacks import gcg_report  # noqa: F401  (registers the report section)
@@ -123,6 +123,8 @@ def gcg_attack(
         progress: progress bars.
     """
     config = config or GCGConfig()
+    if progress and not config.progress:
+        config = replace(config, progress=True)
     generation = generation or GenerationConfig(max_new_tokens=64)
     if held_out and not universal:
         raise GCGError("held-out behaviours need a universal suffix (universal=True)")
