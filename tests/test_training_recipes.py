@@ -11,6 +11,7 @@ import torch
 from alignscope.models import load_model
 from alignscope.testing import tiny_local_model
 from alignscope.training import (
+    AdversarialSFTConfig,
     ConstrainedSFTConfig,
     DeepAlignConfig,
     FinetuneAttackConfig,
@@ -106,6 +107,52 @@ def test_deep_align_uses_recovery_examples(tiny_dir, tmp_path):
     _check_output(result, tiny_dir)
     rows = [json.loads(line) for line in (result.run_dir / "data" / "train.jsonl").read_text().splitlines()]
     assert any("harmful_prefix" in r for r in rows)
+
+
+def test_adversarial_sft_applies_gcg_suffixes_to_the_train_prompts(tiny_dir, tmp_path):
+    run = tmp_path / "gcg-run"
+    run.mkdir()
+    rec = {"stage": "gcg", "key": "b1", "suffix": " zz!!", "strings": [" a1", " a2", " a3", " zz!!"]}
+    (run / "samples.jsonl").write_text(json.dumps({"stage": "gcg_eval"}) + "\n" + json.dumps(rec) + "\n")
+    cfg = config_from_dict(
+        AdversarialSFTConfig,
+        {
+            "model": tiny_dir,
+            "out": str(tmp_path / "run"),
+            "gcg_runs": str(run),
+            "trajectory": 2,
+            **SMALL,
+            **DATA,
+        },
+    )
+    assert cfg.gcg_runs == (str(run),)
+    result = train("adversarial-sft", cfg)
+    _check_output(result, tiny_dir)
+    rows = [json.loads(line) for line in (result.run_dir / "data" / "train.jsonl").read_text().splitlines()]
+    suffixed = [r for r in rows if r.get("gcg_suffix")]
+    # 4 harmful train prompts x 2 suffixes from the pool {best " zz!!", last two steps " a3", " zz!!"}
+    assert len(suffixed) == 8 and {r["gcg_suffix"] for r in suffixed} <= {" zz!!", " a3"}
+    for r in suffixed:
+        assert r["messages"][0]["content"].endswith(r["gcg_suffix"])
+        assert r["group"] == "safety"
+    assert sum(r["group"] == "safety" and not r.get("gcg_suffix") for r in rows) == 4  # the plain refusals
+
+
+def test_adversarial_sft_errors_name_the_missing_gcg_run(tiny_dir, tmp_path):
+    with pytest.raises(TrainingError, match="gcg_runs"):
+        train(
+            "adversarial-sft", AdversarialSFTConfig(model=tiny_dir, out=str(tmp_path / "a"), **SMALL, **DATA)
+        )
+    from alignscope.attacks.gcg_training import GCGRecordsError
+
+    missing = tmp_path / "nowhere"
+    with pytest.raises(GCGRecordsError, match="nowhere"):
+        train(
+            "adversarial-sft",
+            AdversarialSFTConfig(
+                model=tiny_dir, out=str(tmp_path / "b"), gcg_runs=(str(missing),), **SMALL, **DATA
+            ),
+        )
 
 
 def test_resume_from_checkpoint(tiny_dir, chat_file, tmp_path, monkeypatch):

@@ -532,7 +532,8 @@ def analyze_safety_layers_cmd(
 
 
 train_app = typer.Typer(
-    help="Training recipes: safety-sft, deep-align, safety-dpo, constrained-sft, sppft.", no_args_is_help=True
+    help="Training recipes: safety-sft, deep-align, safety-dpo, adversarial-sft, constrained-sft, sppft.",
+    no_args_is_help=True,
 )
 reproduce_app = typer.Typer(
     help="Reproduce the papers' experiments on the embedded default.", no_args_is_help=True
@@ -619,7 +620,7 @@ def _train_recipe(recipe: str) -> Callable[..., None]:
     return command
 
 
-for _name in ("safety-sft", "deep-align", "safety-dpo", "constrained-sft", "sppft"):
+for _name in ("safety-sft", "deep-align", "safety-dpo", "adversarial-sft", "constrained-sft", "sppft"):
     train_app.command(_name)(_train_recipe(_name))
 
 

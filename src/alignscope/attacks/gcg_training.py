@@ -8,15 +8,20 @@ The records are chat JSONL in the schema of :mod:`alignscope.training` (``{"mess
     train("safety-sft", SafetySFTConfig(data="adv.jsonl"))
 
 Then run GCG afresh on the trained model (new suffixes, not the ones trained on) to measure the change in ASR.
+The ``adversarial-sft`` recipe does this in one step: :func:`suffix_pool` collects the suffixes of GCG runs and
+:func:`suffixed_refusal_records` applies them to the harmful train prompts.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from alignscope.attacks.gcg_ops import PLACEHOLDER, fill_suffix
+from alignscope.data.types import Sample
 from alignscope.training.chat_data import ChatRecord
 from alignscope.training.refusals import REFUSALS
 
@@ -81,3 +86,62 @@ def _refusals(user: str, meta: dict[str, Any], n: int, rng: random.Random) -> Se
         ChatRecord([{"role": "user", "content": user}, {"role": "assistant", "content": t}], dict(meta))
         for t in texts
     ]
+
+
+class GCGRecordsError(ValueError):
+    """GCG records could not be read (a missing run directory, a malformed line)."""
+
+
+def read_gcg_records(path: str | Path) -> list[dict[str, Any]]:
+    """The ``gcg`` stage records of a run directory of ``alignscope attack gcg`` (its ``samples.jsonl``) or of
+    a JSONL file of such records."""
+    p = Path(path)
+    file = p / "samples.jsonl" if p.is_dir() else p
+    if not file.is_file():
+        raise GCGRecordsError(
+            f"no GCG records at {path}: expected a run directory of 'alignscope attack gcg'"
+        )
+    out = []
+    with file.open(encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise GCGRecordsError(f"{file}, line {i}: not JSON ({e.msg})") from None
+            if isinstance(rec, dict) and rec.get("stage") == "gcg":
+                out.append(rec)
+    if not out:
+        raise GCGRecordsError(f"{file} holds no 'gcg' records (no finished optimisation)")
+    return out
+
+
+def suffix_pool(records: Iterable[dict[str, Any]], trajectory: int = 0) -> list[str]:
+    """Distinct suffixes of ``gcg`` records, in order: each optimisation's best suffix, then the suffixes of its
+    last ``trajectory`` steps."""
+    pool: dict[str, None] = {}
+    for r in records:
+        if r.get("stage") != "gcg":
+            continue
+        pool[str(r["suffix"])] = None
+        steps = [str(s) for s in r.get("strings", [])]
+        for s in steps[len(steps) - trajectory :] if trajectory > 0 else []:
+            pool[s] = None
+    return [s for s in pool if s.strip()]
+
+
+def suffixed_refusal_records(
+    samples: Sequence[Sample], suffixes: Sequence[str], per_prompt: int = 2, seed: int = 0
+) -> list[ChatRecord]:
+    """Each harmful prompt with ``per_prompt`` different suffixes from ``suffixes`` (in the default GCG user
+    turn, ``"{prompt} {optim_str}"``), answered with a refusal."""
+    if not suffixes:
+        raise GCGRecordsError("the suffix pool is empty")
+    rng = random.Random(seed)
+    out: list[ChatRecord] = []
+    for s in samples:
+        for suffix in rng.sample(list(suffixes), min(per_prompt, len(suffixes))):
+            user = fill_suffix(f"{s.prompt} {PLACEHOLDER}", suffix)[0]["content"]
+            out += _refusals(user, {"group": "safety", "id": s.id, "gcg_suffix": suffix}, 1, rng)
+    return out

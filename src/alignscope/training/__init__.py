@@ -20,6 +20,7 @@ from alignscope.training.chat_data import (
     write_chat_jsonl,
 )
 from alignscope.training.config import (
+    AdversarialSFTConfig,
     ConstrainedSFTConfig,
     DeepAlignConfig,
     FinetuneAttackConfig,
@@ -42,6 +43,7 @@ __all__ = [
     "IGNORE_INDEX",
     "RECIPES",
     "REFUSALS",
+    "AdversarialSFTConfig",
     "BetaSchedule",
     "ChatCollator",
     "ChatRecord",

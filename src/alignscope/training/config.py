@@ -160,6 +160,25 @@ class DeepAlignConfig(SafetyDataConfig):
 
 
 @dataclass(frozen=True)
+class AdversarialSFTConfig(SafetyDataConfig):
+    """``adversarial-sft``: safety SFT (as ``safety-sft``) plus harmful prompts carrying GCG suffixes, answered
+    with refusals (adversarial training against optimised suffixes).
+
+    Attributes:
+        gcg_runs: run directories of ``alignscope attack gcg`` (or JSONL files of their ``gcg`` records); their
+            suffixes form the pool. Found on other behaviours than the train prompts is fine (and keeps
+            evaluation behaviours out of training): suffixes are applied to the harmful train prompts.
+        trajectory: besides each optimisation's best suffix, take the suffixes of its last N steps (cheap
+            extra adversarial variety: GCG visits many near-optimal suffixes).
+        suffixes_per_prompt: adversarial examples per harmful train prompt (suffixes drawn from the pool).
+    """
+
+    gcg_runs: tuple[str, ...] = ()
+    trajectory: int = 10
+    suffixes_per_prompt: int = 2
+
+
+@dataclass(frozen=True)
 class SafetyDPOConfig(SafetyDataConfig):
     """``safety-dpo``: preference-based safety alignment with TRL's DPO.
 
@@ -249,6 +268,7 @@ class FinetuneAttackConfig(ConstrainedSFTConfig):
 
 RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     "safety-sft": {"lora_lr": 2e-4, "full_lr": 2e-5, "warmup_steps": 0, "adam_beta1": 0.9},
+    "adversarial-sft": {"lora_lr": 2e-4, "full_lr": 2e-5, "warmup_steps": 0, "adam_beta1": 0.9},
     "deep-align": {"lora_lr": 2e-4, "full_lr": 2e-5, "warmup_steps": 0, "adam_beta1": 0.9},
     "safety-dpo": {"lora_lr": 5e-5, "full_lr": 5e-6, "warmup_steps": 0, "adam_beta1": 0.9},
     "constrained-sft": {"lora_lr": 2e-4, "full_lr": 2e-5, "warmup_steps": 10, "adam_beta1": 0.5},
@@ -294,7 +314,7 @@ def config_from_dict(cls: type[TrainConfig], values: dict[str, Any]) -> TrainCon
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
-    values = dict(values)
-    if isinstance(values.get("freeze_layers"), list):
-        values["freeze_layers"] = tuple(values["freeze_layers"])
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    if isinstance(values.get("gcg_runs"), str):
+        values["gcg_runs"] = (values["gcg_runs"],)
     return cls(**values)

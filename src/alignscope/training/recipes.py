@@ -5,10 +5,11 @@
 ``deep-align``     safety-recovery examples (harmful prefix of k tokens, then a refusal; Qi et al., ICLR 2025)
                    + utility data, ``alpha * CE(safety) + (1 - alpha) * CE(utility)``.
 ``safety-dpo``     TRL's DPO: chosen = a refusal, rejected = the unaligned model's harmful answer, plus
-utility
-                   pairs (chosen = the model's answer, rejected = a refusal).
+                   utility pairs (chosen = the model's answer, rejected = a refusal).
+``adversarial-sft`` the ``safety-sft`` data plus harmful prompts carrying GCG suffixes, answered with refusals.
 ``constrained-sft`` fine-tuning on any chat data with the token-wise constrained objective (Qi et al., ICLR
-2025). ``sppft``          fine-tuning on any chat data with a layer range frozen (Li et al., ICLR 2025).
+                   2025).
+``sppft``          fine-tuning on any chat data with a layer range frozen (Li et al., ICLR 2025).
 =================  ==========================================================================================
 
 The fine-tuning attacks live in :mod:`alignscope.training.attack` and share this machinery.
@@ -33,6 +34,7 @@ from alignscope.training.builders import (
 )
 from alignscope.training.chat_data import ChatRecord, read_chat_jsonl
 from alignscope.training.config import (
+    AdversarialSFTConfig,
     ConstrainedSFTConfig,
     DeepAlignConfig,
     SafetyDataConfig,
@@ -189,6 +191,34 @@ def deep_align(config: TrainConfig) -> TrainResult:
     session.save_data(records)
     examples = tokenize_records(session.model, records, config.max_length)
     return fit(session, examples, objective="mixture", alpha=config.alpha)
+
+
+@_recipe(
+    "adversarial-sft",
+    AdversarialSFTConfig,
+    "safety SFT plus harmful prompts carrying GCG suffixes (adversarial training)",
+)
+def adversarial_sft(config: TrainConfig) -> TrainResult:
+    """Adversarial training against GCG: the ``safety-sft`` data (refusals + the model's own answers) plus the
+    harmful train prompts carrying suffixes from ``gcg_runs``, answered with refusals."""
+    from alignscope.attacks.gcg_training import read_gcg_records, suffix_pool, suffixed_refusal_records
+
+    assert isinstance(config, AdversarialSFTConfig)
+    if not config.gcg_runs:
+        raise TrainingError("adversarial-sft needs gcg_runs: run directories of 'alignscope attack gcg'")
+    session = open_session("adversarial-sft", config)
+    with session.main_first():
+        pool = suffix_pool([r for path in config.gcg_runs for r in read_gcg_records(path)], config.trajectory)
+        samples = _harmful_samples(config)
+        records = (
+            refusal_records(samples, config.refusals_per_prompt, config.seed)
+            + suffixed_refusal_records(samples, pool, config.suffixes_per_prompt, config.seed)
+            + _utility(session, config)
+        )
+        log.info("adversarial-sft: %d suffixes in the pool", len(pool))
+    session.save_data(records)
+    examples = tokenize_records(session.model, records, config.max_length)
+    return fit(session, examples, objective="ce")
 
 
 @_recipe("safety-dpo", SafetyDPOConfig, "preference-based safety alignment with TRL's DPO")
