@@ -478,6 +478,12 @@ def analyze_safety_layers_cmd(
         ),
     ] = None,
     localize: Annotated[bool, typer.Option(help="Pin the range down by over-rejection (slow).")] = False,
+    initial_range: Annotated[
+        str | None,
+        typer.Option(
+            help="START-END (inclusive): start the localisation here instead of the detected range."
+        ),
+    ] = None,
     n: Annotated[int, typer.Option(help="Normal and malicious prompts each.")] = 100,
     draws: Annotated[int, typer.Option(help="Random pairs per pair type (the paper: 500).")] = 500,
     alpha: Annotated[float | None, typer.Option(help="Over-rejection weight scale (default 1.15).")] = None,
@@ -498,10 +504,17 @@ def analyze_safety_layers_cmd(
 
     if template not in {"chat", "plain"}:
         raise typer.BadParameter("--template must be chat or plain")
+    start_range: tuple[int, int] | None = None
+    if initial_range is not None:
+        first, sep, last = initial_range.partition("-")
+        if not (sep and first.strip().isdigit() and last.strip().isdigit()) or int(first) > int(last):
+            raise typer.BadParameter(f"--initial-range expects START-END, e.g. 6-20; got {initial_range!r}")
+        start_range = (int(first), int(last))
     config = {
         "model": model,
         "control": control,
         "localize": localize,
+        "initial_range": initial_range,
         "n": n,
         "draws": draws,
         "alpha": alpha,
@@ -517,6 +530,7 @@ def analyze_safety_layers_cmd(
         model,
         control=control,
         localize=localize,
+        initial_range=start_range,
         out=run,
         normal=normal,
         malicious=malicious,
