@@ -118,6 +118,9 @@ class SafetyDataConfig(TrainConfig):
         n_utility: utility examples (None: all of the train split).
         refusals_per_prompt: refusal examples per harmful prompt (different refusal texts).
         utility_max_new_tokens: length of the starting model's answers to the utility instructions.
+        utility_model: the model answering the utility instructions (None: the starting model). When the
+            starting model is already safety-aligned and over-refuses some benign prompts (e.g. deepening
+            ``smollm2-aligned``), its unaligned base answers them without teaching those refusals again.
     """
 
     harmful_suite: str = "harmful"
@@ -128,6 +131,7 @@ class SafetyDataConfig(TrainConfig):
     n_utility: int | None = 150
     refusals_per_prompt: int = 1
     utility_max_new_tokens: int = 128
+    utility_model: str | None = None
 
 
 @dataclass(frozen=True)

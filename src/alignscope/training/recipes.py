@@ -106,7 +106,7 @@ def _utility(session: Session, cfg: SafetyDataConfig) -> list[ChatRecord]:
         return []
     suite = train_split(cfg.utility_suite, cfg.test_fraction, cfg.split_seed)
     return utility_records(
-        session.model,
+        _responses_source(session, cfg.utility_model),
         suite,
         cfg.n_utility,
         cfg.utility_max_new_tokens,
