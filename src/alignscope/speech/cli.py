@@ -1,0 +1,374 @@
+"""The speech commands of the ``alignscope`` CLI: ``speech build|speak|adversarial-train``,
+``attack audio-pgd|audio-transfer`` and ``reproduce speechguard``.
+
+A thin shell like :mod:`alignscope.cli`, which wires these in with :func:`register`. Nothing from
+:mod:`alignscope.cli` is imported at module level (it imports this module), so its helpers are looked up
+when a command runs.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+speech_app = typer.Typer(
+    help="Speech LLMs: build the embedded one, speak suites, harden a projector.", no_args_is_help=True
+)
+
+SlmOpt = Annotated[
+    str,
+    typer.Option(
+        "--slm",
+        help="Speech LLM: default (the embedded build), build:KEY=VALUE,... (another build), a projector or "
+        "build directory, or random[:LLM] (untrained projector, smoke tests only).",
+    ),
+]
+OutOpt = Annotated[Path | None, typer.Option(help="Run directory (default: runs/<command>-<time>).")]
+ResumeOpt = Annotated[bool, typer.Option(help="Continue the run in --out, skipping finished clips.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help='Config field as KEY=VALUE (JSON values: 30, true, ["a", "b"]); repeatable.'),
+]
+ConfigFileOpt = Annotated[Path | None, typer.Option("--config", help="JSON file of config fields.")]
+DeviceOpt = Annotated[str | None, typer.Option(help="cuda, mps or cpu (default: the best available).")]
+
+
+def _errors(fn: F) -> F:
+    """:func:`alignscope.cli._handle_errors`, looked up at call time (no import cycle)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from alignscope.cli import _handle_errors
+
+        return _handle_errors(fn)(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _fields(config_file: Path | None, sets: list[str] | None, **given: Any) -> dict[str, Any]:
+    from alignscope.cli import _fields as fields
+
+    return fields(config_file, sets, **given)
+
+
+def _csv(text: str | None, cast: Callable[[str], Any] = str, what: str = "value") -> tuple[Any, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(cast(x.strip()) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated {what}s, got {text!r}") from None
+
+
+def _budgets(values: list[str] | None) -> tuple[str, ...] | None:
+    from alignscope.speech.attack_eval import parse_budget
+
+    if not values:
+        return None
+    out = tuple(b.strip() for v in values for b in v.split(",") if b.strip())
+    for b in out:
+        parse_budget(b)
+    return out
+
+
+def _defense_snrs(values: list[str] | None) -> tuple[float, ...] | None:
+    from alignscope.speech.defense import parse_defense
+
+    if not values:
+        return None
+    snrs = []
+    for v in values:
+        d = parse_defense(v)
+        if d is not None:
+            snrs.append(d.snr_db)
+    return tuple(snrs)
+
+
+def load_speech_model(spec: str, device: str | None = None) -> Any:
+    """The speech LLM a ``--slm`` spec names (tests monkeypatch this)."""
+    from alignscope.speech.loading import load_speech_model as load
+
+    return load(spec, device=device)
+
+
+def _done(run: Any) -> None:
+    from alignscope.cli import _done as done
+
+    done(run)
+
+
+def _console() -> Any:
+    from alignscope.cli import console
+
+    return console
+
+
+# -- speech build / speak / adversarial-train -----------------------------------------------------------------
+@speech_app.command("build")
+@_errors
+def speech_build(
+    llm: Annotated[str | None, typer.Option(help="LLM spec (default smollm2-aligned).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Build directory (default: in the cache, by config).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the projector, voices and data order.")] = None,
+    voices: Annotated[str | None, typer.Option(help="espeak-ng voices, comma-separated.")] = None,
+    rates: Annotated[str | None, typer.Option(help="Speaking rates (wpm), comma-separated.")] = None,
+    asr_steps: Annotated[int | None, typer.Option(help="Steps of the ASR stage (0 skips it).")] = None,
+    distill_steps: Annotated[int | None, typer.Option(help="Steps of distillation (0 skips it).")] = None,
+    evaluate: Annotated[bool | None, typer.Option(help="Held-out evaluation at the end.")] = None,
+    sets: SetOpt = None,
+    config_file: ConfigFileOpt = None,
+) -> None:
+    """Build (train) the projector of a speech LLM: ASR stage, then KL distillation; cached and resumable.
+    Every SpeechBuildConfig field via --set."""
+    from alignscope.speech.build import SpeechBuildConfig, build_slm
+
+    values = _fields(
+        config_file, sets, llm=llm, out=str(out) if out else None, seed=seed, voices=_csv(voices),
+        rates=_csv(rates, int, "integer"), asr_steps=asr_steps, distill_steps=distill_steps, evaluate=evaluate,
+    )  # fmt: skip
+    cfg = SpeechBuildConfig.from_dict({**SpeechBuildConfig().to_dict(), **values})
+    result = build_slm(cfg)
+    console = _console()
+    console.print(f"[green]speech build {'found cached' if result.cached else 'done'}:[/] {result.out}")
+    console.print(f"projector: {result.projector_dir}")
+    ev = result.metrics.get("evaluation")
+    if ev:
+        console.print(
+            f"held-out: harmful refused {ev['harmful_refusal']['rate']:.3f}, benign answered "
+            f"{ev['benign_answered']['rate']:.3f}, top-1 agreement {ev['top1_agreement']:.3f}"
+        )
+    console.print(f"attack it: alignscope attack audio-pgd --slm {result.out}")
+
+
+@speech_app.command("speak")
+@_errors
+def speech_speak(
+    suite: Annotated[
+        str, typer.Option(help="Text suite spec to read aloud (harmful, benign, advbench:PATH...).")
+    ],
+    out: Annotated[Path, typer.Option(help="Directory for the WAVs and manifest.jsonl.")],
+    n: Annotated[int | None, typer.Option(help="Questions (category-stratified subset).")] = None,
+    split: Annotated[str, typer.Option(help="all, train or test (the builds' held-out half).")] = "all",
+    voices: Annotated[str, typer.Option(help="espeak-ng voices, comma-separated.")] = "en-us+klatt4",
+    rates: Annotated[str, typer.Option(help="Speaking rates (wpm), comma-separated.")] = "175",
+    lead_silence: Annotated[float, typer.Option(help="Seconds of silence before speech.")] = 0.4,
+    seed: Annotated[int, typer.Option(help="Seed of the voice and rate draws.")] = 0,
+) -> None:
+    """Speak a text suite with espeak-ng: cached 16 kHz WAVs plus manifest.jsonl (re-running reuses clips)."""
+    from alignscope.data import load_suite
+    from alignscope.speech.suites import speak_suite
+
+    if split not in ("all", "train", "test"):
+        raise typer.BadParameter(f"--split must be all, train or test, got {split!r}")
+    text = load_suite(suite)
+    if split != "all":
+        text = text.split(0.5, 0)[1 if split == "test" else 0]
+    spoken = speak_suite(
+        text.take(n, seed), out, _csv(voices), _csv(rates, int, "integer") or (175,), seed=seed,
+        lead_silence=lead_silence,
+    )  # fmt: skip
+    _console().print(f"[green]{len(spoken)} clips:[/] {spoken.manifest}")
+
+
+@speech_app.command("adversarial-train")
+@_errors
+def speech_adversarial_train(
+    slm: SlmOpt = "default",
+    out: Annotated[Path | None, typer.Option(help="Output directory (default: in the cache).")] = None,
+    budget: Annotated[
+        str | None, typer.Option(help="PGD budget of the training attacks, snr:30 or linf:0.002.")
+    ] = None,
+    rounds: Annotated[int | None, typer.Option(help="Attack-then-train rounds.")] = None,
+    eval_n: Annotated[
+        int | None, typer.Option(help="Held-out questions for the before/after measurement.")
+    ] = None,
+    sets: SetOpt = None,
+    config_file: ConfigFileOpt = None,
+) -> None:
+    """Adversarial training of the projector: PGD clips of harmful questions with refusal targets (the LLM
+    reading the transcript) mixed into distillation. Every AdversarialTrainingConfig field via --set."""
+    from alignscope.speech.adversarial import AdversarialTrainingConfig, adversarial_train
+
+    values = _fields(config_file, sets, slm=slm, out=str(out) if out else None, budget=budget, rounds=rounds,
+                     eval_n=eval_n)  # fmt: skip
+    cfg = AdversarialTrainingConfig.from_dict(values)
+    result = adversarial_train(cfg, slm=load_speech_model(cfg.slm))
+    console = _console()
+    for r in result.rounds:
+        console.print(
+            f"round {r['round']}: PGD success on the training clips {r['attack_success']}, kept {r['kept']}, "
+            f"{r['steps']} steps, loss {r['train_loss']:.4f}"
+        )
+    if result.evaluation:
+        for name in ("before", "after"):
+            e = result.evaluation[name]
+            console.print(
+                f"{name}: white-box success {e['jailbreak_success']['rate']:.3f}, benign answered "
+                f"{e['benign_answered']['rate']:.3f}"
+            )
+    console.print(f"[green]hardened projector:[/] {result.projector_dir}")
+
+
+# -- attack audio-pgd / audio-transfer ------------------------------------------------------------------------
+def _attack(
+    command: str,
+    slm_spec: str,
+    surrogate_spec: str | None,
+    values: dict[str, Any],
+    judge: str,
+    out: Path | None,
+    resume: bool,
+    device: str | None,
+) -> None:
+    from alignscope.audit import load_judge_for
+    from alignscope.runs import RunDir
+    from alignscope.speech.attack_eval import SpokenAttackConfig, run_spoken_attacks
+
+    cfg = SpokenAttackConfig.from_dict({k: v for k, v in values.items() if v is not None})
+    record = {"model": slm_spec, "surrogate": surrogate_spec, "judge": cfg.judge, "seed": cfg.seed,
+              "attack": cfg.to_dict()}  # fmt: skip
+    run = RunDir.create(command, record, out=out, resume=resume)
+    target = load_speech_model(slm_spec, device=device)
+    surrogate = load_speech_model(surrogate_spec, device=device) if surrogate_spec else None
+    run_spoken_attacks(run, cfg, target, surrogate, judge=load_judge_for(judge, target.llm))
+    _done(run)
+
+
+_SuiteOpt = Annotated[
+    str | None, typer.Option(help="Harmful text suite spoken with espeak-ng (default harmful).")
+]
+_ManifestOpt = Annotated[
+    Path | None, typer.Option(help="Your own clips: manifest.jsonl (audio, text, optional label/target).")
+]
+_BudgetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--budget", help="linf:<eps> or snr:<dB>; repeat or comma-separate to sweep."),
+]
+_DefenseOpt = Annotated[
+    list[str] | None,
+    typer.Option("--defense", help="tdnf:snr=<dB> in front of the model (non-adaptive); repeatable."),
+]
+
+
+@_errors
+def attack_audio_pgd(
+    slm: SlmOpt = "default",
+    suite: _SuiteOpt = None,
+    manifest: _ManifestOpt = None,
+    split: Annotated[str | None, typer.Option(help="test (held out of builds), train or all.")] = None,
+    n: Annotated[int | None, typer.Option(help="Harmful clips.")] = None,
+    budget: _BudgetOpt = None,
+    steps: Annotated[int | None, typer.Option(help="PGD steps per restart.")] = None,
+    restarts: Annotated[int | None, typer.Option(help="Random restarts.")] = None,
+    step_size: Annotated[float | None, typer.Option(help="Step as a fraction of the budget radius.")] = None,
+    universal: Annotated[bool, typer.Option(help="One perturbation over all clips.")] = False,
+    defense: _DefenseOpt = None,
+    adaptive: Annotated[
+        int | None, typer.Option(help="Adaptive attacker: noise draws per step through each --defense.")
+    ] = None,
+    benign_suite: Annotated[
+        str | None, typer.Option(help="Benign suite for helpfulness (none: skip).")
+    ] = None,
+    n_benign: Annotated[int | None, typer.Option(help="Benign clips for helpfulness.")] = None,
+    judge: Annotated[str, typer.Option(help="Judge spec: keyword, llm-rubric[:MODEL]...")] = "keyword",
+    preference_judge: Annotated[
+        str | None, typer.Option(help="Pairwise judge against the clean answer, e.g. preference:smollm2.")
+    ] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Tokens per judged answer.")] = None,
+    resample: Annotated[bool, typer.Option(help="Resample user clips to 16 kHz (else refuse them).")] = True,
+    seed: Annotated[int | None, typer.Option(help="Seed of PGD starts and TDNF draws.")] = None,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+    sets: SetOpt = None,
+    config_file: ConfigFileOpt = None,
+) -> None:
+    """White-box audio PGD on spoken harmful questions (SpeechGuard): success, SNR, steps; with --defense the
+    clips are also played through TDNF, and --adaptive N optimises through it. WAVs and report in the run."""
+    values = _fields(
+        config_file, sets, suite=suite, manifest=str(manifest) if manifest else None, split=split, n=n,
+        budgets=_budgets(budget), steps=steps, restarts=restarts, step_size=step_size,
+        universal=universal or None, defenses=_defense_snrs(defense), adaptive=adaptive,
+        benign_suite=None if benign_suite in ("none", "") else benign_suite, judge=judge,
+        n_benign=0 if benign_suite in ("none", "") else n_benign, preference_judge=preference_judge,
+        max_new_tokens=max_new_tokens, resample=None if resample else False, seed=seed,
+    )  # fmt: skip
+    _attack("attack audio-pgd", slm, None, values, judge, out, resume, device)
+
+
+@_errors
+def attack_audio_transfer(
+    surrogate: Annotated[
+        str, typer.Option(help="Speech LLM the perturbations are crafted on (same spec forms as --slm).")
+    ],
+    slm: SlmOpt = "default",
+    suite: _SuiteOpt = None,
+    manifest: _ManifestOpt = None,
+    split: Annotated[str | None, typer.Option(help="test (held out of builds), train or all.")] = None,
+    n: Annotated[int | None, typer.Option(help="Harmful clips.")] = None,
+    budget: _BudgetOpt = None,
+    steps: Annotated[int | None, typer.Option(help="PGD steps on the surrogate.")] = None,
+    restarts: Annotated[int | None, typer.Option(help="Random restarts.")] = None,
+    defense: _DefenseOpt = None,
+    n_benign: Annotated[int | None, typer.Option(help="Benign clips for helpfulness (0: skip).")] = None,
+    judge: Annotated[str, typer.Option(help="Judge spec.")] = "keyword",
+    preference_judge: Annotated[
+        str | None, typer.Option(help="Pairwise judge against the clean answer.")
+    ] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Tokens per judged answer.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of PGD starts and TDNF draws.")] = None,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+    sets: SetOpt = None,
+    config_file: ConfigFileOpt = None,
+) -> None:
+    """Black-box transfer: PGD on a surrogate speech LLM, the adversarial clips played to the target (and
+    through each --defense)."""
+    values = _fields(
+        config_file, sets, suite=suite, manifest=str(manifest) if manifest else None, split=split, n=n,
+        budgets=_budgets(budget), steps=steps, restarts=restarts, defenses=_defense_snrs(defense),
+        n_benign=n_benign, judge=judge, preference_judge=preference_judge, max_new_tokens=max_new_tokens,
+        seed=seed, white_box=False, transfer=True, adaptive=0,
+    )  # fmt: skip
+    _attack("attack audio-transfer", slm, surrogate, values, judge, out, resume, device)
+
+
+# -- reproduce speechguard ------------------------------------------------------------------------------------
+@_errors
+def reproduce_speechguard_cmd(
+    out: OutOpt = None, resume: ResumeOpt = False, sets: SetOpt = None, config_file: ConfigFileOpt = None
+) -> None:
+    """SpeechGuard (Peri et al. 2024) on the embedded default: white-box, TDNF at several SNRs, the adaptive
+    attacker and transfer from a second build, with SNRs, in one table and report. Builds are cached and
+    every clip is resumable (--resume)."""
+    from alignscope.runs import RunDir
+    from alignscope.speech.reproduce import SpeechGuardConfig, reproduce_speechguard
+
+    cfg = SpeechGuardConfig.from_dict(_fields(config_file, sets))
+    run = RunDir.create("reproduce speechguard", {"model": cfg.slm or "default build", **cfg.to_dict()}, out=out,
+                        resume=resume)  # fmt: skip
+    slm = load_speech_model(cfg.slm) if cfg.slm else None
+    surrogate = load_speech_model(cfg.surrogate) if cfg.surrogate else None
+    result = reproduce_speechguard(run, cfg, slm=slm, surrogate=surrogate)
+    console = _console()
+    console.print(result.markdown)
+    for s in result.checks["statements"]:
+        console.print(f"- {s}")
+    _done(run)
+
+
+def register(app: typer.Typer, attack_app: typer.Typer, reproduce_app: typer.Typer) -> None:
+    """Add the speech commands to the main CLI's apps."""
+    app.add_typer(speech_app, name="speech")
+    attack_app.command("audio-pgd")(attack_audio_pgd)
+    attack_app.command("audio-transfer")(attack_audio_transfer)
+    reproduce_app.command("speechguard")(reproduce_speechguard_cmd)

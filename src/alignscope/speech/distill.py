@@ -1,0 +1,312 @@
+"""Projector training on transformers' Trainer: the ASR-style objective, KL distillation from the LLM reading
+the transcript, and the batched forward pass they share.
+
+Both stages see the same sequence after the chat prefix (the formatted text before the audio marker, identical
+for every example, so it is run once and kept as a KV cache)::
+
+    [audio embeddings] [text after the marker: end of user turn, assistant header, any instruction] [target]
+
+Only the target tokens are scored: the transcript (and end of turn) in the ASR stage, the teacher's response in
+distillation. Right padding is used, so positions need no correction; the logits are computed at the scored
+positions only (the LM head is the largest matrix of a small LLM).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Trainer
+
+from alignscope.speech.errors import SpeechError
+from alignscope.speech.projector import Projector
+
+IGNORE_INDEX = -100
+
+__all__ = [
+    "IGNORE_INDEX",
+    "ProjectorTrainer",
+    "SpeechExample",
+    "SpeechTrainingModule",
+    "collate_examples",
+    "distillation_kl",
+    "target_labels",
+]
+
+
+def target_labels(n_audio: int, n_after: int, target_ids: Sequence[int]) -> list[int]:
+    """Labels over the sequence after the chat prefix: :data:`IGNORE_INDEX` at the ``n_audio`` audio positions
+    and the ``n_after`` template/instruction positions, the token id at each target position."""
+    return [IGNORE_INDEX] * (n_audio + n_after) + [int(t) for t in target_ids]
+
+
+def distillation_kl(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 2.0,
+    direction: str = "reverse",
+) -> torch.Tensor:
+    """Per-position KL divergence between the softened distributions ``p_s = softmax(student / T)`` and
+    ``p_t = softmax(teacher / T)``: ``(n,)`` float32 from ``(n, vocab)`` logits.
+
+    ``direction="reverse"`` is KL(student || teacher) = sum p_s (log p_s - log p_t), as in SpeechGuard's
+    description of Ultravox's distillation; ``"forward"`` is KL(teacher || student), what
+    ``torch.nn.functional.kl_div(log p_s, log p_t, log_target=True)`` computes.
+    """
+    if direction not in ("reverse", "forward"):
+        raise SpeechError(f"unknown KL direction {direction!r} (use 'reverse' or 'forward')")
+    ls = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    lt = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    if direction == "reverse":
+        return (ls.exp() * (ls - lt)).sum(-1)
+    return (lt.exp() * (lt - ls)).sum(-1)
+
+
+@dataclass
+class SpeechExample:
+    """One training example.
+
+    Attributes:
+        features: ``(frames, encoder_dim)`` cached encoder output of the clip.
+        after_ids: token ids between the audio and the target (end of the user turn, assistant header).
+        target_ids: scored token ids (transcript + end of turn, or the teacher's response).
+        teacher_ids: distillation only: the teacher's token ids after the shared chat prefix up to the target
+            (the transcript as text, end of user turn, assistant header).
+        key: distillation only: identifies the teacher input, so its logits can be computed once.
+    """
+
+    features: torch.Tensor
+    after_ids: list[int]
+    target_ids: list[int]
+    teacher_ids: list[int] | None = None
+    key: int = -1
+
+
+class ExampleDataset(torch.utils.data.Dataset[dict[str, Any]]):
+    def __init__(self, examples: Sequence[SpeechExample]):
+        self.examples = list(examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"example": self.examples[i]}
+
+
+def collate_examples(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Trainer collator: zero-padded ``features`` ``(batch, max_frames, dim)``, ``frames`` ``(batch,)`` and the
+    examples themselves (the token layout is built in :meth:`SpeechTrainingModule.student_inputs`)."""
+    examples = [r["example"] for r in rows]
+    frames = torch.tensor([e.features.shape[0] for e in examples])
+    width = int(frames.max())
+    dim = examples[0].features.shape[1]
+    feats = torch.zeros((len(examples), width, dim), dtype=torch.float32)
+    for i, e in enumerate(examples):
+        feats[i, : e.features.shape[0]] = e.features.float()
+    return {"features": feats, "frames": frames, "examples": examples}
+
+
+class SpeechTrainingModule(nn.Module):
+    """The projector (trained) in front of a frozen LLM whose shared chat prefix is cached.
+
+    The LLM is held outside the module's registered children, so Trainer checkpoints and the optimiser see the
+    projector alone (a checkpoint is a few MB, not the LLM).
+
+    Args:
+        projector: the projector to train.
+        llm_model: the transformers causal LM (frozen here).
+        prefix_ids: token ids of the chat text before the audio marker (the same for every example).
+        autocast: run the LLM under bfloat16 autocast (about 1.6x faster on a CPU with AVX512-BF16).
+        teacher_cache_bytes: keep teacher logits (float16) of up to this many bytes, so a teacher input seen
+            again (the same prompt in another voice, or a later epoch) costs no forward pass.
+    """
+
+    def __init__(
+        self,
+        projector: Projector,
+        llm_model: Any,
+        prefix_ids: Sequence[int],
+        autocast: bool = True,
+        teacher_cache_bytes: int = 2 * 1024**3,
+    ):
+        super().__init__()
+        self.projector = projector
+        self._llm = (llm_model,)  # a tuple: not a registered submodule
+        self.autocast = autocast
+        self.teacher_cache_bytes = teacher_cache_bytes
+        self._teacher: dict[int, torch.Tensor] = {}
+        self._teacher_bytes = 0
+        self.prefix_len = len(prefix_ids)
+        self._prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if prefix_ids:
+            with torch.no_grad(), self._autocast():
+                ids = torch.tensor([list(prefix_ids)], device=self.device)
+                out = self.decoder(input_ids=ids, use_cache=True)
+            cache = getattr(out, "cache", None) or out.past_key_values
+            self._prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
+        # transformers 5.x renamed ``past_key_values`` to ``cache``
+        self._cache_arg = (
+            "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
+        )
+
+    @property
+    def llm(self) -> Any:
+        return self._llm[0]
+
+    @property
+    def decoder(self) -> Any:
+        return self.llm.get_decoder()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.llm.parameters()).device
+
+    def _autocast(self) -> Any:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
+
+    # -- forward ----------------------------------------------------------------------------------------------
+    def _scored_logits(
+        self, embeds: torch.Tensor, attention: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits ``(n_scored, vocab)`` at the positions that predict the labelled tokens, in row-major order.
+
+        ``embeds`` ``(batch, T, hidden)`` right-padded sequences after the prefix, ``attention`` ``(batch, T)``,
+        ``labels`` ``(batch, T)``."""
+        from transformers import DynamicCache
+
+        b, t, _ = embeds.shape
+        extra: dict[str, Any] = {}
+        mask = attention
+        positions = torch.arange(t, device=embeds.device).unsqueeze(0).expand(b, -1)
+        if self._prefix_kv:
+            kv = [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in self._prefix_kv]
+            extra[self._cache_arg] = DynamicCache(kv)
+            ones = torch.ones((b, self.prefix_len), dtype=attention.dtype, device=attention.device)
+            mask = torch.cat([ones, attention], dim=1)
+            positions = positions + self.prefix_len
+        with self._autocast():
+            hidden = self.decoder(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, **extra
+            ).last_hidden_state
+            # position p predicts token p + 1; the first token after the prefix is never scored (audio)
+            scored = labels[:, 1:] != IGNORE_INDEX
+            h = hidden[:, :-1][scored]
+            return self.llm.get_output_embeddings()(h).float()
+
+    def _layout(
+        self,
+        heads: Sequence[torch.Tensor],
+        middles: Sequence[Sequence[int]],
+        targets: Sequence[Sequence[int]],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Right-padded ``(embeds, attention, labels)`` for rows ``head embeddings + middle ids + target ids``."""
+        table = self.llm.get_input_embeddings()
+        rows, labels = [], []
+        for head, mid, tgt in zip(heads, middles, targets, strict=True):
+            ids = torch.tensor([*mid, *tgt], dtype=torch.long, device=self.device)
+            rows.append(torch.cat([head.to(table.weight.dtype), table(ids)]))
+            labels.append(target_labels(head.shape[0], len(mid), tgt))
+        width = max(r.shape[0] for r in rows)
+        embeds = rows[0].new_zeros((len(rows), width, rows[0].shape[1]))
+        attention = torch.zeros((len(rows), width), dtype=torch.long, device=self.device)
+        lab = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long, device=self.device)
+        for i, (r, lb) in enumerate(zip(rows, labels, strict=True)):
+            embeds[i, : r.shape[0]] = r
+            attention[i, : r.shape[0]] = 1
+            lab[i, : r.shape[0]] = torch.tensor(lb, dtype=torch.long)
+        return embeds, attention, lab
+
+    def student_logits(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits (n_scored, vocab), targets (n_scored,))`` of the LLM hearing the audio; differentiable with
+        respect to the projector."""
+        examples: list[SpeechExample] = batch["examples"]
+        feats = batch["features"].to(self.device)
+        audio = self.projector(feats)
+        stack = self.projector.config.stack
+        heads = [audio[i, : math.ceil(int(n) / stack)] for i, n in enumerate(batch["frames"])]
+        embeds, attention, labels = self._layout(
+            heads, [e.after_ids for e in examples], [e.target_ids for e in examples]
+        )
+        logits = self._scored_logits(embeds, attention, labels)
+        return logits, labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]
+
+    @torch.no_grad()
+    def teacher_logits(self, examples: Sequence[SpeechExample]) -> torch.Tensor:
+        """``(n_scored, vocab)`` logits of the LLM reading the transcript, in the order of
+        :meth:`student_logits`; logits of a teacher input already seen come from the cache."""
+        missing = [e for e in examples if e.key < 0 or e.key not in self._teacher]
+        if missing:
+            if any(e.teacher_ids is None for e in missing):
+                raise SpeechError("a distillation example has no teacher input (teacher_ids)")
+            empty = [torch.zeros((0, self.llm.config.hidden_size), device=self.device)] * len(missing)
+            embeds, attention, labels = self._layout(
+                empty, [e.teacher_ids or [] for e in missing], [e.target_ids for e in missing]
+            )
+            logits = self._scored_logits(embeds, attention, labels).to(torch.float16)
+            parts = logits.split([len(e.target_ids) for e in missing])
+            fresh = {}
+            for e, part in zip(missing, parts, strict=True):
+                fresh[id(e)] = part
+                size = part.numel() * part.element_size()
+                if e.key >= 0 and self._teacher_bytes + size <= self.teacher_cache_bytes:
+                    self._teacher[e.key] = part
+                    self._teacher_bytes += size
+        rows = [
+            self._teacher[e.key] if e.key >= 0 and e.key in self._teacher else fresh[id(e)] for e in examples
+        ]
+        return torch.cat(rows).float()
+
+    def loss(
+        self, batch: dict[str, Any], objective: str, temperature: float = 2.0, direction: str = "reverse"
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The objective's mean over scored tokens, and per-batch statistics (top-1 agreement with the target
+        tokens)."""
+        logits, targets = self.student_logits(batch)
+        if objective == "asr":
+            loss = F.cross_entropy(logits, targets)
+        elif objective == "distill":
+            teacher = self.teacher_logits(batch["examples"])
+            loss = distillation_kl(logits, teacher, temperature, direction).mean()
+        else:
+            raise SpeechError(f"unknown objective {objective!r} (use 'asr' or 'distill')")
+        top1 = (logits.detach().argmax(-1) == targets).float().mean().item()
+        return loss, {"top1": top1}
+
+
+class ProjectorTrainer(Trainer):
+    """transformers' Trainer on a :class:`SpeechTrainingModule`: only ``compute_loss`` is overridden
+    (``objective`` ``"asr"`` = cross-entropy on the transcript, ``"distill"`` = KL to the teacher at
+    ``temperature``); the running top-1 agreement of the scored tokens is logged next to the loss."""
+
+    def __init__(
+        self,
+        *args: Any,
+        objective: str = "asr",
+        temperature: float = 2.0,
+        direction: str = "reverse",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.objective: str = objective
+        self.temperature: float = temperature
+        self.direction: str = direction
+        self._top1: list[float] = []
+
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        loss, stats = model.loss(inputs, self.objective, self.temperature, self.direction)
+        self._top1.append(stats["top1"])
+        return (loss, {"loss": loss}) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if self._top1 and "loss" in logs:
+            logs["top1"] = round(sum(self._top1) / len(self._top1), 4)
+            self._top1 = []
+        super().log(logs, *args, **kwargs)

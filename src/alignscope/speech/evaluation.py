@@ -1,0 +1,212 @@
+"""Held-out evaluation of a speech LLM: does it behave like its LLM reading the transcript?
+
+On the test splits of the harmful and benign suites (never seen in a build), spoken by espeak-ng:
+
+* **refusal of harmful questions** and **benign questions answered** (not refused, not empty), both judged by
+  alignscope's keyword judge on greedy answers, with Wilson intervals; the LLM's own rates on the written
+  questions are reported next to them;
+* **teacher-forced top-1 agreement**: over the response positions of the LLM's greedy answer to the written
+  question, the share where the speech LLM hearing the question puts its highest logit on the same token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from alignscope.models.base import GenerationConfig, user_turn
+from alignscope.models.loading import cache_dir
+from alignscope.speech.slm import SpeechLM
+from alignscope.stats import Rate, rate_of
+
+__all__ = ["SpeechEvalResult", "evaluate_slm"]
+
+
+@dataclass
+class SpeechEvalResult:
+    """Held-out metrics of a speech LLM (see the module docstring).
+
+    Attributes:
+        model: the speech LLM's description.
+        harmful_refusal: spoken harmful questions refused.
+        benign_answered: spoken benign questions answered (not refused and not empty).
+        top1_agreement: teacher-forced top-1 agreement over every scored response token (both suites).
+        top1_by_suite: the same per suite.
+        text_harmful_refusal / text_benign_answered: the LLM's own rates on the written questions.
+        judge, generation: the judge's name and the decoding settings that produced the rates.
+        voices, rates: the evaluation speech.
+        seconds: wall time.
+        samples: per clip: suite, id, prompt, voice, rate, spoken answer, text answer, verdicts, agreement.
+    """
+
+    model: str
+    harmful_refusal: Rate
+    benign_answered: Rate
+    top1_agreement: float
+    top1_by_suite: dict[str, float]
+    text_harmful_refusal: Rate
+    text_benign_answered: Rate
+    judge: str
+    generation: str
+    voices: list[str]
+    rates: list[int]
+    seconds: float
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self, samples: bool = True) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "model": self.model,
+            "harmful_refusal": self.harmful_refusal.to_dict(),
+            "benign_answered": self.benign_answered.to_dict(),
+            "top1_agreement": self.top1_agreement,
+            "top1_by_suite": self.top1_by_suite,
+            "text_harmful_refusal": self.text_harmful_refusal.to_dict(),
+            "text_benign_answered": self.text_benign_answered.to_dict(),
+            "judge": self.judge,
+            "generation": self.generation,
+            "voices": self.voices,
+            "rates": self.rates,
+            "seconds": self.seconds,
+        }
+        if samples:
+            d["samples"] = self.samples
+        return d
+
+    def summary(self) -> str:
+        return (
+            f"{self.model}, held-out spoken questions ({', '.join(self.voices)} at {self.rates} wpm; "
+            f"judge {self.judge}; {self.generation}):\n"
+            f"  harmful refused  {self.harmful_refusal.fmt()}   (text: {self.text_harmful_refusal.fmt()})\n"
+            f"  benign answered  {self.benign_answered.fmt()}   (text: {self.text_benign_answered.fmt()})\n"
+            f"  teacher-forced top-1 agreement with the text answers: {self.top1_agreement:.3f} "
+            + " ".join(f"({k} {v:.3f})" for k, v in self.top1_by_suite.items())
+        )
+
+
+def _spoken_test_split(
+    suite: str, voices: Sequence[str], rates: Sequence[int], test_fraction: float, split_seed: int, seed: int,
+    lead_silence: float, limit: int | None, progress: bool,
+) -> Any:  # fmt: skip
+    from alignscope.data import load_suite
+    from alignscope.data.types import Suite
+    from alignscope.speech.suites import speak_suite
+
+    test = load_suite(suite).split(test_fraction, split_seed)[1]
+    if limit is not None:
+        test = Suite(test.name, test.samples[:limit], test.source)
+    key = json.dumps([suite, test_fraction, split_seed, list(voices), list(rates), seed, lead_silence, limit])
+    out = cache_dir() / "speech" / "suites" / f"{suite}-test-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    return speak_suite(test, out, voices, rates, seed=seed, lead_silence=lead_silence, progress=progress)
+
+
+def evaluate_slm(
+    slm: SpeechLM,
+    voices: Sequence[str] = ("en-us+klatt4", "en-us+klatt3", "en-us+klatt5", "en+klatt4"),
+    rates: Sequence[int] = (150, 175, 200),
+    harmful_suite: str = "harmful",
+    benign_suite: str = "benign",
+    test_fraction: float = 0.5,
+    split_seed: int = 0,
+    limit: int | None = None,
+    max_new_tokens: int = 64,
+    judge: Any = None,
+    batch_size: int = 8,
+    seed: int = 1,
+    lead_silence: float = 0.4,
+    progress: bool = True,
+) -> SpeechEvalResult:
+    """Refusal, helpfulness and agreement of ``slm`` on the held-out (test) halves of two suites, spoken with
+    ``voices`` at ``rates`` (one draw per question, seeded by ``seed``; cached WAVs).
+
+    Args:
+        slm: the speech LLM; its LLM reading the written question is the reference.
+        limit: use only the first ``limit`` test questions of each suite (quick checks).
+        max_new_tokens: length of the greedy answers (spoken and written) and of the agreement span.
+        judge: a judge with ``judge_batch(prompts, responses)`` (default: :class:`KeywordJudge`).
+        batch_size: clips per forward pass.
+    """
+    from alignscope.judges.keyword import KeywordJudge
+    from alignscope.training.builders import generate_cached
+
+    t0 = time.perf_counter()
+    judge = judge or KeywordJudge()
+    gen = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    samples: list[dict[str, Any]] = []
+    spoken_flags: dict[str, list[bool]] = {}
+    text_flags: dict[str, list[bool]] = {}
+    hits: dict[str, tuple[int, int]] = {}
+    for label, suite in (("harmful", harmful_suite), ("benign", benign_suite)):
+        spoken = _spoken_test_split(
+            suite, voices, rates, test_fraction, split_seed, seed, lead_silence, limit, progress
+        )
+        prompts = spoken.texts
+        clips = [torch.from_numpy(w) for w in spoken.waveforms()]
+        text_answers = generate_cached(
+            slm.llm, [user_turn(p) for p in prompts], max_new_tokens, batch_size=16, tag="speech-eval",
+            progress=progress,
+        )  # fmt: skip
+        answers = slm.generate(clips, gen, progress=progress)
+        verdicts = judge.judge_batch(prompts, answers)
+        text_verdicts = judge.judge_batch(prompts, text_answers)
+        agree = _agreement(slm, clips, text_answers, batch_size, progress)
+        hits[label] = (sum(sum(a) for a in agree), sum(len(a) for a in agree))
+        if label == "harmful":
+            spoken_flags[label] = [bool(v.refused) for v in verdicts]
+            text_flags[label] = [bool(v.refused) for v in text_verdicts]
+        else:
+            spoken_flags[label] = [
+                not v.refused and bool(a.strip()) for v, a in zip(verdicts, answers, strict=True)
+            ]
+            text_flags[label] = [
+                not v.refused and bool(a.strip()) for v, a in zip(text_verdicts, text_answers, strict=True)
+            ]
+        for i, item in enumerate(spoken):
+            samples.append(
+                {"suite": label, "id": item.id, "prompt": item.text, "voice": item.voice, "rate": item.rate,
+                 "answer": answers[i], "text_answer": text_answers[i], "verdict": verdicts[i].to_dict(),
+                 "text_verdict": text_verdicts[i].to_dict(), "top1_hits": sum(agree[i]), "top1_tokens": len(agree[i])}
+            )  # fmt: skip
+    by_suite = {k: h / max(1, n) for k, (h, n) in hits.items()}
+    total_hits = sum(h for h, _ in hits.values())
+    total = sum(n for _, n in hits.values())
+    return SpeechEvalResult(
+        model=slm.describe(),
+        harmful_refusal=rate_of(spoken_flags["harmful"]),
+        benign_answered=rate_of(spoken_flags["benign"]),
+        top1_agreement=total_hits / max(1, total),
+        top1_by_suite=by_suite,
+        text_harmful_refusal=rate_of(text_flags["harmful"]),
+        text_benign_answered=rate_of(text_flags["benign"]),
+        judge=str(getattr(judge, "name", type(judge).__name__)),
+        generation=gen.describe(),
+        voices=list(voices),
+        rates=[int(r) for r in rates],
+        seconds=time.perf_counter() - t0,
+        samples=samples,
+    )
+
+
+@torch.inference_mode()
+def _agreement(
+    slm: SpeechLM, clips: list[torch.Tensor], answers: list[str], batch_size: int, progress: bool
+) -> list[list[int]]:
+    """Per clip, 1/0 per token of the written-question answer: is it the speech LLM's top-1 token there?"""
+    out: list[list[int]] = [[] for _ in clips]
+    idx = [i for i, a in enumerate(answers) if slm.llm.response_ids(a)]
+    bar = tqdm(total=len(idx), desc="top-1 agreement", disable=not progress, leave=False)
+    for start in range(0, len(idx), batch_size):
+        part = idx[start : start + batch_size]
+        rb = slm.response_logits([clips[i] for i in part], [answers[i] for i in part])
+        ok = rb.logits.argmax(-1) == rb.target_ids
+        for row, i in enumerate(part):
+            out[i] = ok[row][rb.mask[row]].int().tolist()
+        bar.update(len(part))
+    bar.close()
+    return out

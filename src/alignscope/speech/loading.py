@@ -1,0 +1,76 @@
+"""Speech LLMs by spec string (the CLI's ``--slm`` and ``--surrogate``): the embedded build, another build,
+a directory, or the embedded architecture with an untrained projector."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+
+from alignscope.speech.errors import SpeechError
+from alignscope.speech.slm import SpeechLM
+
+__all__ = ["load_speech_model", "random_speech_model"]
+
+
+def load_speech_model(spec: str, device: str | None = None) -> SpeechLM:
+    """A speech LLM from a spec:
+
+    * ``default``: the embedded speech LLM (the shipped ``smollm2-aligned`` projector, else the finished build
+      of the default :class:`~alignscope.speech.build.SpeechBuildConfig` in the cache);
+    * ``build:KEY=VALUE,...``: the finished build of the default config with those fields changed (JSON
+      values), e.g. ``build:seed=1`` for a surrogate;
+    * ``random`` / ``random:LLM_SPEC``: Whisper tiny.en and a *randomly initialised* projector on the LLM
+      (default ``smollm2-aligned``), for smoke tests and speed measurements only; its name says so;
+    * anything else: a projector or build directory, or a shipped projector name
+      (:func:`~alignscope.speech.build.load_slm`).
+    """
+    from alignscope.speech.build import SHIPPED_DIR, SpeechBuildConfig, default_build_dir, load_slm
+
+    spec = spec.strip()
+    if spec == "random" or spec.startswith("random:"):
+        return random_speech_model(spec.partition(":")[2] or "smollm2-aligned", device=device)
+    if spec in ("default", "embedded") or spec.startswith("build:"):
+        overrides = _kv(spec.partition(":")[2]) if spec.startswith("build:") else {}
+        cfg = SpeechBuildConfig.from_dict({**SpeechBuildConfig().to_dict(), **overrides})
+        if not overrides and (SHIPPED_DIR / "smollm2-aligned").is_dir():
+            return load_slm("smollm2-aligned", device=device)
+        out = default_build_dir(cfg)
+        if not (out / "projector").is_dir():
+            sets = " ".join(f"--set {k}={json.dumps(v)}" for k, v in overrides.items())
+            raise SpeechError(
+                f"no finished speech build for {spec!r} (looked in {out}); build it first: "
+                f"alignscope speech build {sets}".rstrip()
+            )
+        return load_slm(out, device=device)
+    return load_slm(spec, device=device)
+
+
+def _kv(text: str) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, eq, raw = part.partition("=")
+        if not eq or not key.strip():
+            raise SpeechError(f"bad build override {part!r}: expected KEY=VALUE")
+        try:
+            values[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key.strip()] = raw.strip()
+    return values
+
+
+def random_speech_model(
+    llm_spec: str = "smollm2-aligned", seed: int = 0, device: str | None = None, crop: bool = True
+) -> SpeechLM:
+    """Whisper tiny.en + a randomly initialised projector + ``llm_spec``: the embedded architecture without a
+    trained projector (for speed measurements and smoke tests; it does not understand speech)."""
+    from alignscope.models.loading import load_model
+    from alignscope.speech.projector import Projector, ProjectorConfig
+    from alignscope.speech.whisper import whisper_encoder
+
+    llm = load_model(llm_spec, device=device)
+    enc = whisper_encoder(device=llm.device)
+    torch.manual_seed(seed)
+    proj = Projector(ProjectorConfig(encoder_dim=int(enc.d_model), llm_dim=int(llm.model.config.hidden_size)))
+    return SpeechLM(enc, proj, llm, crop=crop, name=f"{llm_spec}+audio (random projector, seed {seed})")

@@ -1,0 +1,235 @@
+"""Projector build: labels, KL, the training forward pass, feature cache, and a 2-step build on tiny models."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from alignscope.speech.build import SpeechBuildConfig, build_slm, load_slm
+from alignscope.speech.build_data import FeatureCache, Utterance, corpus_texts, split_sentences, suite_prompts
+from alignscope.speech.distill import (
+    IGNORE_INDEX,
+    SpeechExample,
+    SpeechTrainingModule,
+    collate_examples,
+    distillation_kl,
+    target_labels,
+)
+from alignscope.speech.projector import Projector, ProjectorConfig
+from alignscope.speech.slm import SpeechLM
+from alignscope.speech.whisper import tiny_whisper_encoder
+from alignscope.testing import tiny_local_model
+
+SR = 16000
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
+
+
+def tiny_config(out, **changes) -> SpeechBuildConfig:
+    base = dict(
+        llm="tiny",
+        asr_texts=8,
+        answer_samples=1,
+        answer_tokens=12,
+        asr_sampled=4,
+        asr_steps=2,
+        distill_steps=2,
+        distill_limit=3,
+        distill_variants=2,
+        distill_tokens=6,
+        val_prompts=2,
+        batch_size=4,
+        hidden_dim=32,
+        voices=("en-us+klatt4", "en-us"),
+        rates=(175,),
+        pitches=(50,),
+        autocast=False,
+        evaluate=False,
+        save_steps=1,
+        progress=False,
+        out=str(out),
+    )
+    base.update(changes)
+    return SpeechBuildConfig(**base)  # type: ignore[arg-type]
+
+
+def tone(seconds: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(seconds * SR)) / SR
+    return 0.3 * torch.sin(2 * math.pi * (220 + 60 * seed) * t) + 0.05 * torch.randn(t.shape, generator=g)
+
+
+# -- losses and labels ----------------------------------------------------------------------------------------
+def test_labels_mask_everything_but_the_target():
+    assert target_labels(3, 2, [7, 8]) == [IGNORE_INDEX] * 5 + [7, 8]
+
+
+def test_asr_examples_score_only_the_transcript(tmp_path):
+    from alignscope.speech.build import _Builder
+
+    llm, enc = tiny_local_model(), tiny_whisper_encoder()
+    b = _Builder(tiny_config(tmp_path / "b"), tmp_path / "b", llm, enc, "test")
+    prefix, examples = b.asr_examples()
+    texts = corpus_texts(
+        llm, ("harmful", "benign", "borderline"), ("benign",), 8, answer_tokens=12, answer_samples=1, sampled=4
+    )
+    assert [e.target_ids for e in examples] == [
+        [*llm.response_ids(t), llm.tokenizer.eos_token_id] for t in texts
+    ]
+    module = SpeechTrainingModule(b.new_projector(), llm.model, prefix, autocast=False)
+    heads = [torch.zeros((2, 32)), torch.zeros((5, 32))]
+    _, attention, labels = module._layout(
+        heads, [e.after_ids for e in examples[:2]], [e.target_ids for e in examples[:2]]
+    )
+    for row, (h, e) in enumerate(zip(heads, examples[:2], strict=True)):
+        n_real = int(attention[row].sum())
+        scored = labels[row, :n_real]
+        assert (scored[: h.shape[0] + len(e.after_ids)] == IGNORE_INDEX).all()  # audio, template, instruction
+        assert (
+            scored[h.shape[0] + len(e.after_ids) :].tolist() == e.target_ids
+        )  # the transcript and end of turn
+        assert (labels[row, n_real:] == IGNORE_INDEX).all()  # padding
+    # the instruction follows the audio: the user turn ends, then the assistant turn starts
+    text = llm.tokenizer.decode(examples[0].after_ids)
+    assert "Repeat exactly what was said." in text and text.rstrip().endswith("assistant")
+
+
+def test_kl_matches_the_formula_and_is_zero_for_equal_distributions():
+    s = torch.tensor([[1.0, 0.0, -1.0]])
+    t = torch.tensor([[0.0, 2.0, 0.0]])
+    ps = torch.softmax(s / 2, -1)
+    pt = torch.softmax(t / 2, -1)
+    reverse = float((ps * (ps.log() - pt.log())).sum())
+    forward = float((pt * (pt.log() - ps.log())).sum())
+    assert distillation_kl(s, t, 2.0).item() == pytest.approx(reverse, rel=1e-5)
+    assert distillation_kl(s, t, 2.0, "forward").item() == pytest.approx(forward, rel=1e-5)
+    assert reverse != pytest.approx(forward)
+    x = torch.randn(4, 11)
+    assert torch.allclose(distillation_kl(x, x.clone(), 2.0), torch.zeros(4), atol=1e-6)
+    assert torch.allclose(distillation_kl(x, x + 3.0, 2.0), torch.zeros(4), atol=1e-5)  # shift-invariant
+
+
+def test_training_forward_equals_the_speech_lm():
+    """Right padding plus the cached chat prefix give the logits of SpeechLM's own (left-padded) forward pass."""
+    llm, enc = tiny_local_model(), tiny_whisper_encoder()
+    torch.manual_seed(0)
+    proj = Projector(ProjectorConfig(encoder_dim=16, llm_dim=32, hidden_dim=64, norm_init=1.0))
+    slm = SpeechLM(enc, proj, llm)
+    before, after = slm.split_prompt(slm.conversation("Say it."))
+    cache = FeatureCache(enc)
+    clips = [tone(0.5, 0), tone(0.8, 1)]
+    responses = [[5, 9, 11], [7, 3]]
+    examples = [
+        SpeechExample(cache.encode(c.numpy()), after, r) for c, r in zip(clips, responses, strict=True)
+    ]
+    module = SpeechTrainingModule(proj, llm.model, before, autocast=False)
+    logits, targets = module.student_logits(collate_examples([{"example": e} for e in examples]))
+    ref = slm.response_logits(clips, responses, prompt_text="Say it.")
+    assert torch.allclose(logits, ref.logits[ref.mask].float(), atol=1e-4)
+    assert targets.tolist() == [t for r in responses for t in r]
+    logits.sum().backward()  # gradients reach the projector only
+    assert proj.linear_1.weight.grad is not None
+    assert all(p.grad is None for p in llm.model.parameters())
+
+
+def test_teacher_logits_are_cached_and_equal_the_text_model():
+    llm = tiny_local_model()
+    proj = Projector(ProjectorConfig(encoder_dim=16, llm_dim=32, hidden_dim=64))
+    prompt = llm.encode_prompt([{"role": "user", "content": "Hello there"}])
+    prefix = prompt[:3]
+    ex = SpeechExample(torch.zeros(4, 16), [], [4, 6, 8], teacher_ids=prompt[3:], key=0)
+    module = SpeechTrainingModule(proj, llm.model, prefix, autocast=False)
+    first = module.teacher_logits([ex])
+    assert 0 in module._teacher
+    (ref,) = list(llm.response_logits([prompt], [[4, 6, 8]]))
+    assert torch.allclose(first, ref.logits[0], atol=1e-2)  # kept in float16
+    assert torch.equal(module.teacher_logits([ex]), first)
+
+
+# -- data ---------------------------------------------------------------------------------------------------
+def test_split_sentences_keeps_speakable_sentences():
+    text = "## Tips\n1. **Drink water** every day to stay healthy.\n- Use `x = 1` in code.\nOk.\nSleep well at night"
+    assert split_sentences(text) == ["Drink water every day to stay healthy.", "Sleep well at night."]
+
+
+def test_corpus_keeps_test_prompts_out():
+    llm = tiny_local_model()
+    texts = corpus_texts(
+        llm, ("harmful", "benign"), ("benign",), 10_000, answer_tokens=8, answer_samples=1, sampled=8
+    )
+    test = {p for _, p in suite_prompts(("harmful", "benign"), "test")}
+    train = [p for _, p in suite_prompts(("harmful", "benign"), "train")]
+    assert not test & set(texts)
+    assert texts[: len(train)] == train
+
+
+def test_cached_features_are_reused(tmp_path):
+    enc = tiny_whisper_encoder()
+    utts = [Utterance("Hello world.", "en-us+klatt4", 175), Utterance("Good morning.", "en-us", 160)]
+    first = FeatureCache(enc, root=tmp_path / "f")
+    a = first.features(utts)
+    assert (first.hits, first.misses) == (0, 2)
+    second = FeatureCache(enc, root=tmp_path / "f")
+    b = second.features(utts)
+    assert (second.hits, second.misses) == (2, 0)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert a[0].shape[1] == 16 and a[0].dtype == torch.float16
+    other = FeatureCache(tiny_whisper_encoder(seed=1), root=tmp_path / "f")
+    assert other.fingerprint != first.fingerprint
+
+
+# -- the build ----------------------------------------------------------------------------------------------
+def test_two_step_build_runs_saves_reloads_and_is_cached(tmp_path):
+    llm, enc = tiny_local_model(), tiny_whisper_encoder()
+    cfg = tiny_config(tmp_path / "build")
+    res = build_slm(cfg, llm=llm, encoder=enc, command="pytest")
+    assert not res.cached
+    assert res.metrics["asr"]["steps"] == 2 and res.metrics["distill"]["steps"] == 2
+    assert {"asr", "distill", "data", "build"} <= set(res.times)
+    info = json.loads((res.projector_dir / "projector.json").read_text())
+    assert info["metadata"]["command"] == "pytest" and info["metadata"]["seed"] == 0
+    assert info["metadata"]["config"] == cfg.to_dict() and info["metadata"]["dtype"] == "float16"
+    slm = load_slm(res.out, llm=llm, encoder=enc)
+    saved = Projector.load(res.projector_dir)
+    assert all(torch.equal(a, b) for a, b in zip(slm.projector.parameters(), saved.parameters(), strict=True))
+    assert len(slm.generate([tone(0.5, 0)])) == 1
+    again = build_slm(cfg, llm=llm, encoder=enc)
+    assert again.cached and again.metrics["asr"]["steps"] == 2
+    with pytest.raises(Exception, match="other settings"):
+        build_slm(cfg.replace(seed=1), llm=llm, encoder=enc)
+
+
+def test_killed_build_resumes_from_its_checkpoint(tmp_path):
+    llm, enc = tiny_local_model(), tiny_whisper_encoder()
+    cfg = tiny_config(tmp_path / "build", asr_steps=3, distill_steps=0, save_steps=2)
+    build_slm(cfg, llm=llm, encoder=enc)
+    # as if killed after step 2 of the ASR stage: only the checkpoint is left
+    for name in ("asr", "projector", "build.json", "checkpoints/asr/checkpoint-3"):
+        path = tmp_path / "build" / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    res = build_slm(cfg, llm=llm, encoder=enc)
+    assert res.metrics["asr"]["resumed_from"].endswith("checkpoint-2")
+    assert res.metrics["asr"]["steps"] == 3
+
+
+@pytest.mark.slow
+def test_tiny_build_on_the_real_models(tmp_path):
+    """A few steps on Whisper tiny.en and smollm2-aligned: runs end to end and the loss is finite."""
+    cfg = SpeechBuildConfig(
+        asr_texts=16, answer_samples=1, answer_tokens=32, asr_steps=2, distill_steps=2, distill_limit=2,
+        distill_variants=1, distill_tokens=8, val_prompts=2, batch_size=2, evaluate=False, progress=False,
+        out=str(tmp_path / "real"),
+    )  # fmt: skip
+    res = build_slm(cfg)
+    assert math.isfinite(res.metrics["asr"]["train_loss"]) and math.isfinite(
+        res.metrics["distill"]["train_loss"]
+    )
+    slm = load_slm(res.projector_dir)
+    assert slm.projector.config.llm_dim == 576 and slm.projector.config.encoder_dim == 384
