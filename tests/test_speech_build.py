@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from alignscope.speech.build import SpeechBuildConfig, build_slm, load_slm
-from alignscope.speech.build_data import FeatureCache, Utterance, corpus_texts, split_sentences, suite_prompts
+from alignscope.speech.build_data import (
+    FeatureCache,
+    Utterance,
+    corpus_texts,
+    prompt_starts,
+    sampled_sentences,
+    split_sentences,
+    suite_prompts,
+)
 from alignscope.speech.distill import (
     IGNORE_INDEX,
     SpeechExample,
@@ -19,6 +27,7 @@ from alignscope.speech.distill import (
     distillation_kl,
     target_labels,
 )
+from alignscope.speech.errors import SpeechError
 from alignscope.speech.projector import Projector, ProjectorConfig
 from alignscope.speech.slm import SpeechLM
 from alignscope.speech.whisper import tiny_whisper_encoder
@@ -78,7 +87,13 @@ def test_asr_examples_score_only_the_transcript(tmp_path):
     b = _Builder(tiny_config(tmp_path / "b"), tmp_path / "b", llm, enc, "test")
     prefix, examples = b.asr_examples()
     texts = corpus_texts(
-        llm, ("harmful", "benign", "borderline"), ("benign",), 8, answer_tokens=12, answer_samples=1, sampled=4
+        llm,
+        ("harmful", "benign", "borderline"),
+        ("benign",),
+        8,
+        answer_tokens=12,
+        answer_samples=1,
+        sampled=4,
     )
     assert [e.target_ids for e in examples] == [
         [*llm.response_ids(t), llm.tokenizer.eos_token_id] for t in texts
@@ -170,6 +185,24 @@ def test_corpus_keeps_test_prompts_out():
     assert texts[: len(train)] == train
 
 
+def test_sampled_sentences_are_generated_once():
+    llm = tiny_local_model()
+    starts = prompt_starts(["How do I bake bread at home?", "Write a poem about the sea."])
+    assert "How do I" in starts and "Write a poem about" in starts
+    first = sampled_sentences(llm, starts, 6, max_new_tokens=6)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("regenerated despite the cache")
+
+    llm.model.generate = fail
+    assert sampled_sentences(llm, starts, 6, max_new_tokens=6) == first
+
+
+def test_load_slm_names_what_it_cannot_find(tmp_path):
+    with pytest.raises(SpeechError, match="not a projector directory"):
+        load_slm(tmp_path / "nothing-here", llm=tiny_local_model(), encoder=tiny_whisper_encoder())
+
+
 def test_cached_features_are_reused(tmp_path):
     enc = tiny_whisper_encoder()
     utts = [Utterance("Hello world.", "en-us+klatt4", 175), Utterance("Good morning.", "en-us", 160)]
@@ -202,7 +235,7 @@ def test_two_step_build_runs_saves_reloads_and_is_cached(tmp_path):
     assert len(slm.generate([tone(0.5, 0)])) == 1
     again = build_slm(cfg, llm=llm, encoder=enc)
     assert again.cached and again.metrics["asr"]["steps"] == 2
-    with pytest.raises(Exception, match="other settings"):
+    with pytest.raises(SpeechError, match="other settings"):
         build_slm(cfg.replace(seed=1), llm=llm, encoder=enc)
 
 

@@ -40,7 +40,15 @@ import torch
 from alignscope.models.base import user_turn
 from alignscope.models.loading import cache_dir, load_model
 from alignscope.models.local import LocalModel
-from alignscope.speech.build_data import FeatureCache, corpus_texts, plan_utterances, suite_prompts
+from alignscope.speech.build_data import (
+    FeatureCache,
+    corpus_texts,
+    plan_utterances,
+    prompt_starts,
+    sampled_sentences,
+    suite_prompts,
+    text_key,
+)
 from alignscope.speech.distill import (
     ExampleDataset,
     ProjectorTrainer,
@@ -97,6 +105,8 @@ class SpeechBuildConfig:
         distill_suites: suites whose train prompts are spoken for distillation.
         distill_limit: use at most this many train prompts of each distillation suite (None: all).
         distill_variants: spoken versions of each distillation prompt.
+        distill_sampled: generated prompts added to the distillation set (the first of the corpus's sampled
+            sentences, spoken once each; the teacher answers them too).
         distill_tokens: length of the teacher's greedy answers (the response positions distilled on).
         distill_steps: optimiser steps of the distillation stage (0 skips it).
         distill_lr: peak learning rate of distillation.
@@ -131,19 +141,20 @@ class SpeechBuildConfig:
     test_fraction: float = 0.5
     asr_prompt_suites: tuple[str, ...] = ("harmful", "benign", "borderline")
     asr_answer_suites: tuple[str, ...] = ("benign", "borderline")
-    asr_texts: int = 3000
+    asr_texts: int = 2500
     asr_variants: int = 1
     asr_prompt: str | None = "Repeat exactly what was said."
-    asr_sampled: int = 2000
-    answer_tokens: int = 256
+    asr_sampled: int = 1500
+    answer_tokens: int = 192
     answer_samples: int = 1
-    asr_steps: int = 500
-    asr_lr: float = 2e-3
+    asr_steps: int = 250
+    asr_lr: float = 3e-3
     distill_suites: tuple[str, ...] = ("harmful", "benign", "borderline")
     distill_limit: int | None = None
-    distill_variants: int = 4
-    distill_tokens: int = 64
-    distill_steps: int = 300
+    distill_variants: int = 2
+    distill_sampled: int = 400
+    distill_tokens: int = 48
+    distill_steps: int = 250
     distill_lr: float = 1e-3
     temperature: float = 2.0
     kl_direction: str = "reverse"
@@ -335,16 +346,19 @@ class _Builder:
                 cfg.distill_suites, "train", cfg.test_fraction, cfg.split_seed, cfg.distill_limit
             )
         ]
+        order = list(range(len(prompts)))
+        random.Random(f"val:{cfg.seed}").shuffle(order)
+        val = set(order[: min(cfg.val_prompts, len(prompts) // 4)])
+        n_suite = len(prompts)
+        prompts += self.sampled_prompts(set(prompts))
         answers = generate_cached(
             self.llm,
             [user_turn(p) for p in prompts],
             cfg.distill_tokens,
+            batch_size=64,
             tag="speech-teacher",
             progress=cfg.progress,
         )
-        order = list(range(len(prompts)))
-        random.Random(f"val:{cfg.seed}").shuffle(order)
-        val = set(order[: min(cfg.val_prompts, len(prompts) // 4)])
         prefix, after = self.layout(None)
         plans = plan_utterances(
             prompts, cfg.voices, cfg.rates, cfg.distill_variants, cfg.seed + 1, cfg.lead_silence, cfg.pitches
@@ -356,15 +370,39 @@ class _Builder:
             if not target:
                 continue
             teacher = self.teacher_layout(prompt, prefix)
-            chosen = plan[:1] if i in val else plan
+            # a validation prompt and a generated prompt are spoken once, a suite prompt in every variant
+            chosen = plan[:1] if i in val or i >= n_suite else plan
             feats = self.cache.features(chosen, progress=False)
             made = [SpeechExample(f, after, target, teacher, key=i) for f in feats]
             (valid if i in val else train).extend(made)
         self.metrics["distill_data"] = {
-            "prompts": len(prompts) - len(val), "val_prompts": len(val), "clips": len(train),
-            "seconds": time.perf_counter() - t0,
+            "suite_prompts": n_suite - len(val), "generated_prompts": len(prompts) - n_suite,
+            "val_prompts": len(val), "clips": len(train), "seconds": time.perf_counter() - t0,
         }  # fmt: skip
         return prefix, train, valid
+
+    def sampled_prompts(self, exclude: set[str]) -> list[str]:
+        """Up to ``distill_sampled`` of the corpus's sampled sentences (request-like texts the LLM wrote), none
+        equal to a suite prompt or a held-out test prompt."""
+        cfg = self.config
+        if cfg.distill_sampled <= 0 or cfg.asr_sampled <= 0:
+            return []
+        suites = cfg.asr_prompt_suites
+        starts = prompt_starts(
+            [p for _, p in suite_prompts(suites, "train", cfg.test_fraction, cfg.split_seed)]
+        )
+        seen = {text_key(p) for p in exclude}
+        seen |= {text_key(p) for _, p in suite_prompts(suites, "test", cfg.test_fraction, cfg.split_seed)}
+        seen |= {
+            text_key(p)
+            for _, p in suite_prompts(cfg.distill_suites, "test", cfg.test_fraction, cfg.split_seed)
+        }
+        out: list[str] = []
+        for t in sampled_sentences(self.llm, starts, cfg.asr_sampled, seed=cfg.seed, progress=cfg.progress):
+            if text_key(t) not in seen:
+                seen.add(text_key(t))
+                out.append(t)
+        return out[: cfg.distill_sampled]
 
     # -- training ---------------------------------------------------------------------------------------------
     def run_stage(

@@ -45,6 +45,7 @@ __all__ = [
     "sampled_sentences",
     "split_sentences",
     "suite_prompts",
+    "text_key",
 ]
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -156,7 +157,7 @@ def sampled_sentences(
     llm: LocalModel,
     starts: Sequence[str],
     n: int,
-    max_new_tokens: int = 40,
+    max_new_tokens: int = 28,
     temperature: float = 0.9,
     seed: int = 0,
     batch_size: int = 64,
@@ -173,7 +174,9 @@ def sampled_sentences(
     chosen = [rng.choice(list(starts)) for _ in range(n)]
     settings = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
     key = json.dumps({"model": llm.name, "starts": chosen, **settings})
-    file = cache_dir() / "speech" / "corpus" / f"sampled-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsonl"
+    file = (
+        cache_dir() / "speech" / "corpus" / f"sampled-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsonl"
+    )
     if file.is_file():
         rows = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
         if len(rows) == n:
@@ -215,7 +218,8 @@ def prompt_starts(prompts: Sequence[str], min_words: int = 2, max_words: int = 4
     return sorted(out)
 
 
-def _norm(text: str) -> str:
+def text_key(text: str) -> str:
+    """``text`` lower-cased with punctuation and spacing collapsed: texts equal up to these are one text."""
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
 
 
@@ -237,8 +241,8 @@ def corpus_texts(
     (:func:`sampled_sentences`); sentences of ``llm``'s answers (``answer_samples`` per prompt) to the train
     prompts of ``answer_suites``. The generated sentences are shuffled together with ``seed``. Nothing equal (up
     to case and punctuation) to a held-out test prompt is kept."""
-    held_out = {_norm(p) for _, p in suite_prompts(prompt_suites, "test", test_fraction, split_seed)}
-    held_out |= {_norm(p) for _, p in suite_prompts(answer_suites, "test", test_fraction, split_seed)}
+    held_out = {text_key(p) for _, p in suite_prompts(prompt_suites, "test", test_fraction, split_seed)}
+    held_out |= {text_key(p) for _, p in suite_prompts(answer_suites, "test", test_fraction, split_seed)}
     prompts = [p for _, p in suite_prompts(prompt_suites, "train", test_fraction, split_seed)]
     answer_prompts = [p for _, p in suite_prompts(answer_suites, "train", test_fraction, split_seed)]
     sentences: list[str] = []
@@ -254,7 +258,7 @@ def corpus_texts(
     seen: set[str] = set()
     texts: list[str] = []
     for t in [*prompts, *sentences]:
-        key = _norm(t)
+        key = text_key(t)
         if key and key not in seen and key not in held_out:
             seen.add(key)
             texts.append(t)

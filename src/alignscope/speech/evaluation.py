@@ -39,6 +39,8 @@ class SpeechEvalResult:
         benign_answered: spoken benign questions answered (not refused and not empty).
         top1_agreement: teacher-forced top-1 agreement over every scored response token (both suites).
         top1_by_suite: the same per suite.
+        refusal_agreement: clips (both suites) where the speech LLM's refusal decision equals the LLM's on the
+            written question: the behaviour a distilled speech LLM can inherit (it cannot beat its teacher).
         text_harmful_refusal / text_benign_answered: the LLM's own rates on the written questions.
         judge, generation: the judge's name and the decoding settings that produced the rates.
         voices, rates: the evaluation speech.
@@ -51,6 +53,7 @@ class SpeechEvalResult:
     benign_answered: Rate
     top1_agreement: float
     top1_by_suite: dict[str, float]
+    refusal_agreement: Rate
     text_harmful_refusal: Rate
     text_benign_answered: Rate
     judge: str
@@ -67,6 +70,7 @@ class SpeechEvalResult:
             "benign_answered": self.benign_answered.to_dict(),
             "top1_agreement": self.top1_agreement,
             "top1_by_suite": self.top1_by_suite,
+            "refusal_agreement": self.refusal_agreement.to_dict(),
             "text_harmful_refusal": self.text_harmful_refusal.to_dict(),
             "text_benign_answered": self.text_benign_answered.to_dict(),
             "judge": self.judge,
@@ -85,6 +89,7 @@ class SpeechEvalResult:
             f"judge {self.judge}; {self.generation}):\n"
             f"  harmful refused  {self.harmful_refusal.fmt()}   (text: {self.text_harmful_refusal.fmt()})\n"
             f"  benign answered  {self.benign_answered.fmt()}   (text: {self.text_benign_answered.fmt()})\n"
+            f"  refusal decision equal to the text model's: {self.refusal_agreement.fmt()}\n"
             f"  teacher-forced top-1 agreement with the text answers: {self.top1_agreement:.3f} "
             + " ".join(f"({k} {v:.3f})" for k, v in self.top1_by_suite.items())
         )
@@ -142,6 +147,7 @@ def evaluate_slm(
     spoken_flags: dict[str, list[bool]] = {}
     text_flags: dict[str, list[bool]] = {}
     hits: dict[str, tuple[int, int]] = {}
+    same_decision: list[bool] = []
     for label, suite in (("harmful", harmful_suite), ("benign", benign_suite)):
         spoken = _spoken_test_split(
             suite, voices, rates, test_fraction, split_seed, seed, lead_silence, limit, progress
@@ -157,6 +163,9 @@ def evaluate_slm(
         text_verdicts = judge.judge_batch(prompts, text_answers)
         agree = _agreement(slm, clips, text_answers, batch_size, progress)
         hits[label] = (sum(sum(a) for a in agree), sum(len(a) for a in agree))
+        same_decision += [
+            bool(v.refused) == bool(t.refused) for v, t in zip(verdicts, text_verdicts, strict=True)
+        ]
         if label == "harmful":
             spoken_flags[label] = [bool(v.refused) for v in verdicts]
             text_flags[label] = [bool(v.refused) for v in text_verdicts]
@@ -182,6 +191,7 @@ def evaluate_slm(
         benign_answered=rate_of(spoken_flags["benign"]),
         top1_agreement=total_hits / max(1, total),
         top1_by_suite=by_suite,
+        refusal_agreement=rate_of(same_decision),
         text_harmful_refusal=rate_of(text_flags["harmful"]),
         text_benign_answered=rate_of(text_flags["benign"]),
         judge=str(getattr(judge, "name", type(judge).__name__)),
