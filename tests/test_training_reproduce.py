@@ -100,6 +100,10 @@ def test_reproduction_runs_end_to_end_on_a_tiny_model_and_resumes(tmp_path, monk
     assert set(result.metrics["models"]) == {"base", "aligned", "deep"}
     assert set(result.metrics["attack"]) == {"initial", "standard", "constrained"}
     assert result.adapters["deep"].is_dir() and run.report_path.exists()
+    # deep-align deepens the aligned adapter; the base model answers (harmful responses, utility)
+    deep_config = json.loads((run.path / "deep" / "config.json").read_text())
+    assert deep_config["model"] == str(result.adapters["aligned"])
+    assert deep_config["utility_model"] == deep_config["responses_model"] == str(model_dir)
     n_records = len(run.records())
     # a second call reuses every stage: no new training run, no new sample record
     again = reproduce_shallow_vs_deep(

@@ -33,7 +33,7 @@ from alignscope.stats import rate_of
 from alignscope.training.attack import attack_success, finetune_attack
 from alignscope.training.builders import test_split
 from alignscope.training.config import DeepAlignConfig, FinetuneAttackConfig, SafetySFTConfig
-from alignscope.training.engine import PROVENANCE_FILE
+from alignscope.training.engine import PROVENANCE_FILE, TrainingError
 from alignscope.training.recipes import train
 
 log = logging.getLogger("alignscope.training")
@@ -61,9 +61,11 @@ class ShallowDeepConfig:
             prompts more weight on prefixed examples buys depth).
         deep_max_prefix_tokens: C, the largest harmful prefix in training (the paper: 100; the reproduction
             evaluates k <= 40 and spends its small budget on the range it measures).
-        deep_alpha: weight of the safety loss in deep-align (the paper: 0.2, on a model that already refused;
-            here deep-align must also teach refusal from scratch, and on this machine 0.2 gave k=10 prefill ASR
-            67% against 39% for 0.5 with p_zero 0.3 and C 40).
+        deep_alpha: weight of the safety loss in deep-align (the paper: 0.2 on its larger data).
+        deep_from: the model deep-align starts from: ``aligned`` (the paper's setting: the aligned model is
+            deepened, with the harmful answers and the utility answers taken from the base model, so deepening
+            does not also inherit the aligned model's over-refusal) or ``base`` (deep-align must then also
+            teach refusal from scratch).
         harmful_max_new_tokens: length of the base model's harmful answers used for training (prefixes,
         attack). ks: prefilled tokens evaluated (0 comes from the plain refusal stage).
         max_new_tokens: tokens generated in every evaluation.
@@ -90,6 +92,7 @@ class ShallowDeepConfig:
     deep_p_zero: float = 0.3
     deep_max_prefix_tokens: int = 40
     deep_alpha: float = 0.5
+    deep_from: str = "aligned"
     harmful_max_new_tokens: int = 64
     ks: tuple[int, ...] = (0, 5, 10, 20, 40)
     max_new_tokens: int = 32
@@ -255,10 +258,16 @@ def _train_stage(out: RunDir, name: str, cfg: ShallowDeepConfig, progress: bool)
     if name == "aligned":
         result = train("safety-sft", SafetySFTConfig(**common, refusals_per_prompt=cfg.refusals_per_prompt))
     else:
+        if cfg.deep_from not in ("aligned", "base"):
+            raise TrainingError(f"deep_from must be 'aligned' or 'base', not {cfg.deep_from!r}")
+        if cfg.deep_from == "aligned":
+            # the base model answers (harmful responses and utility), the aligned model is deepened
+            common |= {"model": str(out.path / "aligned" / "adapter"), "utility_model": cfg.model}
         result = train(
             "deep-align",
             DeepAlignConfig(
                 **common,
+                responses_model=cfg.model,
                 augment=cfg.deep_augment,
                 p_zero=cfg.deep_p_zero,
                 max_prefix_tokens=cfg.deep_max_prefix_tokens,
