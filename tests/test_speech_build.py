@@ -23,9 +23,11 @@ from alignscope.speech.distill import (
     IGNORE_INDEX,
     SpeechExample,
     SpeechTrainingModule,
+    TokenCTCModule,
     collate_examples,
     distillation_kl,
     target_labels,
+    target_weights,
 )
 from alignscope.speech.errors import SpeechError
 from alignscope.speech.projector import Projector, ProjectorConfig
@@ -48,6 +50,8 @@ def tiny_config(out, **changes) -> SpeechBuildConfig:
         answer_samples=1,
         answer_tokens=12,
         asr_sampled=4,
+        ctc_steps=2,
+        ctc_batch_size=4,
         asr_steps=2,
         distill_steps=2,
         distill_limit=3,
@@ -131,6 +135,45 @@ def test_kl_matches_the_formula_and_is_zero_for_equal_distributions():
     assert torch.allclose(distillation_kl(x, x + 3.0, 2.0), torch.zeros(4), atol=1e-5)  # shift-invariant
 
 
+def test_ctc_targets_the_token_embeddings_of_the_transcript():
+    llm = tiny_local_model()
+    table = llm.model.get_input_embeddings().weight
+    torch.manual_seed(0)
+    proj = Projector(ProjectorConfig(encoder_dim=16, llm_dim=32, stack=1, hidden_dim=64))
+    blank = 5
+    mod = TokenCTCModule(proj, table, blank, vocab=[7, 9, 11])
+    ex = [
+        SpeechExample(torch.randn(6, 16), [], [7, 9, blank, 11]),
+        SpeechExample(torch.randn(4, 16), [], [9]),
+    ]
+    batch = collate_examples([{"example": e} for e in ex])
+    loss, stats = mod.loss(batch)
+    # the same number by hand: cosine scores against the rows of [5, 7, 9, 11], blank dropped from the targets
+    rows = torch.nn.functional.normalize(table[[5, 7, 9, 11]].detach().float(), dim=-1)
+    audio = torch.nn.functional.normalize(proj(batch["features"]).float(), dim=-1)
+    logp = (20.0 * audio @ rows.T).log_softmax(-1).transpose(0, 1)
+    ref = torch.nn.functional.ctc_loss(logp, torch.tensor([1, 2, 3, 2]), torch.tensor([6, 4]), torch.tensor([3, 1]),
+                                       blank=0, reduction="sum") / 4  # fmt: skip
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-4)
+    assert 0.0 <= stats["top1"] <= 1.0
+    loss.backward()
+    assert proj.linear_1.weight.grad is not None and all(p.grad is None for p in llm.model.parameters())
+    with pytest.raises(SpeechError, match="not in the CTC vocabulary"):
+        mod.loss(collate_examples([{"example": SpeechExample(torch.randn(4, 16), [], [8])}]))
+
+
+def test_ctc_examples_drop_the_end_of_turn(tmp_path):
+    from alignscope.speech.build import _Builder
+
+    llm, enc = tiny_local_model(), tiny_whisper_encoder()
+    b = _Builder(tiny_config(tmp_path / "b"), tmp_path / "b", llm, enc, "test")
+    _, asr = b.asr_examples()
+    ctc = b.ctc_examples(asr)
+    assert [e.target_ids for e in ctc] == [e.target_ids[:-1] for e in asr]
+    assert all(e.after_ids == [] for e in ctc)
+    assert b._blank_id() == llm.response_ids(" ")[0]
+
+
 def test_training_forward_equals_the_speech_lm():
     """Right padding plus the cached chat prefix give the logits of SpeechLM's own (left-padded) forward pass."""
     llm, enc = tiny_local_model(), tiny_whisper_encoder()
@@ -152,6 +195,66 @@ def test_training_forward_equals_the_speech_lm():
     logits.sum().backward()  # gradients reach the projector only
     assert proj.linear_1.weight.grad is not None
     assert all(p.grad is None for p in llm.model.parameters())
+
+
+def test_target_weights_weigh_the_first_tokens_of_each_target():
+    assert target_weights([3, 2], head_tokens=2, head_weight=5.0).tolist() == [5, 5, 1, 5, 5]
+    assert target_weights([3], head_tokens=0, head_weight=5.0).tolist() == [1, 1, 1]
+    assert target_weights([1, 2], head_tokens=4, head_weight=2.0).tolist() == [2, 2, 2]
+    with pytest.raises(SpeechError, match="positive"):
+        target_weights([2], 1, 0.0)
+
+
+def test_distill_loss_is_the_head_weighted_mean_and_reports_the_first_token():
+    llm = tiny_local_model()
+    torch.manual_seed(0)
+    proj = Projector(ProjectorConfig(encoder_dim=16, llm_dim=32, hidden_dim=64, norm_init=1.0))
+    prompt = llm.encode_prompt([{"role": "user", "content": "Hello there"}])
+    prefix = prompt[:3]
+    examples = [
+        SpeechExample(torch.randn(5, 16), [], [4, 6, 8], teacher_ids=prompt[3:], key=0),
+        SpeechExample(torch.randn(3, 16), [], [9, 2], teacher_ids=prompt[3:-1], key=1),
+    ]
+    batch = collate_examples([{"example": e} for e in examples])
+    module = SpeechTrainingModule(proj, llm.model, prefix, autocast=False)
+    logits, targets = module.student_logits(batch)
+    kl = distillation_kl(logits, module.teacher_logits(examples), 2.0, "reverse")
+    plain, stats = module.loss(batch, "distill")
+    assert plain.item() == pytest.approx(kl.mean().item(), rel=1e-5)
+    weighted, _ = module.loss(batch, "distill", head_tokens=1, head_weight=4.0)
+    w = torch.tensor([4.0, 1, 1, 4, 1])
+    assert weighted.item() == pytest.approx(((kl * w).sum() / w.sum()).item(), rel=1e-5)
+    hits = logits.argmax(-1) == targets
+    assert stats["first_top1"] == pytest.approx(hits[[0, 3]].float().mean().item())
+    assert stats["top1"] == pytest.approx(hits.float().mean().item())
+    from alignscope.speech.build import validation_agreement
+
+    val = validation_agreement(module, examples, batch_size=1)
+    assert val["top1"] == pytest.approx(stats["top1"])
+    assert val["first_top1"] == pytest.approx(stats["first_top1"])
+
+
+def test_answered_prompts_are_spoken_more_often(tmp_path):
+    from alignscope.speech.build import _Builder
+
+    llm, enc = tiny_local_model(), tiny_whisper_encoder()
+    counts = {}
+    for weight in (1, 3):
+        cfg = tiny_config(
+            tmp_path / f"w{weight}",
+            answered_weight=weight,
+            distill_variants=1,
+            distill_sampled=0,
+            rates=(150, 200),
+        )
+        b = _Builder(cfg, tmp_path / f"w{weight}", llm, enc, "test")
+        _, train, valid = b.distill_examples()
+        counts[weight] = (len(train), len(valid), b.metrics["distill_data"])
+    (_, v1, m1), (n3, v3, m3) = counts[1], counts[3]
+    assert v1 == v3  # validation prompts are spoken once whatever the weight
+    answered = m1["clips"] - m1["teacher_refused_clips"]
+    assert m3["clips"] == m1["teacher_refused_clips"] + 3 * answered and n3 == m3["clips"]
+    assert answered > 0  # a random tiny model does not write refusals
 
 
 def test_teacher_logits_are_cached_and_equal_the_text_model():
@@ -225,6 +328,7 @@ def test_two_step_build_runs_saves_reloads_and_is_cached(tmp_path):
     res = build_slm(cfg, llm=llm, encoder=enc, command="pytest")
     assert not res.cached
     assert res.metrics["asr"]["steps"] == 2 and res.metrics["distill"]["steps"] == 2
+    assert res.metrics["ctc"]["steps"] == 2
     assert {"asr", "distill", "data", "build"} <= set(res.times)
     info = json.loads((res.projector_dir / "projector.json").read_text())
     assert info["metadata"]["command"] == "pytest" and info["metadata"]["seed"] == 0
@@ -241,7 +345,7 @@ def test_two_step_build_runs_saves_reloads_and_is_cached(tmp_path):
 
 def test_killed_build_resumes_from_its_checkpoint(tmp_path):
     llm, enc = tiny_local_model(), tiny_whisper_encoder()
-    cfg = tiny_config(tmp_path / "build", asr_steps=3, distill_steps=0, save_steps=2)
+    cfg = tiny_config(tmp_path / "build", ctc_steps=0, asr_steps=3, distill_steps=0, save_steps=2)
     build_slm(cfg, llm=llm, encoder=enc)
     # as if killed after step 2 of the ASR stage: only the checkpoint is left
     for name in ("asr", "projector", "build.json", "checkpoints/asr/checkpoint-3"):
@@ -256,7 +360,8 @@ def test_killed_build_resumes_from_its_checkpoint(tmp_path):
 def test_tiny_build_on_the_real_models(tmp_path):
     """A few steps on Whisper tiny.en and smollm2-aligned: runs end to end and the loss is finite."""
     cfg = SpeechBuildConfig(
-        asr_texts=16, answer_samples=1, answer_tokens=32, asr_steps=2, distill_steps=2, distill_limit=2,
+        asr_texts=16, answer_samples=1, answer_tokens=32, asr_sampled=4, distill_sampled=2, ctc_steps=2,
+        ctc_batch_size=2, asr_steps=2, distill_steps=2, distill_limit=2,
         distill_variants=1, distill_tokens=8, val_prompts=2, batch_size=2, evaluate=False, progress=False,
         out=str(tmp_path / "real"),
     )  # fmt: skip

@@ -1,15 +1,22 @@
 """Build (train) the projector of a speech LLM: ``alignscope speech build``.
 
-Two stages, both on transformers' Trainer (:class:`~alignscope.speech.distill.ProjectorTrainer`), the projector
-the only trained weights:
+Three stages, all on transformers' Trainer (:class:`~alignscope.speech.distill.ProjectorTrainer`), the
+projector the only trained weights:
 
-1. **ASR-style**: the LLM hears a clip (and a short instruction, "Repeat exactly what was said.") and is trained
+1. **CTC** (cheap, no LLM forward pass): each audio embedding is scored against the LLM's input embedding
+   table (:class:`~alignscope.speech.distill.TokenCTCModule`), so the projector learns to put the words it
+   hears near the embeddings of their tokens: the content reaches the LLM before the LLM-based stages start.
+2. **ASR-style**: the LLM hears a clip (and a short instruction, "Repeat exactly what was said.") and is trained
    to output its transcript (cross-entropy on the transcript tokens). Thousands of distinct texts, all
    alignscope's own (:func:`~alignscope.speech.build_data.corpus_texts`), spoken by several espeak-ng voices at
-   several rates with a leading silence; the encoder outputs are cached on disk.
-2. **Distillation** (Ultravox): spoken train-split instructions (harmful, benign, borderline); the teacher is
-   the same LLM reading the transcript, teacher-forced on its own greedy answer (generated once, cached); the
-   student hears the audio; the loss is KL(student || teacher) at temperature 2 over the response positions.
+   several rates with a leading silence; the encoder outputs are cached on disk. Both stages train on these
+   clips.
+3. **Distillation** (Ultravox): spoken train-split instructions (harmful, benign, borderline) and prompts the
+   LLM wrote; the teacher is the same LLM reading the transcript, teacher-forced on its own greedy answer
+   (generated once, cached); the student hears the audio; the loss is KL(student || teacher) at temperature 2
+   over the response positions, the first few weighted up (the refusal is decided there), and prompts the
+   teacher answers are spoken more often than those it refuses (a safety-aligned teacher refuses most of the
+   mix, and a student that refuses everything would otherwise match it on most clips).
 
 A build is cached: ``build_slm(config)`` returns at once when its output directory already holds a finished
 build of the same config, and resumes from the newest Trainer checkpoint of an unfinished one. The projector is
@@ -54,6 +61,7 @@ from alignscope.speech.distill import (
     ProjectorTrainer,
     SpeechExample,
     SpeechTrainingModule,
+    TokenCTCModule,
     collate_examples,
 )
 from alignscope.speech.errors import SpeechError
@@ -100,6 +108,15 @@ class SpeechBuildConfig:
             (:func:`~alignscope.speech.build_data.sampled_sentences`) for the corpus.
         answer_tokens: length of the LLM answers that feed the corpus.
         answer_samples: answers per prompt for the corpus (the greedy one, then sampled ones).
+        ctc_steps: optimiser steps of the CTC stage before the ASR stage (0 skips it): the projector learns to
+            put each audio embedding on the direction of the LLM's embedding of the token spoken there
+            (:class:`~alignscope.speech.distill.TokenCTCModule`); no LLM forward pass, so it is about 50 times
+            cheaper per clip than the ASR stage, and it gives that stage a projector whose output the frozen LLM
+            already half reads.
+        ctc_lr: peak learning rate of the CTC stage.
+        ctc_batch_size: clips per CTC step.
+        ctc_blank: the text (one token) whose embedding is CTC's blank: what the LLM reads where no token is
+            emitted.
         asr_steps: optimiser steps of the ASR stage (0 skips it).
         asr_lr: peak learning rate of the ASR stage.
         distill_suites: suites whose train prompts are spoken for distillation.
@@ -107,7 +124,14 @@ class SpeechBuildConfig:
         distill_variants: spoken versions of each distillation prompt.
         distill_sampled: generated prompts added to the distillation set (the first of the corpus's sampled
             sentences, spoken once each; the teacher answers them too).
+        answered_weight: distillation prompts whose teacher answer is not a refusal (keyword judge) are spoken
+            this many times as often (more voices and rates), to offset a teacher that refuses most prompts.
         distill_tokens: length of the teacher's greedy answers (the response positions distilled on).
+        distill_head_tokens: the first this many response positions of each distillation example weigh
+            ``distill_head_weight`` in the loss (the others 1): a refusal is decided there, and averaged over
+            ``distill_tokens`` positions it would weigh little next to the tokens the LLM predicts from the
+            teacher-forced text alone (a student can match those without hearing anything).
+        distill_head_weight: the weight of those first positions.
         distill_steps: optimiser steps of the distillation stage (0 skips it).
         distill_lr: peak learning rate of distillation.
         temperature: distillation temperature.
@@ -147,13 +171,20 @@ class SpeechBuildConfig:
     asr_sampled: int = 1500
     answer_tokens: int = 192
     answer_samples: int = 1
+    ctc_steps: int = 600
+    ctc_lr: float = 3e-3
+    ctc_batch_size: int = 32
+    ctc_blank: str = " "
     asr_steps: int = 250
     asr_lr: float = 3e-3
     distill_suites: tuple[str, ...] = ("harmful", "benign", "borderline")
     distill_limit: int | None = None
     distill_variants: int = 2
     distill_sampled: int = 400
+    answered_weight: int = 1
     distill_tokens: int = 48
+    distill_head_tokens: int = 4
+    distill_head_weight: float = 10.0
     distill_steps: int = 250
     distill_lr: float = 1e-3
     temperature: float = 2.0
@@ -359,25 +390,35 @@ class _Builder:
             tag="speech-teacher",
             progress=cfg.progress,
         )
+        from alignscope.judges.keyword import KeywordJudge
+
+        refused = [bool(v.refused) for v in KeywordJudge().judge_batch(prompts, answers)]
+        weight = max(1, cfg.answered_weight)
         prefix, after = self.layout(None)
         plans = plan_utterances(
-            prompts, cfg.voices, cfg.rates, cfg.distill_variants, cfg.seed + 1, cfg.lead_silence, cfg.pitches
-        )
+            prompts, cfg.voices, cfg.rates, cfg.distill_variants * weight, cfg.seed + 1, cfg.lead_silence,
+            cfg.pitches,
+        )  # fmt: skip
         train: list[SpeechExample] = []
         valid: list[SpeechExample] = []
+        refused_clips = 0
         for i, (prompt, answer, plan) in enumerate(zip(prompts, answers, plans, strict=True)):
             target = _response_target(self.llm, answer, cfg.distill_tokens)
             if not target:
                 continue
             teacher = self.teacher_layout(prompt, prefix)
-            # a validation prompt and a generated prompt are spoken once, a suite prompt in every variant
-            chosen = plan[:1] if i in val or i >= n_suite else plan
-            feats = self.cache.features(chosen, progress=False)
+            # a validation prompt is spoken once, a generated prompt once and a suite prompt distill_variants
+            # times, and those the teacher answers (does not refuse) answered_weight times as often
+            spoken = 1 if i >= n_suite else cfg.distill_variants
+            n = 1 if i in val else spoken * (1 if refused[i] else weight)
+            feats = self.cache.features(plan[:n], progress=False)
             made = [SpeechExample(f, after, target, teacher, key=i) for f in feats]
             (valid if i in val else train).extend(made)
+            refused_clips += len(made) if refused[i] and i not in val else 0
         self.metrics["distill_data"] = {
             "suite_prompts": n_suite - len(val), "generated_prompts": len(prompts) - n_suite,
-            "val_prompts": len(val), "clips": len(train), "seconds": time.perf_counter() - t0,
+            "val_prompts": len(val), "teacher_refused": sum(refused), "clips": len(train),
+            "teacher_refused_clips": refused_clips, "seconds": time.perf_counter() - t0,
         }  # fmt: skip
         return prefix, train, valid
 
@@ -404,6 +445,17 @@ class _Builder:
                 out.append(t)
         return out[: cfg.distill_sampled]
 
+    def _blank_id(self) -> int:
+        ids = self.llm.response_ids(self.config.ctc_blank)
+        if len(ids) != 1:
+            raise SpeechError(f"ctc_blank {self.config.ctc_blank!r} must be one token, it is {len(ids)}")
+        return ids[0]
+
+    def ctc_examples(self, asr: list[SpeechExample]) -> list[SpeechExample]:
+        """The ASR clips with the bare transcript as target (no end of turn: nothing in the audio says it)."""
+        eot = set(_end_of_turn(self.llm))
+        return [SpeechExample(e.features, [], [t for t in e.target_ids if t not in eot]) for e in asr]
+
     # -- training ---------------------------------------------------------------------------------------------
     def run_stage(
         self,
@@ -414,9 +466,12 @@ class _Builder:
         steps: int,
         lr: float,
         valid: list[SpeechExample],
+        batch_size: int | None = None,
     ) -> Projector:
-        """Train ``projector`` for ``steps`` on ``examples`` (resuming from the stage's newest checkpoint), save it
-        to ``<out>/<name>`` and record the stage's metrics; a stage already saved is loaded instead."""
+        """Train ``projector`` for ``steps`` on ``examples`` with the objective ``name`` (``ctc``, ``asr`` or
+        ``distill``), resuming from the stage's newest checkpoint; save it to ``<out>/<name>`` and record the
+        stage's metrics (with the validation agreement before and after); a stage already saved is loaded
+        instead."""
         from transformers import TrainingArguments
         from transformers.trainer_utils import get_last_checkpoint
 
@@ -428,13 +483,18 @@ class _Builder:
             self.times[name] = float(done.metadata.get("seconds", 0.0))
             log.info("stage %s already trained: %s", name, stage_dir)
             return done
-        module = SpeechTrainingModule(projector, self.llm.model, prefix, autocast=cfg.autocast)
-        before = validation_agreement(module, valid)
+        llm_module = SpeechTrainingModule(projector, self.llm.model, prefix, autocast=cfg.autocast)
+        module: torch.nn.Module = llm_module
+        if name == "ctc":
+            vocab = {t for e in examples for t in e.target_ids}
+            table = self.llm.model.get_input_embeddings().weight
+            module = TokenCTCModule(projector, table, self._blank_id(), sorted(vocab))
+        before = validation_agreement(llm_module, valid)
         ckpt_dir = self.out / "checkpoints" / name
         args = TrainingArguments(
             output_dir=str(ckpt_dir),
             max_steps=steps,
-            per_device_train_batch_size=cfg.batch_size,
+            per_device_train_batch_size=batch_size or cfg.batch_size,
             learning_rate=lr,
             lr_scheduler_type="cosine",
             warmup_steps=max(0, round(cfg.warmup * steps)),
@@ -456,15 +516,17 @@ class _Builder:
             args=args,
             train_dataset=ExampleDataset(examples),
             data_collator=collate_examples,
-            objective="asr" if name == "asr" else "distill",
+            objective=name,
             temperature=cfg.temperature,
             direction=cfg.kl_direction,
+            head_tokens=cfg.distill_head_tokens if name == "distill" else 0,
+            head_weight=cfg.distill_head_weight if name == "distill" else 1.0,
         )
         last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
         t0 = time.perf_counter()
         output = trainer.train(resume_from_checkpoint=last)
         seconds = time.perf_counter() - t0
-        after = validation_agreement(module, valid)
+        after = validation_agreement(llm_module, valid)
         history = [h for h in trainer.state.log_history if "loss" in h]
         metrics = {
             "steps": trainer.state.global_step,
@@ -472,22 +534,26 @@ class _Builder:
             "train_loss": output.training_loss,
             "last_loss": history[-1]["loss"] if history else None,
             "last_top1": history[-1].get("top1") if history else None,
-            "val_top1_before": before,
-            "val_top1_after": after,
+            "val_top1_before": before["top1"],
+            "val_top1_after": after["top1"],
+            "val_first_top1_before": before["first_top1"],
+            "val_first_top1_after": after["first_top1"],
             "lr": lr,
             "resumed_from": last,
-            "log": [{k: h[k] for k in ("step", "loss", "top1") if k in h} for h in history],
+            "log": [{k: h[k] for k in ("step", "loss", "top1", "first_top1") if k in h} for h in history],
         }
         projector.save(stage_dir, metadata={"stage": name, "metrics": metrics, "seconds": seconds})
         self.metrics[name] = metrics
         self.times[name] = seconds
         log.info(
-            "stage %s: %d steps in %.0f s, val top-1 %.3f -> %.3f",
+            "stage %s: %d steps in %.0f s, val top-1 %.3f -> %.3f, first-token top-1 %.3f -> %.3f",
             name,
             metrics["steps"],
             seconds,
-            before,
-            after,
+            before["top1"],
+            after["top1"],
+            before["first_top1"],
+            after["first_top1"],
         )
         return projector
 
@@ -495,16 +561,24 @@ class _Builder:
 @torch.no_grad()
 def validation_agreement(
     module: SpeechTrainingModule, examples: list[SpeechExample], batch_size: int = 8
-) -> float:
-    """Teacher-forced top-1 agreement of the student with the teacher's greedy tokens on ``examples`` (nan
-    when there are none)."""
-    hits = total = 0
+) -> dict[str, float]:
+    """Teacher-forced top-1 agreement of the student with the teacher's greedy tokens on ``examples``: over every
+    response token (``top1``) and at the first one (``first_top1``, where a refusal is decided); nan when there
+    are none."""
+    hits = total = first = 0
     for start in range(0, len(examples), batch_size):
-        batch = collate_examples([{"example": e} for e in examples[start : start + batch_size]])
-        logits, targets = module.student_logits(batch)
-        hits += int((logits.argmax(-1) == targets).sum())
+        part = examples[start : start + batch_size]
+        logits, targets = module.student_logits(collate_examples([{"example": e} for e in part]))
+        ok = logits.argmax(-1) == targets
+        starts = torch.tensor([0, *[len(e.target_ids) for e in part[:-1]]]).cumsum(0)
+        hits += int(ok.sum())
+        first += int(ok[starts.to(ok.device)].sum())
         total += int(targets.numel())
-    return hits / total if total else float("nan")
+    nan = float("nan")
+    return {
+        "top1": hits / total if total else nan,
+        "first_top1": first / len(examples) if examples else nan,
+    }
 
 
 def build_slm(
@@ -548,10 +622,16 @@ def build_slm(
         t_start = time.perf_counter()
         projector = b.new_projector()
         prefix, train, valid = b.distill_examples()
-        if cfg.asr_steps > 0:
+        if cfg.asr_steps > 0 or cfg.ctc_steps > 0:
             asr_prefix, asr = b.asr_examples()
             if asr_prefix != prefix:  # the instruction follows the audio, so the text before it is shared
                 raise SpeechError("the ASR prompt changes the chat text before the audio")
+        if cfg.ctc_steps > 0:
+            ctc = b.ctc_examples(asr)
+            projector = b.run_stage(
+                "ctc", projector, prefix, ctc, cfg.ctc_steps, cfg.ctc_lr, valid, cfg.ctc_batch_size
+            )
+        if cfg.asr_steps > 0:
             projector = b.run_stage("asr", projector, prefix, asr, cfg.asr_steps, cfg.asr_lr, valid)
         if cfg.distill_steps > 0:
             projector = b.run_stage(
@@ -565,8 +645,10 @@ def build_slm(
         from alignscope.speech.evaluation import evaluate_slm
 
         t0 = time.perf_counter()
-        ev = evaluate_slm(b.slm(projector), voices=cfg.eval_voices or cfg.voices, test_fraction=cfg.test_fraction,
-                          split_seed=cfg.split_seed, progress=cfg.progress)  # fmt: skip
+        # the held-out clips are spoken as the training clips are (rates, leading silence)
+        ev = evaluate_slm(b.slm(projector), voices=cfg.eval_voices or cfg.voices, rates=cfg.rates,
+                          test_fraction=cfg.test_fraction, split_seed=cfg.split_seed,
+                          lead_silence=cfg.lead_silence, progress=cfg.progress)  # fmt: skip
         b.metrics["evaluation"] = ev.to_dict(samples=False)
         b.times["evaluate"] = time.perf_counter() - t0
     return _save(b, projector)

@@ -34,9 +34,11 @@ __all__ = [
     "ProjectorTrainer",
     "SpeechExample",
     "SpeechTrainingModule",
+    "TokenCTCModule",
     "collate_examples",
     "distillation_kl",
     "target_labels",
+    "target_weights",
 ]
 
 
@@ -44,6 +46,21 @@ def target_labels(n_audio: int, n_after: int, target_ids: Sequence[int]) -> list
     """Labels over the sequence after the chat prefix: :data:`IGNORE_INDEX` at the ``n_audio`` audio positions
     and the ``n_after`` template/instruction positions, the token id at each target position."""
     return [IGNORE_INDEX] * (n_audio + n_after) + [int(t) for t in target_ids]
+
+
+def target_weights(lengths: Sequence[int], head_tokens: int = 0, head_weight: float = 1.0) -> torch.Tensor:
+    """Loss weights ``(sum(lengths),)`` of the scored tokens of a batch, row after row: ``head_weight`` for the
+    first ``head_tokens`` tokens of each target, 1 for the rest.
+
+    A distilled speech LLM decides to refuse or to answer at the first response tokens ("I'm sorry" against
+    "Sure"); averaged over a long teacher answer, those few positions weigh little next to the many that
+    follow from them, which the LLM predicts from the teacher-forced text alone."""
+    if head_weight <= 0:
+        raise SpeechError(f"head_weight must be positive, got {head_weight}")
+    rows = [torch.ones(n) for n in lengths]
+    for r in rows:
+        r[: max(0, head_tokens)] = head_weight
+    return torch.cat(rows) if rows else torch.ones(0)
 
 
 def distillation_kl(
@@ -263,26 +280,106 @@ class SpeechTrainingModule(nn.Module):
         return torch.cat(rows).float()
 
     def loss(
-        self, batch: dict[str, Any], objective: str, temperature: float = 2.0, direction: str = "reverse"
+        self,
+        batch: dict[str, Any],
+        objective: str,
+        temperature: float = 2.0,
+        direction: str = "reverse",
+        head_tokens: int = 0,
+        head_weight: float = 1.0,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The objective's mean over scored tokens, and per-batch statistics (top-1 agreement with the target
-        tokens)."""
+        """The objective's weighted mean over scored tokens (the first ``head_tokens`` of each target weigh
+        ``head_weight``, the others 1), and per-batch statistics: top-1 agreement with the target tokens
+        (``top1``) and at each target's first token (``first_top1``)."""
         logits, targets = self.student_logits(batch)
+        examples: list[SpeechExample] = batch["examples"]
+        weights = target_weights([len(e.target_ids) for e in examples], head_tokens, head_weight)
+        weights = weights.to(logits.device)
         if objective == "asr":
-            loss = F.cross_entropy(logits, targets)
+            per_token = F.cross_entropy(logits, targets, reduction="none")
         elif objective == "distill":
-            teacher = self.teacher_logits(batch["examples"])
-            loss = distillation_kl(logits, teacher, temperature, direction).mean()
+            teacher = self.teacher_logits(examples)
+            per_token = distillation_kl(logits, teacher, temperature, direction)
         else:
             raise SpeechError(f"unknown objective {objective!r} (use 'asr' or 'distill')")
-        top1 = (logits.detach().argmax(-1) == targets).float().mean().item()
-        return loss, {"top1": top1}
+        loss = (per_token * weights).sum() / weights.sum()
+        hits = logits.detach().argmax(-1) == targets
+        firsts = torch.tensor([0, *[len(e.target_ids) for e in examples[:-1]]]).cumsum(0).to(hits.device)
+        return loss, {"top1": hits.float().mean().item(), "first_top1": hits[firsts].float().mean().item()}
+
+
+class TokenCTCModule(nn.Module):
+    """The projector trained with CTC to put each audio embedding on the direction of the LLM's input embedding
+    of the token spoken there; no LLM forward pass, so a step costs milliseconds per clip.
+
+    The class scores are scaled cosine similarities between an audio embedding and rows of the LLM's input
+    embedding table (``vocab``: the token ids that compete, default the whole vocabulary); CTC's blank is the
+    embedding of ``blank_id`` (default in a build: the token of a single space), so wherever no token is emitted
+    the LLM later reads a neutral token rather than an arbitrary vector. A frozen LLM already reads its own token
+    embeddings: after this stage it sees the transcript spread over the audio positions, and the LLM-based
+    stages start from there.
+
+    Args:
+        projector: the projector to train.
+        embeddings: the LLM's input embedding table ``(vocab, hidden)`` (normalised copy, frozen).
+        blank_id: the token id that serves as CTC's blank (dropped from the targets).
+        vocab: token ids scored (the targets' ids and ``blank_id`` are always added); None: all.
+        scale: initial softmax scale of the cosine similarities (learned).
+    """
+
+    def __init__(
+        self,
+        projector: Projector,
+        embeddings: torch.Tensor,
+        blank_id: int,
+        vocab: Sequence[int] | None = None,
+        scale: float = 20.0,
+    ):
+        super().__init__()
+        self.projector = projector
+        self.blank_id = int(blank_id)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(scale)))
+        ids = sorted({*vocab, self.blank_id}) if vocab is not None else list(range(embeddings.shape[0]))
+        self._ids = torch.tensor(ids, dtype=torch.long)
+        self._class = {t: i for i, t in enumerate(ids)}
+        # a plain attribute, not a buffer: Trainer checkpoints hold the projector only
+        self._table = F.normalize(embeddings.detach()[self._ids].float(), dim=-1)
+
+    def loss(self, batch: dict[str, Any], *_: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean CTC loss per target token, and the share of tokens emitted by the greedy path that belong to the
+        clip's transcript (``top1``)."""
+        examples: list[SpeechExample] = batch["examples"]
+        table = self._table.to(batch["features"].device)
+        audio = F.normalize(self.projector(batch["features"]).float(), dim=-1)
+        n_audio = torch.tensor([math.ceil(int(n) / self.projector.config.stack) for n in batch["frames"]])
+        logits = self.log_scale.exp() * audio @ table.T  # (batch, T, classes)
+        blank = self._class[self.blank_id]
+        try:
+            targets = [[self._class[t] for t in e.target_ids if t != self.blank_id] for e in examples]
+        except KeyError as e:
+            raise SpeechError(f"token {e} of a transcript is not in the CTC vocabulary") from e
+        flat = torch.tensor([t for tg in targets for t in tg], dtype=torch.long)
+        lengths = torch.tensor([len(tg) for tg in targets], dtype=torch.long)
+        loss = F.ctc_loss(
+            F.log_softmax(logits, dim=-1).transpose(0, 1), flat, n_audio, lengths, blank=blank,
+            reduction="sum", zero_infinity=True,
+        ) / lengths.sum().clamp(min=1)  # fmt: skip
+        with torch.no_grad():
+            best = logits.argmax(-1)
+            hit = emitted = 0
+            for i, tg in enumerate(targets):
+                tokens = [int(t) for t in best[i, : int(n_audio[i])] if int(t) != blank]
+                emitted += len(tokens)
+                hit += sum(t in set(tg) for t in tokens)
+        return loss, {"top1": hit / max(1, emitted)}
 
 
 class ProjectorTrainer(Trainer):
     """transformers' Trainer on a :class:`SpeechTrainingModule`: only ``compute_loss`` is overridden
     (``objective`` ``"asr"`` = cross-entropy on the transcript, ``"distill"`` = KL to the teacher at
-    ``temperature``); the running top-1 agreement of the scored tokens is logged next to the loss."""
+    ``temperature``; the first ``head_tokens`` of each target weigh ``head_weight``); the running top-1
+    agreement of the scored tokens (``top1``, and ``first_top1`` at each target's first token) is logged next to
+    the loss."""
 
     def __init__(
         self,
@@ -290,23 +387,31 @@ class ProjectorTrainer(Trainer):
         objective: str = "asr",
         temperature: float = 2.0,
         direction: str = "reverse",
+        head_tokens: int = 0,
+        head_weight: float = 1.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.objective: str = objective
         self.temperature: float = temperature
         self.direction: str = direction
-        self._top1: list[float] = []
+        self.head_tokens: int = head_tokens
+        self.head_weight: float = head_weight
+        self._stats: list[dict[str, float]] = []
 
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
-        loss, stats = model.loss(inputs, self.objective, self.temperature, self.direction)
-        self._top1.append(stats["top1"])
+        loss, stats = model.loss(
+            inputs, self.objective, self.temperature, self.direction, self.head_tokens, self.head_weight
+        )
+        self._stats.append(stats)
         return (loss, {"loss": loss}) if return_outputs else loss
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        if self._top1 and "loss" in logs:
-            logs["top1"] = round(sum(self._top1) / len(self._top1), 4)
-            self._top1 = []
+        if self._stats and "loss" in logs:
+            for key in self._stats[0]:
+                values = [s[key] for s in self._stats if key in s]
+                logs[key] = round(sum(values) / len(values), 4)
+            self._stats = []
         super().log(logs, *args, **kwargs)

@@ -61,7 +61,9 @@ class ShallowDeepConfig:
             prompts more weight on prefixed examples buys depth).
         deep_max_prefix_tokens: C, the largest harmful prefix in training (the paper: 100; the reproduction
             evaluates k <= 40 and spends its small budget on the range it measures).
-        deep_alpha: weight of the safety loss in deep-align (the paper: 0.2 on its larger data).
+        deep_alpha: weight of the safety loss in deep-align (the paper: 0.2 on its larger data). Deepening
+            smollm2-aligned here (C 40, augment 3) measured k=10 prefill ASR 65 / 32 / 19 % and benign
+            over-refusal 16 / 33 / 41 % for alpha 0.2 (p_zero 0.3) / 0.35 / 0.5 (p_zero 0.15).
         deep_from: the model deep-align starts from: ``aligned`` (the paper's setting: the aligned model is
             deepened, with the harmful answers and the utility answers taken from the base model, so deepening
             does not also inherit the aligned model's over-refusal) or ``base`` (deep-align must then also
@@ -89,9 +91,9 @@ class ShallowDeepConfig:
     epochs: float = 2.0
     learning_rate: float = 2e-4
     deep_augment: int = 3
-    deep_p_zero: float = 0.3
+    deep_p_zero: float = 0.15
     deep_max_prefix_tokens: int = 40
-    deep_alpha: float = 0.5
+    deep_alpha: float = 0.4
     deep_from: str = "aligned"
     harmful_max_new_tokens: int = 64
     ks: tuple[int, ...] = (0, 5, 10, 20, 40)
