@@ -1,8 +1,9 @@
-"""Projector training on transformers' Trainer: the ASR-style objective, KL distillation from the LLM reading
-the transcript, and the batched forward pass they share.
+"""Projector training on transformers' Trainer: CTC against the LLM's token embeddings (no LLM forward pass,
+:class:`TokenCTCModule`), the ASR-style objective, KL distillation from the LLM reading the transcript, and the
+batched forward pass the last two share.
 
-Both stages see the same sequence after the chat prefix (the formatted text before the audio marker, identical
-for every example, so it is run once and kept as a KV cache)::
+The ASR and distillation stages see the same sequence after the chat prefix (the formatted text before the audio
+marker, identical for every example, so it is run once and kept as a KV cache)::
 
     [audio embeddings] [text after the marker: end of user turn, assistant header, any instruction] [target]
 
@@ -315,9 +316,10 @@ class TokenCTCModule(nn.Module):
     The class scores are scaled cosine similarities between an audio embedding and rows of the LLM's input
     embedding table (``vocab``: the token ids that compete, default the whole vocabulary); CTC's blank is the
     embedding of ``blank_id`` (default in a build: the token of a single space), so wherever no token is emitted
-    the LLM later reads a neutral token rather than an arbitrary vector. A frozen LLM already reads its own token
-    embeddings: after this stage it sees the transcript spread over the audio positions, and the LLM-based
-    stages start from there.
+    the LLM later reads a neutral token rather than an arbitrary vector. After this stage the nearest token
+    embeddings of a held-out clip's audio embeddings spell out much of its transcript, though the frozen LLM does
+    not yet read them as text; the ASR stage, starting from there, teaches it to (from a random projector the
+    same ASR budget did not).
 
     Args:
         projector: the projector to train.
