@@ -113,3 +113,8 @@ def test_reproduction_runs_end_to_end_on_a_tiny_model_and_resumes(tmp_path, monk
     )
     assert len(run.records()) == n_records
     assert json.loads((run.path / "metrics.json").read_text())["models"] == again.metrics["models"]
+
+
+def test_deep_from_is_checked_before_any_training():
+    with pytest.raises(ValueError, match="deep_from"):
+        ShallowDeepConfig(deep_from="deep")

@@ -33,7 +33,7 @@ from alignscope.stats import rate_of
 from alignscope.training.attack import attack_success, finetune_attack
 from alignscope.training.builders import test_split
 from alignscope.training.config import DeepAlignConfig, FinetuneAttackConfig, SafetySFTConfig
-from alignscope.training.engine import PROVENANCE_FILE, TrainingError
+from alignscope.training.engine import PROVENANCE_FILE
 from alignscope.training.recipes import train
 
 log = logging.getLogger("alignscope.training")
@@ -104,6 +104,10 @@ class ShallowDeepConfig:
     attack_epochs: float = 2.0
     attack_learning_rate: float = 2e-4
     batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.deep_from not in ("aligned", "base"):
+            raise ValueError(f"deep_from must be 'aligned' or 'base', not {self.deep_from!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (tuples as lists), so a recorded config compares equal to the live one on resume."""
@@ -260,8 +264,6 @@ def _train_stage(out: RunDir, name: str, cfg: ShallowDeepConfig, progress: bool)
     if name == "aligned":
         result = train("safety-sft", SafetySFTConfig(**common, refusals_per_prompt=cfg.refusals_per_prompt))
     else:
-        if cfg.deep_from not in ("aligned", "base"):
-            raise TrainingError(f"deep_from must be 'aligned' or 'base', not {cfg.deep_from!r}")
         if cfg.deep_from == "aligned":
             # the base model answers (harmful responses and utility), the aligned model is deepened
             common |= {"model": str(out.path / "aligned" / "adapter"), "utility_model": cfg.model}
