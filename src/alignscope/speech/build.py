@@ -63,6 +63,7 @@ from alignscope.speech.distill import (
     SpeechTrainingModule,
     TokenCTCModule,
     collate_examples,
+    target_starts,
 )
 from alignscope.speech.errors import SpeechError
 from alignscope.speech.projector import CONFIG_FILE, Projector, ProjectorConfig
@@ -571,7 +572,7 @@ def validation_agreement(
         part = examples[start : start + batch_size]
         logits, targets = module.student_logits(collate_examples([{"example": e} for e in part]))
         ok = logits.argmax(-1) == targets
-        starts = torch.tensor([0, *[len(e.target_ids) for e in part[:-1]]]).cumsum(0)
+        starts = target_starts(part)
         hits += int(ok.sum())
         first += int(ok[starts.to(ok.device)].sum())
         total += int(targets.numel())

@@ -39,6 +39,7 @@ __all__ = [
     "collate_examples",
     "distillation_kl",
     "target_labels",
+    "target_starts",
     "target_weights",
 ]
 
@@ -62,6 +63,11 @@ def target_weights(lengths: Sequence[int], head_tokens: int = 0, head_weight: fl
     for r in rows:
         r[: max(0, head_tokens)] = head_weight
     return torch.cat(rows) if rows else torch.ones(0)
+
+
+def target_starts(examples: Sequence[SpeechExample]) -> torch.Tensor:
+    """Index of each example's first target token among a batch's scored tokens (they are concatenated)."""
+    return torch.tensor([0, *[len(e.target_ids) for e in examples[:-1]]], dtype=torch.long).cumsum(0)
 
 
 def distillation_kl(
@@ -305,7 +311,7 @@ class SpeechTrainingModule(nn.Module):
             raise SpeechError(f"unknown objective {objective!r} (use 'asr' or 'distill')")
         loss = (per_token * weights).sum() / weights.sum()
         hits = logits.detach().argmax(-1) == targets
-        firsts = torch.tensor([0, *[len(e.target_ids) for e in examples[:-1]]]).cumsum(0).to(hits.device)
+        firsts = target_starts(examples).to(hits.device)
         return loss, {"top1": hits.float().mean().item(), "first_top1": hits[firsts].float().mean().item()}
 
 
@@ -371,8 +377,9 @@ class TokenCTCModule(nn.Module):
             hit = emitted = 0
             for i, tg in enumerate(targets):
                 tokens = [int(t) for t in best[i, : int(n_audio[i])] if int(t) != blank]
+                spoken = set(tg)
                 emitted += len(tokens)
-                hit += sum(t in set(tg) for t in tokens)
+                hit += sum(t in spoken for t in tokens)
         return loss, {"top1": hit / max(1, emitted)}
 
 
