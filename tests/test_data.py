@@ -117,6 +117,20 @@ def test_at_n_suffix_takes_a_stratified_subset() -> None:
     assert len(load_suite("borderline@8").categories()) == 8
 
 
+def test_plus_joins_suites_and_splits_by_part() -> None:
+    both = load_suite("benign+borderline@8")
+    benign, border = load_suite("benign"), load_suite("borderline@8")
+    assert [s.id for s in both] == [s.id for s in benign] + [s.id for s in border]
+    train, _ = both.split(0.5, seed=0)
+    assert {s.id for s in train} == {s.id for s in benign.split(0.5, 0)[0]} | {
+        s.id for s in border.split(0.5, 0)[0]
+    }
+    with pytest.raises(SuiteError, match="duplicate sample id"):
+        load_suite("benign+benign")
+    with pytest.raises(SuiteError, match="unknown suite"):
+        load_suite("benign+nosuch")
+
+
 def test_split_is_deterministic_and_stable_under_subsetting() -> None:
     suite = load_suite("benign")
     train, test = suite.split(0.3, seed=1)

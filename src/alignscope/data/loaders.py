@@ -48,7 +48,7 @@ _FILE_KINDS = ("advbench", "harmbench", "strongreject", "xstest", "jsonl", "csv"
 _SPEC_HELP = (
     f"built-in {', '.join(BUILTIN_SUITES)}; advbench:PATH, harmbench:PATH, strongreject:PATH, xstest:PATH, "
     "jsonl:PATH[#COLUMN[#LABEL]], csv:PATH[#COLUMN[#LABEL]], hf:DATASET[:SPLIT][#COLUMN[#LABEL]], "
-    "or a path ending in .csv/.jsonl; any of them with an optional @N suffix"
+    "or a path ending in .csv/.jsonl; any of them with an optional @N suffix; SPEC+SPEC for their union"
 )
 _MISSING = object()
 
@@ -478,12 +478,17 @@ def load_suite(spec: str | Path) -> Suite:
     ``strongreject:PATH``; ``xstest:PATH``; ``jsonl:PATH#COLUMN#LABEL`` and ``csv:PATH#COLUMN#LABEL`` (both
     fragments optional, COLUMN defaults to ``prompt``); ``hf:DATASET[:SPLIT]#COLUMN#LABEL``; a bare path
     ending in ``.csv``/``.jsonl`` (format guessed from its columns). Any spec may end in ``@N`` for the
-    deterministic, category-stratified ``suite.take(N)``, e.g. ``harmful@20``.
+    deterministic, category-stratified ``suite.take(N)``, e.g. ``harmful@20``. ``SPEC+SPEC`` is the union of
+    suites in order (``benign+borderline``; sample ids must not repeat); since :meth:`Suite.split` goes by
+    sample id, the union's train split is the union of the parts' train splits.
 
     Raises:
         SuiteError: unknown name (listing valid forms), or bad file content (naming file, row and field).
     """
     spec = str(spec).strip()
+    if "+" in spec and not Path(spec).exists():
+        parts = [load_suite(p) for p in spec.split("+")]
+        return Suite.of(spec, [s for part in parts for s in part.samples], "+".join(p.source for p in parts))
     n: int | None = None
     m = re.fullmatch(r"(.+)@(\d+)", spec)
     if m and not Path(spec).exists():
