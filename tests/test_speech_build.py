@@ -17,7 +17,10 @@ from alignscope.speech.build_data import (
     prompt_starts,
     sampled_sentences,
     split_sentences,
+    substituted_texts,
     suite_prompts,
+    text_key,
+    vocabulary_words,
 )
 from alignscope.speech.distill import (
     IGNORE_INDEX,
@@ -82,6 +85,43 @@ def tone(seconds: float, seed: int) -> torch.Tensor:
 # -- losses and labels ----------------------------------------------------------------------------------------
 def test_labels_mask_everything_but_the_target():
     assert target_labels(3, 2, [7, 8]) == [IGNORE_INDEX] * 5 + [7, 8]
+
+
+class _Vocab:
+    def get_vocab(self) -> dict[str, int]:
+        words = ["Ġabbre", "Ġabbreviated", "Ġzoo", "Ġcat", "cat", "ĠAb", "Ġto", "Ġx1"]
+        return {w: i for i, w in enumerate(words)}
+
+
+def test_vocabulary_words_keeps_whole_lowercase_words():
+    assert vocabulary_words(_Vocab()) == ["abbreviated", "cat", "zoo"]
+
+
+def test_substituted_texts_swap_words_and_keep_the_rest():
+    texts = ["How do I bake bread?", "Write a haiku about snow."]
+    kept = substituted_texts(texts, ["zebra"], 6, replace=0.0, seed=1)
+    assert len(kept) == 6 and set(kept) <= set(texts)
+    swapped = substituted_texts(texts, ["zebra"], 6, replace=1.0, seed=1)
+    # capitals stay capitals ("I" too), punctuation stays
+    assert set(swapped) <= {"Zebra zebra Zebra zebra zebra?", "Zebra zebra zebra zebra zebra."}
+    half = substituted_texts(texts, ["zebra", "marble"], 50, replace=0.5, seed=3)
+    assert half == substituted_texts(texts, ["zebra", "marble"], 50, replace=0.5, seed=3)
+    words = [w for t in half for w in t.rstrip("?.").split()]
+    share = sum(w.lower() in ("zebra", "marble") for w in words) / len(words)
+    assert 0.35 < share < 0.65
+    assert substituted_texts(texts, [], 5) == [] and substituted_texts([], ["a"], 5) == []
+
+
+def test_corpus_adds_distinct_substituted_texts_never_a_test_prompt():
+    llm = tiny_local_model()
+    args = (llm, ("harmful", "benign", "borderline"), ("benign",), 20)
+    kw = {"answer_tokens": 12, "answer_samples": 1, "sampled": 4}
+    real = corpus_texts(*args, **kw)
+    both = corpus_texts(*args, **kw, substituted=30, replace=0.5)
+    assert both[: len(real)] == real and len(both) > len(real)
+    assert len({text_key(t) for t in both}) == len(both)
+    held_out = {text_key(p) for _, p in suite_prompts(("harmful", "benign", "borderline"), "test")}
+    assert not held_out & {text_key(t) for t in both}
 
 
 def test_asr_examples_score_only_the_transcript(tmp_path):

@@ -105,6 +105,10 @@ class SpeechBuildConfig:
         asr_texts: distinct transcripts of the ASR stage (at most; the corpus may hold fewer).
         asr_variants: spoken versions (voice, rate, pitch) of each transcript.
         asr_prompt: the instruction after the audio in the ASR stage (None: the audio alone).
+        asr_substituted: transcripts added to the corpus that are its texts with words swapped for random words
+            of the LLM's vocabulary (:func:`~alignscope.speech.build_data.substituted_texts`): cheap, unlimited
+            variety that keeps the CTC and ASR stages from learning a few thousand sentences by heart.
+        asr_replace: the share of words swapped in those.
         asr_sampled: sentences sampled from the LLM continuing the openings of the suites' train prompts
             (:func:`~alignscope.speech.build_data.sampled_sentences`) for the corpus.
         answer_tokens: length of the LLM answers that feed the corpus.
@@ -170,6 +174,8 @@ class SpeechBuildConfig:
     asr_texts: int = 2500
     asr_variants: int = 1
     asr_prompt: str | None = "Repeat exactly what was said."
+    asr_substituted: int = 0
+    asr_replace: float = 0.5
     asr_sampled: int = 1500
     answer_tokens: int = 192
     answer_samples: int = 1
@@ -347,7 +353,8 @@ class _Builder:
         texts = corpus_texts(
             self.llm, cfg.asr_prompt_suites, cfg.asr_answer_suites, cfg.asr_texts, answer_tokens=cfg.answer_tokens,
             answer_samples=cfg.answer_samples, sampled=cfg.asr_sampled, test_fraction=cfg.test_fraction,
-            split_seed=cfg.split_seed, seed=cfg.seed, progress=cfg.progress,
+            split_seed=cfg.split_seed, seed=cfg.seed, progress=cfg.progress, substituted=cfg.asr_substituted,
+            replace=cfg.asr_replace,
         )  # fmt: skip
         plans = plan_utterances(
             texts, cfg.voices, cfg.rates, cfg.asr_variants, cfg.seed, cfg.lead_silence, cfg.pitches

@@ -2,8 +2,9 @@
 features, and the utterance plan (which voice and rate speaks which text).
 
 Every text is alignscope's own: the train splits of the built-in suites, and sentences of the LLM's own answers
-to the benign and borderline train prompts (generated once, greedy and sampled, and cached). The held-out test
-splits never enter: a sentence equal to a test prompt is dropped.
+to the benign and borderline train prompts (generated once, greedy and sampled, and cached), and those sentences
+with words swapped for other words of the LLM's vocabulary (:func:`substituted_texts`). The held-out test splits
+never enter: a sentence equal to a test prompt is dropped.
 
 Encoder outputs are cached on disk, one safetensors file per utterance, under
 ``$ALIGNSCOPE_CACHE/speech/features/<encoder fingerprint>/`` keyed by text, voice, rate, pitch and silences: a
@@ -44,8 +45,10 @@ __all__ = [
     "prompt_starts",
     "sampled_sentences",
     "split_sentences",
+    "substituted_texts",
     "suite_prompts",
     "text_key",
+    "vocabulary_words",
 ]
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -235,12 +238,16 @@ def corpus_texts(
     split_seed: int = 0,
     seed: int = 0,
     progress: bool = False,
+    substituted: int = 0,
+    replace: float = 0.5,
 ) -> list[str]:
     """Up to ``n_texts`` distinct transcripts for the ASR stage, all alignscope's own: every train prompt of
     ``prompt_suites``; ``sampled`` sentences sampled from ``llm`` continuing the openings of those prompts
     (:func:`sampled_sentences`); sentences of ``llm``'s answers (``answer_samples`` per prompt) to the train
-    prompts of ``answer_suites``. The generated sentences are shuffled together with ``seed``. Nothing equal (up
-    to case and punctuation) to a held-out test prompt is kept."""
+    prompts of ``answer_suites``. The generated sentences are shuffled together with ``seed``. Then up to
+    ``substituted`` more: those texts with words swapped (probability ``replace``) for words of the LLM's
+    vocabulary (:func:`substituted_texts`). Nothing equal (up to case and punctuation) to a held-out test prompt
+    is kept."""
     held_out = {text_key(p) for _, p in suite_prompts(prompt_suites, "test", test_fraction, split_seed)}
     held_out |= {text_key(p) for _, p in suite_prompts(answer_suites, "test", test_fraction, split_seed)}
     prompts = [p for _, p in suite_prompts(prompt_suites, "train", test_fraction, split_seed)]
@@ -264,7 +271,52 @@ def corpus_texts(
             texts.append(t)
     if len(texts) < n_texts:
         log.info("the corpus holds %d distinct texts (%d asked for)", len(texts), n_texts)
-    return texts[:n_texts]
+    texts = texts[:n_texts]
+    words = vocabulary_words(llm.tokenizer) if substituted > 0 else []
+    for t in substituted_texts(texts, words, substituted, replace, seed):
+        key = text_key(t)
+        if key not in seen and key not in held_out:
+            seen.add(key)
+            texts.append(t)
+    return texts
+
+
+_WORD = re.compile(r"[A-Za-z]+")
+
+
+def vocabulary_words(tokenizer: Any, min_letters: int = 3) -> list[str]:
+    """Whole English-looking words of a byte-level BPE vocabulary: lower-case alphabetic tokens of at least
+    ``min_letters`` letters that start a word (a leading ``Ġ``), without those that are the beginning of a longer
+    such token (``"abbre"`` of ``"abbreviated"``: mostly word pieces, not words). Sorted; about 13,000 for
+    SmolLM2."""
+    found = sorted(
+        {t[1:] for t in tokenizer.get_vocab() if t.startswith("Ġ") and re.fullmatch(r"[a-z]+", t[1:])}
+    )
+    found = [w for w in found if len(w) >= min_letters]
+    return [w for i, w in enumerate(found) if not (i + 1 < len(found) and found[i + 1].startswith(w))]
+
+
+def substituted_texts(
+    texts: Sequence[str], words: Sequence[str], n: int, replace: float = 0.5, seed: int = 0
+) -> list[str]:
+    """``n`` variants of ``texts`` (each drawn at random) in which every word is replaced with probability
+    ``replace`` by a random one of ``words`` (capitalised where the original was).
+
+    A few thousand real sentences spoken once each let a projector learn them by heart (its held-out
+    transcription stays poor while the training loss vanishes); swapping words keeps the sentence shapes and
+    prosody and spreads the spoken words over the LLM's whole vocabulary, so what is learnt is the sound of
+    words, not the list of sentences."""
+    if n <= 0 or not texts or not words:
+        return []
+    rng = random.Random(f"substitute:{seed}")
+
+    def swap(m: re.Match[str]) -> str:
+        if rng.random() >= replace:
+            return m.group(0)
+        w = rng.choice(words)
+        return w.capitalize() if m.group(0)[0].isupper() else w
+
+    return [_WORD.sub(swap, rng.choice(texts)) for _ in range(n)]
 
 
 @dataclass(frozen=True)
