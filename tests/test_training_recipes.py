@@ -97,6 +97,43 @@ def test_safety_sft_trains_two_steps_and_saves_a_loadable_adapter(
     assert any(not torch.equal(trained[k], base[k]) for k in base)
 
 
+def test_utility_sampled_adds_instructions_the_model_writes(tiny_dir, tmp_path, monkeypatch):
+    from alignscope.data import load_suite
+    from alignscope.training import prompts
+
+    train_prompt = load_suite("benign").split(0.5, 0)[0].samples[0].prompt
+    test_prompt = load_suite("benign").split(0.5, 0)[1].samples[0].prompt
+    written = [train_prompt, "How do I fold a paper crane?", test_prompt.upper(), "Suggest a name for a cat."]
+    seen_starts: list[str] = []
+
+    def fake_sampled(model, starts, n, **kwargs):
+        seen_starts.extend(starts)
+        return written[:n]
+
+    monkeypatch.setattr(prompts, "sampled_sentences", fake_sampled)
+    cfg = SafetySFTConfig(model=tiny_dir, out=str(tmp_path / "run"), utility_sampled=2, **SMALL, **DATA)
+    from alignscope.training.builders import sampled_instructions
+
+    suite, held_out = load_suite("benign").split(0.5, 0)
+    grown = sampled_instructions(load_model(tiny_dir), suite, 2, held_out)
+    # a train prompt and a held-out prompt (up to case) are not taken again; the model's own sentences are
+    assert [(s.id, s.prompt, s.label) for s in grown.samples[len(suite) :]] == [
+        ("sampled-0000", "How do I fold a paper crane?", "benign"),
+        ("sampled-0001", "Suggest a name for a cat.", "benign"),
+    ]
+    assert "How do I" in seen_starts and grown.samples[: len(suite)] == suite.samples
+    # in the recipe they join the utility data (n_utility of the train prompts, so the first one may come back as
+    # a sampled one), answered by the model (an empty answer is dropped)
+    result = train("safety-sft", cfg)
+    rows = [json.loads(line) for line in (result.run_dir / "data" / "train.jsonl").read_text().splitlines()]
+    sampled = {r["id"]: r["messages"][0]["content"] for r in rows if r["id"].startswith("sampled-")}
+    assert sampled and set(sampled.values()) <= {
+        train_prompt,
+        *written[1:2],
+        written[3],
+    }  # never the test one
+
+
 def test_deep_align_uses_recovery_examples(tiny_dir, tmp_path):
     result = train(
         "deep-align",

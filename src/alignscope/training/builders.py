@@ -220,6 +220,35 @@ def utility_records(
     ]
 
 
+def sampled_instructions(
+    model: LocalModel,
+    suite: Suite,
+    n: int,
+    held_out: Suite | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> Suite:
+    """``suite`` followed by up to ``n`` instructions ``model`` writes itself, continuing the openings of the
+    suite's prompts (:func:`alignscope.training.prompts.sampled_sentences`, cached); none equal (up to case and
+    punctuation) to a prompt of ``suite`` or ``held_out``. Their ids are ``sampled-<k>``, category ``sampled``,
+    label ``benign``."""
+    from alignscope.training.prompts import prompt_starts, sampled_sentences, text_key
+
+    seen = {text_key(s.prompt) for s in suite} | {text_key(s.prompt) for s in held_out or ()}
+    extra: list[Sample] = []
+    # a sample that ends without a sentence is dropped, so draw more than needed
+    for text in sampled_sentences(model, prompt_starts([s.prompt for s in suite]), 2 * n, seed=seed,
+                                  progress=progress):  # fmt: skip
+        if len(extra) == n:
+            break
+        if text_key(text) not in seen:
+            seen.add(text_key(text))
+            extra.append(Sample(f"sampled-{len(extra):04d}", text, "sampled", "benign"))
+    if len(extra) < n:
+        log.info("%s wrote %d distinct instructions (%d asked for)", model.name, len(extra), n)
+    return Suite.of(f"{suite.name}+sampled", [*suite.samples, *extra], suite.source)
+
+
 def refusal_records(samples: Sequence[Sample], per_prompt: int = 1, seed: int = 0) -> list[ChatRecord]:
     """Harmful prompts answered by refusals drawn from :data:`REFUSALS` (different texts per prompt)."""
     rng = random.Random(seed)

@@ -121,6 +121,11 @@ class SafetyDataConfig(TrainConfig):
         utility_model: the model answering the utility instructions (None: the starting model). When the
             starting model is already safety-aligned and over-refuses some benign prompts (e.g. deepening
             ``smollm2-aligned``), its unaligned base answers them without teaching those refusals again.
+        utility_sampled: more utility instructions, written by the utility model itself: sentences it samples
+            continuing the openings of the utility suite's train prompts ("How do I", "Suggest a"),
+            none equal to a held-out test prompt (:func:`alignscope.training.prompts.sampled_sentences`). A
+            small model trained on a few dozen benign instructions next to as many refusals learns to refuse
+            much of what it has not seen; a few hundred more instructions, answered, teach it where the line is.
     """
 
     harmful_suite: str = "harmful"
@@ -132,6 +137,7 @@ class SafetyDataConfig(TrainConfig):
     refusals_per_prompt: int = 1
     utility_max_new_tokens: int = 128
     utility_model: str | None = None
+    utility_sampled: int = 0
 
 
 @dataclass(frozen=True)

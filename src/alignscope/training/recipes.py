@@ -28,6 +28,8 @@ from alignscope.training.builders import (
     harmful_pairs,
     recovery_records,
     refusal_records,
+    sampled_instructions,
+    test_split,
     tokenize_records,
     train_split,
     utility_records,
@@ -105,10 +107,16 @@ def _utility(session: Session, cfg: SafetyDataConfig) -> list[ChatRecord]:
     if cfg.n_utility == 0:
         return []
     suite = train_split(cfg.utility_suite, cfg.test_fraction, cfg.split_seed)
+    held_out = test_split(cfg.utility_suite, cfg.test_fraction, cfg.split_seed)
+    source = _responses_source(session, cfg.utility_model)
+    if cfg.n_utility is not None:
+        suite = suite.take(cfg.n_utility, cfg.seed)
+    if cfg.utility_sampled > 0:
+        suite = sampled_instructions(source, suite, cfg.utility_sampled, held_out, cfg.seed, cfg.progress)
     return utility_records(
-        _responses_source(session, cfg.utility_model),
+        source,
         suite,
-        cfg.n_utility,
+        None,
         cfg.utility_max_new_tokens,
         cfg.gen_batch_size,
         cfg.cache,
