@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import random
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,14 @@ from alignscope.models.loading import cache_dir
 from alignscope.models.local import LocalModel
 from alignscope.speech.errors import SpeechError
 from alignscope.speech.features import N_SAMPLES_30S, log_mel
-from alignscope.training.prompts import prompt_starts, sampled_sentences, split_sentences, text_key
+from alignscope.training.prompts import (
+    prompt_starts,
+    sampled_sentences,
+    split_sentences,
+    substituted_texts,
+    text_key,
+    vocabulary_words,
+)
 
 log = logging.getLogger("alignscope.speech.build")
 
@@ -184,44 +190,6 @@ def corpus_texts(
             seen.add(key)
             texts.append(t)
     return texts
-
-
-_WORD = re.compile(r"[A-Za-z]+")
-
-
-def vocabulary_words(tokenizer: Any, min_letters: int = 3) -> list[str]:
-    """Whole English-looking words of a byte-level BPE vocabulary: lower-case alphabetic tokens of at least
-    ``min_letters`` letters that start a word (a leading ``Ġ``), without those that are the beginning of a longer
-    such token (``"abbre"`` of ``"abbreviated"``: mostly word pieces, not words). Sorted; about 13,000 for
-    SmolLM2."""
-    found = sorted(
-        {t[1:] for t in tokenizer.get_vocab() if t.startswith("Ġ") and re.fullmatch(r"[a-z]+", t[1:])}
-    )
-    found = [w for w in found if len(w) >= min_letters]
-    return [w for i, w in enumerate(found) if not (i + 1 < len(found) and found[i + 1].startswith(w))]
-
-
-def substituted_texts(
-    texts: Sequence[str], words: Sequence[str], n: int, replace: float = 0.5, seed: int = 0
-) -> list[str]:
-    """``n`` variants of ``texts`` (each drawn at random) in which every word is replaced with probability
-    ``replace`` by a random one of ``words`` (capitalised where the original was).
-
-    A few thousand real sentences spoken once each let a projector learn them by heart (its held-out
-    transcription stays poor while the training loss vanishes); swapping words keeps the sentence shapes and
-    prosody and spreads the spoken words over the LLM's whole vocabulary, so what is learnt is the sound of
-    words, not the list of sentences."""
-    if n <= 0 or not texts or not words:
-        return []
-    rng = random.Random(f"substitute:{seed}")
-
-    def swap(m: re.Match[str]) -> str:
-        if rng.random() >= replace:
-            return m.group(0)
-        w = rng.choice(words)
-        return w.capitalize() if m.group(0)[0].isupper() else w
-
-    return [_WORD.sub(swap, rng.choice(texts)) for _ in range(n)]
 
 
 @dataclass(frozen=True)

@@ -249,6 +249,27 @@ def sampled_instructions(
     return Suite.of(f"{suite.name}+sampled", [*suite.samples, *extra], suite.source)
 
 
+def noisy_records(
+    records: Sequence[ChatRecord], words: Sequence[str], copies: int, noise: float = 0.3, seed: int = 0
+) -> list[ChatRecord]:
+    """``copies`` noisy versions of each record: the last user turn with words dropped or swapped for random
+    ``words`` (each with probability ``noise / 2``), the rest unchanged (meta ``noisy: true``)."""
+    from alignscope.training.prompts import perturb_words
+
+    rng = random.Random(f"noisy:{seed}")
+    out = []
+    for r in records:
+        last = max(i for i, m in enumerate(r.messages) if m["role"] == "user")
+        for _ in range(copies):
+            text = perturb_words(r.messages[last]["content"], words, rng, replace=noise / 2, drop=noise / 2)
+            if not text.strip():
+                continue
+            messages = [dict(m) for m in r.messages]
+            messages[last]["content"] = text
+            out.append(ChatRecord(messages, {**r.meta, "noisy": True}))
+    return out
+
+
 def refusal_records(samples: Sequence[Sample], per_prompt: int = 1, seed: int = 0) -> list[ChatRecord]:
     """Harmful prompts answered by refusals drawn from :data:`REFUSALS` (different texts per prompt)."""
     rng = random.Random(seed)

@@ -126,6 +126,12 @@ class SafetyDataConfig(TrainConfig):
             none equal to a held-out test prompt (:func:`alignscope.training.prompts.sampled_sentences`). A
             small model trained on a few dozen benign instructions next to as many refusals learns to refuse
             much of what it has not seen; a few hundred more instructions, answered, teach it where the line is.
+        noisy_copies: ``safety-sft`` / ``adversarial-sft``: copies of every training example whose prompt has
+            words dropped or swapped for random words of the model's vocabulary (each with probability
+            ``prompt_noise / 2``), answered like the clean prompt (a refusal stays a refusal). The LLM of a
+            speech LLM reads its prompts through an imperfect projector; one trained on clean prompts alone
+            refuses much of what it half-hears.
+        prompt_noise: the share of words changed in a noisy copy.
     """
 
     harmful_suite: str = "harmful"
@@ -138,6 +144,8 @@ class SafetyDataConfig(TrainConfig):
     utility_max_new_tokens: int = 128
     utility_model: str | None = None
     utility_sampled: int = 0
+    noisy_copies: int = 0
+    prompt_noise: float = 0.3
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import os
 import random
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -22,7 +23,15 @@ from alignscope.models.local import LocalModel
 
 log = logging.getLogger("alignscope.training")
 
-__all__ = ["prompt_starts", "sampled_sentences", "split_sentences", "text_key"]
+__all__ = [
+    "perturb_words",
+    "prompt_starts",
+    "sampled_sentences",
+    "split_sentences",
+    "substituted_texts",
+    "text_key",
+    "vocabulary_words",
+]
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 _MARKUP = re.compile(r"^\s*(?:[#>*\-•]+|\d+[.)]|[A-Za-z][.)])\s*")
@@ -117,3 +126,52 @@ def prompt_starts(prompts: Sequence[str], min_words: int = 2, max_words: int = 4
 def text_key(text: str) -> str:
     """``text`` lower-cased with punctuation and spacing collapsed: texts equal up to these are one text."""
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
+
+
+_WORD = re.compile(r"[A-Za-z]+")
+
+
+def vocabulary_words(tokenizer: Any, min_letters: int = 3) -> list[str]:
+    """Whole English-looking words of a byte-level BPE vocabulary: lower-case alphabetic tokens of at least
+    ``min_letters`` letters that start a word (a leading ``Ġ``), without those that are the beginning of a longer
+    such token (``"abbre"`` of ``"abbreviated"``: mostly word pieces, not words). Sorted; about 13,000 for
+    SmolLM2."""
+    found = sorted(
+        {t[1:] for t in tokenizer.get_vocab() if t.startswith("Ġ") and re.fullmatch(r"[a-z]+", t[1:])}
+    )
+    found = [w for w in found if len(w) >= min_letters]
+    return [w for i, w in enumerate(found) if not (i + 1 < len(found) and found[i + 1].startswith(w))]
+
+
+def substituted_texts(
+    texts: Sequence[str], words: Sequence[str], n: int, replace: float = 0.5, seed: int = 0
+) -> list[str]:
+    """``n`` variants of ``texts`` (each drawn at random) in which every word is replaced with probability
+    ``replace`` by a random one of ``words`` (capitalised where the original was).
+
+    A few thousand real sentences spoken once each let a projector learn them by heart (its held-out
+    transcription stays poor while the training loss vanishes); swapping words keeps the sentence shapes and
+    prosody and spreads the spoken words over the LLM's whole vocabulary, so what is learnt is the sound of
+    words, not the list of sentences."""
+    if n <= 0 or not texts or not words:
+        return []
+    rng = random.Random(f"substitute:{seed}")
+    return [perturb_words(rng.choice(texts), words, rng, replace=replace) for _ in range(n)]
+
+
+def perturb_words(
+    text: str, words: Sequence[str], rng: random.Random, replace: float = 0.0, drop: float = 0.0
+) -> str:
+    """``text`` with each word dropped with probability ``drop``, else replaced with probability ``replace`` by
+    a random one of ``words`` (capitalised where the original was); punctuation and spacing kept."""
+
+    def edit(m: re.Match[str]) -> str:
+        u = rng.random()
+        if u < drop:
+            return ""
+        if u < drop + replace and words:
+            w = rng.choice(words)
+            return w.capitalize() if m.group(0)[0].isupper() else w
+        return m.group(0)
+
+    return re.sub(r"  +", " ", _WORD.sub(edit, text)).strip()

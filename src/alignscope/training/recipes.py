@@ -26,6 +26,7 @@ from alignscope.models.local import PLAIN_TEMPLATE, LocalModel
 from alignscope.training.builders import (
     dpo_records,
     harmful_pairs,
+    noisy_records,
     recovery_records,
     refusal_records,
     sampled_instructions,
@@ -137,6 +138,16 @@ def _responses_source(session: Session, spec: str | None) -> LocalModel:
     return load_model(spec, device=str(session.model.device), dtype=session.config.dtype)
 
 
+def _with_noisy(session: Session, cfg: SafetyDataConfig, records: list[ChatRecord]) -> list[ChatRecord]:
+    """``records`` and ``cfg.noisy_copies`` noisy copies of each (see :class:`SafetyDataConfig`)."""
+    if cfg.noisy_copies <= 0:
+        return records
+    from alignscope.training.prompts import vocabulary_words
+
+    words = vocabulary_words(session.model.tokenizer)
+    return records + noisy_records(records, words, cfg.noisy_copies, cfg.prompt_noise, cfg.seed)
+
+
 def _load_records(session: Session) -> list[ChatRecord]:
     if not session.config.data:
         raise TrainingError(f"recipe {session.recipe} needs training data: pass data=<chat JSONL file>")
@@ -163,6 +174,7 @@ def safety_sft(config: TrainConfig) -> TrainResult:
             records = refusal_records(samples, config.refusals_per_prompt, config.seed) + _utility(
                 session, config
             )
+            records = _with_noisy(session, config, records)
     session.save_data(records)
     examples = tokenize_records(session.model, records, config.max_length)
     return fit(session, examples, objective="ce")
@@ -223,6 +235,7 @@ def adversarial_sft(config: TrainConfig) -> TrainResult:
             + suffixed_refusal_records(samples, pool, config.suffixes_per_prompt, config.seed)
             + _utility(session, config)
         )
+        records = _with_noisy(session, config, records)
         log.info("adversarial-sft: %d suffixes in the pool", len(pool))
     session.save_data(records)
     examples = tokenize_records(session.model, records, config.max_length)
