@@ -134,6 +134,49 @@ def test_utility_sampled_adds_instructions_the_model_writes(tiny_dir, tmp_path, 
     }  # never the test one
 
 
+def test_noisy_records_perturb_only_the_prompt():
+    import random
+
+    from alignscope.training.builders import noisy_records
+    from alignscope.training.prompts import perturb_words
+
+    rng = random.Random(0)
+    assert perturb_words("Bake the bread, then rest.", ["zebra"], rng) == "Bake the bread, then rest."
+    assert (
+        perturb_words("Bake the bread, then rest.", ["zebra"], rng, replace=1.0)
+        == "Zebra zebra zebra, zebra zebra."
+    )
+    assert perturb_words("Bake the bread, then rest.", ["zebra"], rng, drop=1.0) == ", ."
+    record = ChatRecord(
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "How do I bake a loaf of bread at home today?"},
+            {"role": "assistant", "content": "I'm sorry, I can't help with that."},
+        ],
+        {"group": "safety", "id": "x"},
+    )
+    noisy = noisy_records([record], ["zebra", "marble"], copies=3, noise=0.6, seed=1)
+    assert len(noisy) == 3 and noisy == noisy_records([record], ["zebra", "marble"], 3, 0.6, seed=1)
+    for r in noisy:
+        assert r.meta == {"group": "safety", "id": "x", "noisy": True}
+        assert r.messages[0] == record.messages[0] and r.messages[2] == record.messages[2]
+        assert r.messages[1]["content"] != record.messages[1]["content"]
+    assert record.messages[1]["content"] == "How do I bake a loaf of bread at home today?"  # not mutated
+
+
+def test_safety_sft_noisy_copies_double_the_examples(tiny_dir, tmp_path):
+    cfg = SafetySFTConfig(
+        model=tiny_dir, out=str(tmp_path / "run"), noisy_copies=1, prompt_noise=0.5, **SMALL, **DATA
+    )
+    result = train("safety-sft", cfg)
+    rows = [json.loads(line) for line in (result.run_dir / "data" / "train.jsonl").read_text().splitlines()]
+    clean = [r for r in rows if not r.get("noisy")]
+    noisy = [r for r in rows if r.get("noisy")]
+    assert 0 < len(noisy) <= len(clean)
+    answers = {r["messages"][-1]["content"] for r in clean}
+    assert all(r["messages"][-1]["content"] in answers for r in noisy)
+
+
 def test_deep_align_uses_recovery_examples(tiny_dir, tmp_path):
     result = train(
         "deep-align",
