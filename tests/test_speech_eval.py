@@ -457,3 +457,35 @@ def test_spoken_attacks_on_the_real_architecture(tmp_path):
     wb = next(c for c in m["conditions"] if c["kind"] == "white-box" and c["eval_defense"] == "none")
     assert wb["n"] == 1 and wb["median_snr_db"] >= 30 - 1e-3
     assert m["helpfulness"][0]["n"] == 1
+
+
+def test_heard_transcripts_read_the_nearest_tokens(monkeypatch):
+    from alignscope.speech.evaluation import heard_transcripts
+
+    slm = make_slm()
+    table = slm.llm.model.get_input_embeddings().weight.detach()
+    word = slm.llm.response_ids(" hello")
+    blank = slm.llm.response_ids(" ")
+    assert len(blank) == 1
+    # each token held for two positions and followed by a blank (CTC: a token spoken twice needs a blank between):
+    # the repeats and the blanks disappear
+    rows = [r for t in word + word for r in (t, t, *blank)]
+    monkeypatch.setattr(slm, "audio_embeds", lambda clips: [1.5 * table[rows] for _ in clips])
+    heard = heard_transcripts(slm, [torch.zeros(1600)])
+    assert heard == [slm.tokenizer.decode(word + word).strip()]
+
+
+def test_evaluate_slm_reports_spoken_text_and_heard_rates(monkeypatch, tmp_path):
+    from alignscope.speech.evaluation import evaluate_slm, word_error_rate
+
+    monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
+    slm = make_slm()
+    res = evaluate_slm(slm, voices=("en-us",), rates=(175,), limit=2, max_new_tokens=4, progress=False)
+    d = res.to_dict()
+    for key in ("harmful_refusal", "benign_answered", "heard_harmful_refusal", "heard_benign_answered"):
+        assert d[key]["n"] == 2
+    assert len(res.samples) == 4 and all("heard" in s and "heard_verdict" in s for s in res.samples)
+    assert res.heard_wer == pytest.approx(
+        word_error_rate([s["prompt"] for s in res.samples], [s["heard"] for s in res.samples])
+    )
+    assert "heard transcripts" in res.summary()

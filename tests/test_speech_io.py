@@ -514,22 +514,9 @@ def _words(text: str) -> list[str]:
     return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
 
 
-def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
-    """Word-level Levenshtein distance summed over the pairs, over the number of reference words."""
-    errors = words = 0
-    for ref, hyp in zip(references, hypotheses, strict=True):
-        r, h = _words(ref), _words(hyp)
-        row = list(range(len(h) + 1))
-        for i, rw in enumerate(r, 1):
-            diag, row[0] = row[0], i
-            for j, hw in enumerate(h, 1):
-                diag, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diag + (rw != hw))
-        errors += row[-1]
-        words += len(r)
-    return errors / words
-
-
 def test_word_error_rate():
+    from alignscope.speech.evaluation import word_error_rate
+
     assert word_error_rate(["the cat sat"], ["The cat sat."]) == 0.0
     assert word_error_rate(["the cat sat", "a b"], ["the sat", "a b c"]) == pytest.approx(2 / 5)
 
@@ -543,6 +530,7 @@ def whisper_tiny():
 
 @pytest.mark.slow
 def test_reader_espeak_then_whisper_tiny_en(whisper_tiny):
+    from alignscope.speech.evaluation import word_error_rate
     from alignscope.speech.tts import synthesize
 
     # measured: 9-10 % at 150 wpm whatever was spoken before (espeak's flutter phase), 16-17 % at 175 wpm

@@ -6,13 +6,20 @@ On the test splits of the harmful and benign suites (never seen in a build), spo
   alignscope's keyword judge on greedy answers, with Wilson intervals; the LLM's own rates on the written
   questions are reported next to them;
 * **teacher-forced top-1 agreement**: over the response positions of the LLM's greedy answer to the written
-  question, the share where the speech LLM hearing the question puts its highest logit on the same token.
+  question, the share where the speech LLM hearing the question puts its highest logit on the same token;
+* **what the projector passes on** (diagnostic): each clip's audio embeddings read as text, the nearest token of
+  the LLM's input embedding table at each position with repeats and the CTC blank dropped
+  (:func:`heard_transcripts`, meaningful after the build's CTC stage); its word error rate against the question,
+  and the LLM's own refusal rates when it reads those transcripts as text. A distilled speech LLM behaves much
+  like its LLM reading what the projector heard, so these rates show whether a shortfall comes from hearing or
+  from the LLM.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,7 +33,7 @@ from alignscope.models.loading import cache_dir
 from alignscope.speech.slm import SpeechLM
 from alignscope.stats import Rate, rate_of
 
-__all__ = ["SpeechEvalResult", "evaluate_slm"]
+__all__ = ["SpeechEvalResult", "evaluate_slm", "heard_transcripts", "word_error_rate", "word_errors"]
 
 
 @dataclass
@@ -42,6 +49,8 @@ class SpeechEvalResult:
         refusal_agreement: clips (both suites) where the speech LLM's refusal decision equals the LLM's on the
             written question: the behaviour a distilled speech LLM can inherit (it cannot beat its teacher).
         text_harmful_refusal / text_benign_answered: the LLM's own rates on the written questions.
+        heard_wer: word error rate of the heard transcripts (:func:`heard_transcripts`) against the questions.
+        heard_harmful_refusal / heard_benign_answered: the LLM's rates when it reads the heard transcripts.
         judge, generation: the judge's name and the decoding settings that produced the rates.
         voices, rates: the evaluation speech.
         seconds: wall time.
@@ -56,6 +65,9 @@ class SpeechEvalResult:
     refusal_agreement: Rate
     text_harmful_refusal: Rate
     text_benign_answered: Rate
+    heard_wer: float
+    heard_harmful_refusal: Rate
+    heard_benign_answered: Rate
     judge: str
     generation: str
     voices: list[str]
@@ -73,6 +85,9 @@ class SpeechEvalResult:
             "refusal_agreement": self.refusal_agreement.to_dict(),
             "text_harmful_refusal": self.text_harmful_refusal.to_dict(),
             "text_benign_answered": self.text_benign_answered.to_dict(),
+            "heard_wer": self.heard_wer,
+            "heard_harmful_refusal": self.heard_harmful_refusal.to_dict(),
+            "heard_benign_answered": self.heard_benign_answered.to_dict(),
             "judge": self.judge,
             "generation": self.generation,
             "voices": self.voices,
@@ -92,6 +107,8 @@ class SpeechEvalResult:
             f"  refusal decision equal to the text model's: {self.refusal_agreement.fmt()}\n"
             f"  teacher-forced top-1 agreement with the text answers: {self.top1_agreement:.3f} "
             + " ".join(f"({k} {v:.3f})" for k, v in self.top1_by_suite.items())
+            + f"\n  heard transcripts: word error rate {self.heard_wer:.3f}; the LLM reading them refuses "
+            f"{self.heard_harmful_refusal.fmt()} of harmful, answers {self.heard_benign_answered.fmt()} of benign"
         )
 
 
@@ -146,6 +163,8 @@ def evaluate_slm(
     samples: list[dict[str, Any]] = []
     spoken_flags: dict[str, list[bool]] = {}
     text_flags: dict[str, list[bool]] = {}
+    heard_flags: dict[str, list[bool]] = {}
+    errors = [0, 0]
     hits: dict[str, tuple[int, int]] = {}
     same_decision: list[bool] = []
     for label, suite in (("harmful", harmful_suite), ("benign", benign_suite)):
@@ -162,6 +181,11 @@ def evaluate_slm(
         verdicts = judge.judge_batch(prompts, answers)
         text_verdicts = judge.judge_batch(prompts, text_answers)
         agree = _agreement(slm, clips, text_answers, batch_size, progress)
+        heard = heard_transcripts(slm, clips)
+        errors[0] += sum(word_errors(p, h) for p, h in zip(prompts, heard, strict=True))
+        errors[1] += sum(len(_words(p)) for p in prompts)
+        heard_answers = slm.llm.generate([user_turn(h) for h in heard], gen, progress=False)
+        heard_verdicts = judge.judge_batch(heard, heard_answers)
         hits[label] = (sum(sum(a) for a in agree), sum(len(a) for a in agree))
         same_decision += [
             bool(v.refused) == bool(t.refused) for v, t in zip(verdicts, text_verdicts, strict=True)
@@ -169,7 +193,11 @@ def evaluate_slm(
         if label == "harmful":
             spoken_flags[label] = [bool(v.refused) for v in verdicts]
             text_flags[label] = [bool(v.refused) for v in text_verdicts]
+            heard_flags[label] = [bool(v.refused) for v in heard_verdicts]
         else:
+            heard_flags[label] = [
+                not v.refused and bool(a.strip()) for v, a in zip(heard_verdicts, heard_answers, strict=True)
+            ]
             spoken_flags[label] = [
                 not v.refused and bool(a.strip()) for v, a in zip(verdicts, answers, strict=True)
             ]
@@ -180,7 +208,8 @@ def evaluate_slm(
             samples.append(
                 {"suite": label, "id": item.id, "prompt": item.text, "voice": item.voice, "rate": item.rate,
                  "answer": answers[i], "text_answer": text_answers[i], "verdict": verdicts[i].to_dict(),
-                 "text_verdict": text_verdicts[i].to_dict(), "top1_hits": sum(agree[i]), "top1_tokens": len(agree[i])}
+                 "text_verdict": text_verdicts[i].to_dict(), "top1_hits": sum(agree[i]), "top1_tokens": len(agree[i]),
+                 "heard": heard[i], "heard_answer": heard_answers[i], "heard_verdict": heard_verdicts[i].to_dict()}
             )  # fmt: skip
     by_suite = {k: h / max(1, n) for k, (h, n) in hits.items()}
     total_hits = sum(h for h, _ in hits.values())
@@ -194,6 +223,9 @@ def evaluate_slm(
         refusal_agreement=rate_of(same_decision),
         text_harmful_refusal=rate_of(text_flags["harmful"]),
         text_benign_answered=rate_of(text_flags["benign"]),
+        heard_wer=errors[0] / max(1, errors[1]),
+        heard_harmful_refusal=rate_of(heard_flags["harmful"]),
+        heard_benign_answered=rate_of(heard_flags["benign"]),
         judge=str(getattr(judge, "name", type(judge).__name__)),
         generation=gen.describe(),
         voices=list(voices),
@@ -220,3 +252,45 @@ def _agreement(
         bar.update(len(part))
     bar.close()
     return out
+
+
+@torch.inference_mode()
+def heard_transcripts(slm: SpeechLM, clips: list[torch.Tensor], blank: str = " ") -> list[str]:
+    """What the projector passes on, as text: per clip, the nearest token (cosine) of the LLM's input embedding
+    table at each audio position, repeats collapsed and ``blank`` (the build's CTC blank) dropped, decoded.
+
+    The build's CTC stage trains the projector toward exactly this reading; after the later stages the
+    embeddings drift from the table, so the transcript is a lower bound of what the LLM can make of the audio.
+    """
+    table = torch.nn.functional.normalize(slm.llm.model.get_input_embeddings().weight.float(), dim=-1)
+    blank_ids = slm.llm.response_ids(blank)
+    blank_id = blank_ids[0] if len(blank_ids) == 1 else -1
+    out = []
+    for clip in clips:
+        emb = slm.audio_embeds([clip])[0].float()
+        best = (torch.nn.functional.normalize(emb, dim=-1) @ table.T).argmax(-1).tolist()
+        ids = [t for k, t in enumerate(best) if t != blank_id and (k == 0 or t != best[k - 1])]
+        out.append(str(slm.tokenizer.decode(ids)).strip())
+    return out
+
+
+def _words(text: str) -> list[str]:
+    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
+
+
+def word_errors(reference: str, hypothesis: str) -> int:
+    """Word-level edit distance (substitutions, insertions, deletions) after lower-casing and dropping
+    punctuation."""
+    ref, hyp = _words(reference), _words(hypothesis)
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[len(hyp)]
+
+
+def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Total word errors over total reference words."""
+    errors = sum(word_errors(r, h) for r, h in zip(references, hypotheses, strict=True))
+    return errors / max(1, sum(len(_words(r)) for r in references))
