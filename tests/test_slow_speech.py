@@ -36,6 +36,6 @@ def test_embedded_speech_llm_refuses_spoken_harmful_and_answers_spoken_benign_qu
 def test_shipped_surrogate_loads_from_its_build_spec() -> None:
     from alignscope.speech.loading import load_speech_model
 
-    spec = _shipped_or_skip({"llm": "smollm2-aligned", "seed": 1})
+    spec = _shipped_or_skip({"seed": 1})
     slm = load_speech_model(spec)
-    assert slm.name == "smollm2-aligned+audio"
+    assert slm.name == "smollm2-balanced+audio"
