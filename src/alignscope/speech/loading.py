@@ -22,7 +22,7 @@ def load_speech_model(spec: str, device: str | None = None) -> SpeechLM:
       :data:`~alignscope.speech.build.DEFAULT_SPEECH_LLM`): the shipped projector of that config, else the
       finished build in the cache;
     * ``build:KEY=VALUE,...``: the build of the default config with those fields changed (JSON values), e.g.
-      ``build:seed=1`` for the shipped surrogate; shipped or in the cache, as above;
+      ``build:seed=1`` for the surrogate of ``reproduce speechguard``; shipped or in the cache, as above;
     * ``random`` / ``random:LLM_SPEC``: Whisper tiny.en and a *randomly initialised* projector on the LLM
       (default :data:`~alignscope.speech.build.DEFAULT_SPEECH_LLM`), for smoke tests and speed measurements
       only; its name says so;
