@@ -3,8 +3,8 @@
 1. **Models** (cached): the target speech LLM is the default build (``alignscope speech build``: Whisper tiny.en,
    Ultravox projector, SmolLM2 safety-aligned); the surrogate is a second build of the same recipe with another
    seed (``surrogate_build``: another projector initialisation, voice draws and data order; the attacker knows
-   the LLM, not the projector; another ``llm`` or ``voices`` works too). The target ships as package data; the
-   surrogate, and any changed config, is built on first use (about 50 min here) and reused after.
+   the LLM, not the projector; another ``llm`` or ``voices`` works too). Both ship as package data; any
+   changed config is built on first use (about 50 min here) and reused after.
 2. **Attacks** on held-out spoken harmful questions (the test split no build trains on), one table
    (:func:`~alignscope.speech.attack_eval.run_spoken_attacks`): white-box PGD at each SNR budget; the same
    clips through TDNF at several SNRs (non-adaptive); the adaptive attacker (expectation over noise draws)
