@@ -428,3 +428,117 @@ def test_tiny_build_on_the_real_models(tmp_path):
     )
     slm = load_slm(res.projector_dir)
     assert slm.projector.config.llm_dim == 576 and slm.projector.config.encoder_dim == 384
+
+
+# -- LoRA on the LLM ------------------------------------------------------------------------------------------
+def _nonzero_lora(model, seed: int = 0) -> None:
+    """Give the (zero-initialised) LoRA B matrices random values, so the adapter changes the LLM."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+
+
+def test_lora_student_trains_its_adapter_and_the_teacher_stays_the_llm():
+    import copy
+
+    from alignscope.models.local import LocalModel
+    from alignscope.speech.build import lora_student
+    from alignscope.speech.distill import ProjectorTrainer
+
+    llm, enc = tiny_local_model(), tiny_whisper_encoder()
+    torch.manual_seed(0)
+    proj = Projector(ProjectorConfig(encoder_dim=16, llm_dim=32, hidden_dim=64, norm_init=1.0))
+    student = lora_student(llm.model, SpeechBuildConfig(llm="tiny", llm_lora_rank=4))
+    _nonzero_lora(student)
+    base = {n: p.clone() for n, p in llm.model.named_parameters()}
+    prompt = llm.encode_prompt([{"role": "user", "content": "Hello there"}])
+    slm = SpeechLM(enc, proj, llm)
+    before, after = slm.split_prompt(slm.conversation(None))
+    clips = [tone(0.5, 0), tone(0.8, 1)]
+    cache = FeatureCache(enc)
+    examples = [
+        SpeechExample(cache.encode(c.numpy()), after, [5, 9, 11], teacher_ids=prompt[len(before) :], key=i)
+        for i, c in enumerate(clips)
+    ]
+    batch = collate_examples([{"example": e} for e in examples])
+    module = SpeechTrainingModule(proj, student, before, autocast=False, teacher_model=llm.model)
+    assert len(module.llm_trainable) == 2 * 4 * 2  # A and B of q, k, v, o in 2 layers
+
+    # the student is the LLM with the adapter merged, the prefix included (its keys and values change too)
+    logits, _ = module.student_logits(batch)
+    frozen, _ = SpeechTrainingModule(proj, llm.model, before, autocast=False).student_logits(batch)
+    assert not torch.allclose(logits, frozen, atol=1e-3)
+    merged = LocalModel(copy.deepcopy(student).merge_and_unload(), llm.tokenizer, "merged")
+    ref = SpeechLM(enc, proj, merged).response_logits(clips, [[5, 9, 11]] * 2)
+    assert torch.allclose(logits, ref.logits[ref.mask].float(), atol=1e-4)
+    # the teacher reads the transcript with the unchanged LLM
+    (text_ref,) = list(llm.response_logits([prompt], [[5, 9, 11]]))
+    assert torch.allclose(module.teacher_logits(examples[:1]), text_ref.logits[0], atol=1e-2)
+
+    loss, _ = module.loss(batch, "distill")
+    loss.backward()
+    assert proj.linear_1.weight.grad is not None
+    assert all(p.grad is not None for p in module.llm_trainable)
+    assert all(p.grad is None for p in llm.model.parameters())
+    assert all(torch.equal(p, base[n]) for n, p in llm.model.named_parameters())  # the teacher is untouched
+
+    # the LoRA parameters get their own learning rate
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(output_dir="unused", learning_rate=1e-3, report_to=[], use_cpu=True)
+    trainer = ProjectorTrainer(model=module, args=args, llm_lr=5e-5)
+    groups = trainer.create_optimizer().param_groups
+    lora_ids = {id(p) for p in module.llm_trainable}
+    (lora_group,) = [g for g in groups if g["lr"] == 5e-5]
+    assert {id(p) for p in lora_group["params"]} == lora_ids
+    assert all(id(p) not in lora_ids for g in groups if g is not lora_group for p in g["params"])
+
+
+def test_lora_build_saves_its_adapter_and_load_slm_merges_it(tmp_path):
+    llm, enc = tiny_local_model(), tiny_whisper_encoder()
+    cfg = tiny_config(tmp_path / "build", ctc_steps=0, asr_steps=0, asr_substituted=0, llm_lora_rank=4,
+                      llm_lora_lr=1e-2, distill_steps=3, save_steps=2)  # fmt: skip
+    plain = tiny_config(tmp_path / "plain", asr_steps=0)
+    assert "llm_lora_rank" in cfg.identity() and not any(k.startswith("llm_lora") for k in plain.identity())
+    res = build_slm(cfg, llm=llm, encoder=enc, command="pytest")
+    lora = res.metrics["distill"]["llm_lora"]
+    assert lora["rank"] == 4 and lora["parameters"] > 0
+    adapter = res.projector_dir / "llm_adapter"
+    assert (adapter / "adapter_config.json").is_file()
+    assert (
+        json.loads((res.projector_dir / "projector.json").read_text())["metadata"]["llm_adapter"]
+        == "llm_adapter"
+    )
+
+    slm = load_slm(res.out, llm=llm, encoder=enc)
+    assert slm.text_llm is llm and slm.llm is not llm and slm.llm_adapter == adapter
+    moved = [
+        not torch.equal(a, b) for a, b in zip(slm.llm.model.parameters(), llm.model.parameters(), strict=True)
+    ]
+    assert any(moved)  # the trained adapter is merged into the speech LLM's copy of the LLM
+    clip = tone(0.5, 0)
+    # the build's own speech LLM (the one it evaluates) and the reloaded one answer alike
+    again = build_slm(cfg, llm=llm, encoder=enc)
+    assert again.cached
+    from alignscope.speech.build import _Builder
+
+    b = _Builder(cfg, res.out, llm, enc, "pytest")
+    b.adapter = adapter
+    ref = b.slm(slm.projector).response_logits([clip], [[5, 9, 11]])
+    got = slm.response_logits([clip], [[5, 9, 11]])
+    assert torch.allclose(ref.logits, got.logits, atol=1e-5)
+
+    # killed after step 2 of distillation: resumes from the checkpoint, the LoRA weights included
+    from safetensors.torch import load_file
+
+    first = load_file(str(adapter / "adapter_model.safetensors"))
+    for name in ("distill", "projector", "build.json", "checkpoints/distill/checkpoint-3"):
+        path = tmp_path / "build" / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    resumed = build_slm(cfg, llm=llm, encoder=enc)
+    assert resumed.metrics["distill"]["resumed_from"].endswith("checkpoint-2")
+    second = load_file(str(resumed.projector_dir / "llm_adapter" / "adapter_model.safetensors"))
+    assert first.keys() == second.keys()
+    assert all(torch.allclose(first[k], second[k], atol=1e-6) for k in first)

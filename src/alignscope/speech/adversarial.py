@@ -280,7 +280,9 @@ def _train_round(
         collate_examples,
     )
 
-    module = SpeechTrainingModule(projector, slm.llm.model, prefix, autocast=config.autocast)
+    module = SpeechTrainingModule(
+        projector, slm.llm.model, prefix, autocast=config.autocast, teacher_model=slm.text_llm.model
+    )
     steps = config.steps_per_round
     args = TrainingArguments(
         output_dir=str(out / "checkpoints"), max_steps=steps, per_device_train_batch_size=config.batch_size,
@@ -311,6 +313,7 @@ def adversarial_train(
     """Harden the projector of ``slm`` (default: ``load_speech_model(config.slm)``) by adversarial training; see
     the module docstring. Rounds already finished in ``out`` are loaded, not redone."""
     from alignscope.models.loading import cache_dir
+    from alignscope.speech.build import copy_llm_adapter
     from alignscope.speech.build_data import FeatureCache, suite_prompts
     from alignscope.speech.distill import SpeechExample
     from alignscope.speech.tts import synthesize
@@ -324,11 +327,11 @@ def adversarial_train(
     out = Path(cfg.out) if cfg.out else cache_dir() / "speech" / "adversarial" / cfg.digest()
     out.mkdir(parents=True, exist_ok=True)
     command = command or " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv))
-    before = SpeechLM(slm.encoder, copy.deepcopy(slm.projector), slm.llm, crop=slm.crop, name=slm.name)
+    before = SpeechLM(slm.encoder, copy.deepcopy(slm.projector), slm.llm, crop=slm.crop, name=slm.name,
+                      text_llm=slm.text_llm, llm_adapter=slm.llm_adapter)  # fmt: skip
     projector = copy.deepcopy(slm.projector)
-    hardened = SpeechLM(
-        slm.encoder, projector, slm.llm, crop=slm.crop, name=f"{slm.name} (adversarially trained)"
-    )
+    hardened = SpeechLM(slm.encoder, projector, slm.llm, crop=slm.crop, name=f"{slm.name} (adversarially trained)",
+                        text_llm=slm.text_llm, llm_adapter=slm.llm_adapter)  # fmt: skip
     prefix, after = hardened.split_prompt(hardened.conversation(None))
 
     harmful = [p for _, p in suite_prompts(cfg.harmful_suites, "train", cfg.test_fraction, cfg.split_seed)]
@@ -337,7 +340,7 @@ def adversarial_train(
     clean = clean[: cfg.n_clean] if cfg.n_clean is not None else clean
     texts = list(dict.fromkeys([*harmful, *clean]))
     key_of = {t: i for i, t in enumerate(texts)}
-    answers = dict(zip(texts, generate_cached(slm.llm, [user_turn(t) for t in texts], cfg.distill_tokens,
+    answers = dict(zip(texts, generate_cached(slm.text_llm, [user_turn(t) for t in texts], cfg.distill_tokens,
                                               tag="speech-teacher", progress=cfg.progress), strict=True))  # fmt: skip
     cache = FeatureCache(slm.encoder, slm.crop)
     clean_utts = _spoken(clean, cfg, cfg.seed + 1)
@@ -377,9 +380,10 @@ def adversarial_train(
     meta.update(
         adversarial_training={"command": command, "config": cfg.to_dict(), "rounds": rounds,
                               "hardened_from": slm.name},
-        llm=meta.get("llm", slm.llm.name), crop=slm.crop,
+        llm=meta.get("llm", slm.text_llm.name), crop=slm.crop,
     )  # fmt: skip
     projector_dir = projector.save(out / "projector", metadata=meta)
+    copy_llm_adapter(slm.llm_adapter, projector_dir)
     result = AdversarialTrainingResult(out, projector_dir, cfg, rounds)
     if cfg.eval_n > 0:
         result.evaluation = measure_hardening(before, hardened, cfg)

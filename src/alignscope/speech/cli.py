@@ -122,17 +122,21 @@ def speech_build(
     rates: Annotated[str | None, typer.Option(help="Speaking rates (wpm), comma-separated.")] = None,
     asr_steps: Annotated[int | None, typer.Option(help="Steps of the ASR stage (0 skips it).")] = None,
     distill_steps: Annotated[int | None, typer.Option(help="Steps of distillation (0 skips it).")] = None,
+    llm_lora_rank: Annotated[
+        int | None, typer.Option(help="Rank of LoRA layers trained on the LLM in distillation (0: none).")
+    ] = None,
     evaluate: Annotated[bool | None, typer.Option(help="Held-out evaluation at the end.")] = None,
     sets: SetOpt = None,
     config_file: ConfigFileOpt = None,
 ) -> None:
-    """Build (train) the projector of a speech LLM: CTC stage (an ASR stage optional), then KL distillation;
-    cached and resumable. Every SpeechBuildConfig field via --set."""
+    """Build (train) the projector of a speech LLM: CTC stage (an ASR stage optional), then KL distillation
+    (optionally with LoRA layers on the LLM); cached and resumable. Every SpeechBuildConfig field via --set."""
     from alignscope.speech.build import SpeechBuildConfig, build_slm
 
     values = _fields(
         config_file, sets, llm=llm, out=str(out) if out else None, seed=seed, voices=_csv(voices),
-        rates=_csv(rates, int, "integer"), asr_steps=asr_steps, distill_steps=distill_steps, evaluate=evaluate,
+        rates=_csv(rates, int, "integer"), asr_steps=asr_steps, distill_steps=distill_steps,
+        llm_lora_rank=llm_lora_rank, evaluate=evaluate,
     )  # fmt: skip
     cfg = SpeechBuildConfig.from_dict({**SpeechBuildConfig().to_dict(), **values})
     result = build_slm(cfg)

@@ -137,18 +137,21 @@ def collate_examples(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 class SpeechTrainingModule(nn.Module):
-    """The projector (trained) in front of a frozen LLM whose shared chat prefix is cached.
+    """The projector (trained) in front of an LLM whose shared chat prefix is cached.
 
     The LLM is held outside the module's registered children, so Trainer checkpoints and the optimiser see the
-    projector alone (a checkpoint is a few MB, not the LLM).
+    projector alone (a checkpoint is a few MB, not the LLM) plus the LLM's own trainable parameters, if any
+    (LoRA layers peft added to ``llm_model``: they are registered as ``llm_trainable``).
 
     Args:
         projector: the projector to train.
-        llm_model: the transformers causal LM (frozen here).
+        llm_model: the transformers causal LM the student runs (frozen, or with trainable LoRA layers).
         prefix_ids: token ids of the chat text before the audio marker (the same for every example).
         autocast: run the LLM under bfloat16 autocast (about 1.6x faster on a CPU with AVX512-BF16).
         teacher_cache_bytes: keep teacher logits (float16) of up to this many bytes, so a teacher input seen
             again (the same prompt in another voice, or a later epoch) costs no forward pass.
+        teacher_model: the LLM that reads the transcript (None: ``llm_model``); a build that trains LoRA layers
+            on the student passes the unchanged LLM here.
     """
 
     def __init__(
@@ -158,34 +161,51 @@ class SpeechTrainingModule(nn.Module):
         prefix_ids: Sequence[int],
         autocast: bool = True,
         teacher_cache_bytes: int = 2 * 1024**3,
+        teacher_model: Any = None,
     ):
         super().__init__()
         self.projector = projector
         self._llm = (llm_model,)  # a tuple: not a registered submodule
+        self._teacher_llm = (teacher_model if teacher_model is not None else llm_model,)
+        # the student LLM's trainable parameters (LoRA layers), shared with it, so the optimiser and
+        # checkpoints see them; empty for a frozen LLM
+        self.llm_trainable = nn.ParameterList([p for p in llm_model.parameters() if p.requires_grad])
         self.autocast = autocast
         self.teacher_cache_bytes = teacher_cache_bytes
         self._teacher: dict[int, torch.Tensor] = {}
         self._teacher_bytes = 0
+        self.prefix_ids = list(prefix_ids)
         self.prefix_len = len(prefix_ids)
-        self._prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
-        if prefix_ids:
-            with torch.no_grad(), self._autocast():
-                ids = torch.tensor([list(prefix_ids)], device=self.device)
-                out = self.decoder(input_ids=ids, use_cache=True)
-            cache = getattr(out, "cache", None) or out.past_key_values
-            self._prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
         # transformers 5.x renamed ``past_key_values`` to ``cache``
         self._cache_arg = (
             "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
         )
+        self._prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if prefix_ids:
+            with torch.no_grad():
+                self._prefix_kv = self._prefix_cache(self.teacher_llm)
 
     @property
     def llm(self) -> Any:
+        """The LLM the student runs."""
         return self._llm[0]
+
+    @property
+    def teacher_llm(self) -> Any:
+        """The LLM that reads the transcript."""
+        return self._teacher_llm[0]
 
     @property
     def decoder(self) -> Any:
         return self.llm.get_decoder()
+
+    def _prefix_cache(self, llm: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, the keys and values of ``llm`` over the shared chat prefix."""
+        with self._autocast():
+            ids = torch.tensor([self.prefix_ids], device=self.device)
+            out = llm.get_decoder()(input_ids=ids, use_cache=True)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        return [(layer.keys, layer.values) for layer in cache.layers]
 
     @property
     def device(self) -> torch.device:
@@ -196,41 +216,46 @@ class SpeechTrainingModule(nn.Module):
 
     # -- forward ----------------------------------------------------------------------------------------------
     def _scored_logits(
-        self, embeds: torch.Tensor, attention: torch.Tensor, labels: torch.Tensor
+        self, embeds: torch.Tensor, attention: torch.Tensor, labels: torch.Tensor, teacher: bool = False
     ) -> torch.Tensor:
         """Logits ``(n_scored, vocab)`` at the positions that predict the labelled tokens, in row-major order.
 
         ``embeds`` ``(batch, T, hidden)`` right-padded sequences after the prefix, ``attention`` ``(batch, T)``,
-        ``labels`` ``(batch, T)``."""
+        ``labels`` ``(batch, T)``; run by the teacher LLM when ``teacher``, else by the student's."""
         from transformers import DynamicCache
 
+        llm = self.teacher_llm if teacher else self.llm
         b, t, _ = embeds.shape
         extra: dict[str, Any] = {}
         mask = attention
         positions = torch.arange(t, device=embeds.device).unsqueeze(0).expand(b, -1)
         if self._prefix_kv:
-            kv = [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in self._prefix_kv]
+            # trained LoRA layers change the prefix's keys and values: recomputed (a few dozen tokens) per batch
+            prefix_kv = self._prefix_kv if teacher or not len(self.llm_trainable) else self._prefix_cache(llm)
+            kv = [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in prefix_kv]
             extra[self._cache_arg] = DynamicCache(kv)
             ones = torch.ones((b, self.prefix_len), dtype=attention.dtype, device=attention.device)
             mask = torch.cat([ones, attention], dim=1)
             positions = positions + self.prefix_len
         with self._autocast():
-            hidden = self.decoder(
+            hidden = llm.get_decoder()(
                 inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, **extra
             ).last_hidden_state
             # position p predicts token p + 1; the first token after the prefix is never scored (audio)
             scored = labels[:, 1:] != IGNORE_INDEX
             h = hidden[:, :-1][scored]
-            return self.llm.get_output_embeddings()(h).float()
+            return llm.get_output_embeddings()(h).float()
 
     def _layout(
         self,
         heads: Sequence[torch.Tensor],
         middles: Sequence[Sequence[int]],
         targets: Sequence[Sequence[int]],
+        teacher: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Right-padded ``(embeds, attention, labels)`` for rows ``head embeddings + middle ids + target ids``."""
-        table = self.llm.get_input_embeddings()
+        """Right-padded ``(embeds, attention, labels)`` for rows ``head embeddings + middle ids + target ids``
+        (the ids embedded by the teacher's LLM when ``teacher``, else by the student's)."""
+        table = (self.teacher_llm if teacher else self.llm).get_input_embeddings()
         rows, labels = [], []
         for head, mid, tgt in zip(heads, middles, targets, strict=True):
             ids = torch.tensor([*mid, *tgt], dtype=torch.long, device=self.device)
@@ -270,9 +295,9 @@ class SpeechTrainingModule(nn.Module):
                 raise SpeechError("a distillation example has no teacher input (teacher_ids)")
             empty = [torch.zeros((0, self.llm.config.hidden_size), device=self.device)] * len(missing)
             embeds, attention, labels = self._layout(
-                empty, [e.teacher_ids or [] for e in missing], [e.target_ids for e in missing]
+                empty, [e.teacher_ids or [] for e in missing], [e.target_ids for e in missing], teacher=True
             )
-            logits = self._scored_logits(embeds, attention, labels).to(torch.float16)
+            logits = self._scored_logits(embeds, attention, labels, teacher=True).to(torch.float16)
             parts = logits.split([len(e.target_ids) for e in missing])
             fresh = {}
             for e, part in zip(missing, parts, strict=True):
@@ -388,7 +413,8 @@ class ProjectorTrainer(Trainer):
     (``objective`` ``"asr"`` = cross-entropy on the transcript, ``"distill"`` = KL to the teacher at
     ``temperature``; the first ``head_tokens`` of each target weigh ``head_weight``); the running top-1
     agreement of the scored tokens (``top1``, and ``first_top1`` at each target's first token) is logged next to
-    the loss."""
+    the loss. ``llm_lr`` is the peak learning rate of the LLM's trainable (LoRA) parameters, if the module has
+    any (None: the projector's)."""
 
     def __init__(
         self,
@@ -398,6 +424,7 @@ class ProjectorTrainer(Trainer):
         direction: str = "reverse",
         head_tokens: int = 0,
         head_weight: float = 1.0,
+        llm_lr: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -406,7 +433,22 @@ class ProjectorTrainer(Trainer):
         self.direction: str = direction
         self.head_tokens: int = head_tokens
         self.head_weight: float = head_weight
+        self.llm_lr = llm_lr
         self._stats: list[dict[str, float]] = []
+
+    def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
+        """Trainer's optimiser, with the LLM's trainable parameters moved to a group of their own at ``llm_lr``
+        (before the first step, so no optimiser state moves; the schedule scales both groups alike)."""
+        created = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        llm_params = {id(p) for p in getattr(self.model, "llm_trainable", [])}
+        if created and llm_params and self.llm_lr is not None:
+            moved: list[torch.nn.Parameter] = []
+            for group in optimizer.param_groups:
+                moved += [p for p in group["params"] if id(p) in llm_params]
+                group["params"] = [p for p in group["params"] if id(p) not in llm_params]
+            optimizer.add_param_group({"params": moved, "lr": self.llm_lr, "weight_decay": 0.0})
+        return optimizer
 
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None

@@ -174,7 +174,7 @@ def evaluate_slm(
         prompts = spoken.texts
         clips = [torch.from_numpy(w) for w in spoken.waveforms()]
         text_answers = generate_cached(
-            slm.llm, [user_turn(p) for p in prompts], max_new_tokens, batch_size=16, tag="speech-eval",
+            slm.text_llm, [user_turn(p) for p in prompts], max_new_tokens, batch_size=16, tag="speech-eval",
             progress=progress,
         )  # fmt: skip
         answers = slm.generate(clips, gen, progress=progress)
@@ -184,7 +184,7 @@ def evaluate_slm(
         heard = heard_transcripts(slm, clips)
         errors[0] += sum(word_errors(p, h) for p, h in zip(prompts, heard, strict=True))
         errors[1] += sum(len(_words(p)) for p in prompts)
-        heard_answers = slm.llm.generate([user_turn(h) for h in heard], gen, progress=False)
+        heard_answers = slm.text_llm.generate([user_turn(h) for h in heard], gen, progress=False)
         heard_verdicts = judge.judge_batch(heard, heard_answers)
         hits[label] = (sum(sum(a) for a in agree), sum(len(a) for a in agree))
         same_decision += [

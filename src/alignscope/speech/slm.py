@@ -21,6 +21,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -135,6 +136,11 @@ class SpeechLM:
         train_llm: leave the LLM's ``requires_grad`` flags as they are. By default they are switched off, so a
             ``target_loss(...).backward()`` for an attack or a projector build does not fill a ``.grad`` as large
             as the LLM (LoRA layers added later by peft set their own flags).
+        text_llm: the LLM that reads text: the model the speech LLM is compared with, which answers the
+            transcripts (None: ``llm``). A build that trained LoRA layers on the LLM runs ``llm`` with them merged
+            and passes the unchanged LLM here.
+        llm_adapter: the directory of that LoRA adapter (kept so a projector derived from this one, e.g. by
+            adversarial training, is saved with it).
     """
 
     def __init__(
@@ -146,6 +152,8 @@ class SpeechLM:
         marker: str = AUDIO_MARKER,
         name: str | None = None,
         train_llm: bool = False,
+        text_llm: LocalModel | None = None,
+        llm_adapter: Path | None = None,
     ):
         enc: Any = encoder
         if int(enc.d_model) != projector.config.encoder_dim:
@@ -158,6 +166,8 @@ class SpeechLM:
                 f"projector outputs width {projector.config.llm_dim}, {llm.name} expects {hidden}"
             )
         self.llm = llm
+        self.text_llm = text_llm if text_llm is not None else llm
+        self.llm_adapter = llm_adapter
         if not train_llm:
             llm.model.requires_grad_(False)
         self.encoder: Any = enc.to(llm.device).eval().requires_grad_(False)
