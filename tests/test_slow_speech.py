@@ -24,9 +24,10 @@ def test_embedded_speech_llm_refuses_spoken_harmful_and_answers_spoken_benign_qu
     """Six held-out questions of each suite: the shipped default build refuses the harmful ones, is not a
     refuse-everything projector, and its answers follow the text model's.
 
-    Measured on these six (README: Speech LLMs has the full held-out rates): harmful refused 6/6, benign
-    answered 1/6 (its LLM reading the text: 4/6), top-1 agreement 0.75; on all 92 held-out benign questions
-    the build answers 59.8 %, so the benign bound is loose by design.
+    Measured on these six (README: Speech LLMs has the full held-out rates) with the default on
+    ``smollm2-balanced-4ep``: harmful refused 6/6, benign answered 2/6 (its LLM reading the text: 5/6), top-1
+    agreement 0.74; on all 92 held-out benign questions the build answers 72.8 %, so the benign bound is loose
+    by design.
     """
     from alignscope.speech.evaluation import evaluate_slm
     from alignscope.speech.loading import load_speech_model
@@ -41,6 +42,6 @@ def test_embedded_speech_llm_refuses_spoken_harmful_and_answers_spoken_benign_qu
 def test_shipped_surrogate_loads_from_its_build_spec() -> None:
     from alignscope.speech.loading import load_speech_model
 
-    spec = _shipped_or_skip({"seed": 1})
+    spec = _shipped_or_skip({"llm": "smollm2-balanced", "seed": 1})
     slm = load_speech_model(spec)
     assert slm.name == "smollm2-balanced+audio"

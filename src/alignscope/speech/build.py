@@ -76,8 +76,8 @@ from alignscope.speech.slm import SpeechLM
 
 log = logging.getLogger("alignscope.speech.build")
 
-DEFAULT_SPEECH_LLM = "smollm2-balanced"
-"""The LLM of the embedded speech LLM: SmolLM2 safety-aligned by ``safety-sft`` with many benign instructions and
+DEFAULT_SPEECH_LLM = "smollm2-balanced-4ep"
+"""The LLM of the embedded speech LLM: SmolLM2 safety-aligned by ``safety-sft`` (4 epochs) with many benign instructions and
 noisy prompt copies (a shipped adapter; its PROVENANCE.json), so that it refuses harmful requests and answers
 benign ones even when it reads them imperfectly, as it does through the projector."""
 EMBEDDED_ENCODER = "tiny.en"
