@@ -93,6 +93,22 @@ def test_audio_replaces_the_marker_and_text_is_unchanged(slm):
     assert inputs.attention_mask.all()
 
 
+def test_with_projector_keeps_everything_but_the_projector(tmp_path):
+    base = make_slm()
+    text = tiny_local_model(seed=3)
+    original = SpeechLM(base.encoder, base.projector, base.llm, crop=False, marker="<<A>>", name="orig",
+                        text_llm=text, llm_adapter=tmp_path)  # fmt: skip
+    other = Projector(ProjectorConfig(encoder_dim=16, llm_dim=32, hidden_dim=64, norm_init=2.0))
+    copy = original.with_projector(other, name="copy")
+    assert copy.projector is other and copy.name == "copy"
+    assert copy.encoder is base.encoder and copy.llm is base.llm and copy.text_llm is text
+    assert copy.llm_adapter == tmp_path
+    assert (copy.crop, copy.marker) == (False, "<<A>>")
+    assert original.with_projector(other).name == "orig"
+    w = clip()
+    assert not torch.equal(copy.audio_embeds(w)[0], original.audio_embeds(w)[0])
+
+
 def test_split_prompt_with_text_and_system(slm):
     conv = slm.conversation("Answer briefly.", system="Be safe.")
     before, after = slm.split_prompt(conv)

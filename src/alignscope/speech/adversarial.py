@@ -327,11 +327,9 @@ def adversarial_train(
     out = Path(cfg.out) if cfg.out else cache_dir() / "speech" / "adversarial" / cfg.digest()
     out.mkdir(parents=True, exist_ok=True)
     command = command or " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv))
-    before = SpeechLM(slm.encoder, copy.deepcopy(slm.projector), slm.llm, crop=slm.crop, name=slm.name,
-                      text_llm=slm.text_llm, llm_adapter=slm.llm_adapter)  # fmt: skip
+    before = slm.with_projector(copy.deepcopy(slm.projector))
     projector = copy.deepcopy(slm.projector)
-    hardened = SpeechLM(slm.encoder, projector, slm.llm, crop=slm.crop, name=f"{slm.name} (adversarially trained)",
-                        text_llm=slm.text_llm, llm_adapter=slm.llm_adapter)  # fmt: skip
+    hardened = slm.with_projector(projector, name=f"{slm.name} (adversarially trained)")
     prefix, after = hardened.split_prompt(hardened.conversation(None))
 
     harmful = [p for _, p in suite_prompts(cfg.harmful_suites, "train", cfg.test_fraction, cfg.split_seed)]

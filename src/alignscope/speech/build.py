@@ -383,8 +383,6 @@ class _Builder:
         return proj
 
     def slm(self, projector: Projector) -> SpeechLM:
-        if self.adapter is None:
-            return SpeechLM(self.encoder, projector, self.llm, crop=self.config.crop)
         return SpeechLM(self.encoder, projector, self.student, crop=self.config.crop, text_llm=self.llm,
                         llm_adapter=self.adapter)  # fmt: skip
 
@@ -864,13 +862,15 @@ def load_slm(
     if encoder is None:
         encoder = _load_encoder(str(meta.get("encoder", EMBEDDED_ENCODER)), model.device)
     projector = Projector.load(directory, model.device)
-    name = f"{meta.get('llm', model.name)}+audio"
-    adapter = directory / LLM_ADAPTER_DIR
-    if not adapter.is_dir():
-        return SpeechLM(
-            encoder, projector, model, crop=bool(meta.get("crop", True)) if crop is None else crop, name=name
-        )
+    adapter: Path | None = directory / LLM_ADAPTER_DIR
+    if adapter is not None and not adapter.is_dir():
+        adapter = None
     return SpeechLM(
-        encoder, projector, adapted_llm(model, adapter), crop=bool(meta.get("crop", True)) if crop is None else crop,
-        name=name, text_llm=model, llm_adapter=adapter,
-    )  # fmt: skip
+        encoder,
+        projector,
+        adapted_llm(model, adapter) if adapter is not None else model,
+        crop=bool(meta.get("crop", True)) if crop is None else crop,
+        name=f"{meta.get('llm', model.name)}+audio",
+        text_llm=model,
+        llm_adapter=adapter,
+    )

@@ -177,6 +177,13 @@ class SpeechLM:
         self.name = name or f"{llm.name}+audio"
         self._keep_arg = "logits_to_keep" in inspect.signature(llm.model.forward).parameters
 
+    def with_projector(self, projector: Projector, name: str | None = None) -> SpeechLM:
+        """The same speech LM (encoder, LLMs, adapter, crop, marker) with another projector. The LLM's
+        ``requires_grad`` flags stay as this one left them."""
+        return SpeechLM(self.encoder, projector, self.llm, crop=self.crop, marker=self.marker,
+                        name=name or self.name, train_llm=True, text_llm=self.text_llm,
+                        llm_adapter=self.llm_adapter)  # fmt: skip
+
     # -- properties -------------------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
