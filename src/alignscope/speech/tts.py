@@ -26,7 +26,9 @@ from alignscope.speech.features import SAMPLE_RATE
 
 # English voices of the bundled data, "language[+variant]", best recognised first. Word error rates of Whisper
 # tiny.en on eight everyday sentences: en-us+klatt4 9-10 % at 150 wpm, 16 % at 175; the plain formant voices
-# ("en-us"; "en" is British) 20-30 % (they blur plosives: "bake" -> "make", "of" -> "on").
+# ("en-us"; "en" is British) 20-30 % (they blur plosives: "bake" -> "make", "of" -> "on"). On 24 suite questions
+# (README: Speech LLMs) the order differed: en-us+klatt4 32 % at 150 wpm and 57 % at 175, en-us+m1 19 % / 24 %,
+# en-us 23 % / 26 %; projectors trained on either voice set hear equally well.
 VOICES: list[str] = ["en-us+klatt4", "en-us+klatt3", "en-us+klatt5", "en+klatt4", "en-us", "en", "en-us+f3"]
 DEFAULT_VOICE = "en-us+klatt4"
 
