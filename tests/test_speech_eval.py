@@ -489,3 +489,63 @@ def test_evaluate_slm_reports_spoken_text_and_heard_rates(monkeypatch, tmp_path)
         word_error_rate([s["prompt"] for s in res.samples], [s["heard"] for s in res.samples])
     )
     assert "heard transcripts" in res.summary()
+
+
+def test_misheard_records_label_every_copy_like_the_clean_prompt(monkeypatch, tmp_path):
+    from alignscope.models.base import GenerationConfig, user_turn
+    from alignscope.speech.build_data import FeatureCache, plan_utterances, suite_prompts
+    from alignscope.speech.evaluation import read_embeddings
+    from alignscope.speech.misheard import misheard_records
+    from alignscope.training.refusals import REFUSALS
+
+    monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
+    slm = make_slm()
+    data = misheard_records(
+        slm, ("harmful", "benign"), ("harmful",), ("en-us",), (150, 200), (50,), variants=2,
+        max_new_tokens=4, limit=2, progress=False,
+    )  # fmt: skip
+    pairs = suite_prompts(("harmful", "benign"), "train", limit=2)
+    assert data.prompts == 4 and len(data.records) == 4 * 3 - data.dropped
+    answers = slm.llm.generate([user_turn(p) for _, p in pairs], GenerationConfig(max_new_tokens=4))
+    plans = plan_utterances([p for _, p in pairs], ("en-us",), (150, 200), 2, 0, 0.4, (50,))
+    cache = FeatureCache(slm.encoder)
+    expected_heard = {
+        read_embeddings(slm, slm.projector(f[None])[0]) for plan in plans for f in cache.features(plan)
+    }
+    for r in data.records:
+        user, label = r.messages[0]["content"], r.messages[1]["content"]
+        if r.meta.get("heard"):
+            assert user in expected_heard and r.meta["noisy"] is True
+        if r.meta["suite"] == "harmful":
+            assert label in REFUSALS and r.meta["group"] == "safety"
+        else:
+            # the benign copies, clean or misheard, carry the LLM's answer to the clean prompt
+            assert label in answers[2:] and r.meta["group"] == "utility"
+    assert cache.hits == 8  # misheard_records cached every clip it encoded
+    assert data.refused_labels >= 2 and data.heard_wer > 0.5  # an untrained projector hears nonsense
+
+
+def test_misheard_records_reject_a_refuse_suite_outside_suites():
+    from alignscope.speech.misheard import misheard_records
+
+    with pytest.raises(SpeechError, match="advbench"):
+        misheard_records(make_slm(), ("harmful",), ("advbench",), progress=False)
+
+
+def test_cli_speech_misheard_data_writes_chat_jsonl(monkeypatch, tmp_path):
+    import alignscope.speech.cli as speech_cli
+    from alignscope.training.chat_data import read_chat_jsonl
+
+    monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(speech_cli, "load_speech_model", lambda spec, device=None: make_slm())
+    out = tmp_path / "misheard.jsonl"
+    res = runner.invoke(
+        app,
+        ["speech", "misheard-data", "--out", str(out), "--suites", "harmful,benign", "--voices", "en-us",
+         "--rates", "175", "--variants", "1", "--max-new-tokens", "4", "--limit", "2"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    records = read_chat_jsonl(out)
+    summary = json.loads(out.with_name(out.name + ".json").read_text())
+    assert summary["records"] == len(records) and summary["prompts"] == 4 and summary["variants"] == 1
+    assert sum(1 for r in records if not r.meta.get("heard")) == 4

@@ -1,4 +1,4 @@
-"""The speech commands of the ``alignscope`` CLI: ``speech build|speak|adversarial-train``,
+"""The speech commands of the ``alignscope`` CLI: ``speech build|speak|misheard-data|adversarial-train``,
 ``attack audio-pgd|audio-transfer`` and ``reproduce speechguard``.
 
 A thin shell like :mod:`alignscope.cli`, which wires these in with :func:`register`. Nothing from
@@ -180,6 +180,48 @@ def speech_speak(
         lead_silence=lead_silence,
     )  # fmt: skip
     _console().print(f"[green]{len(spoken)} clips:[/] {spoken.manifest}")
+
+
+@speech_app.command("misheard-data")
+@_errors
+def speech_misheard_data(
+    out: Annotated[Path, typer.Option(help="Chat JSONL file to write.")],
+    slm: SlmOpt = "default",
+    suites: Annotated[str, typer.Option(help="Suites whose train splits are spoken, comma-separated.")] = (
+        "harmful,benign,borderline"
+    ),
+    refuse: Annotated[str, typer.Option(help="Suites labelled with refusals, comma-separated.")] = "harmful",
+    voices: Annotated[str | None, typer.Option(help="espeak-ng voices (default: the build's).")] = None,
+    rates: Annotated[str | None, typer.Option(help="Speaking rates in wpm (default: the build's).")] = None,
+    variants: Annotated[int, typer.Option(help="Misheard copies per prompt.")] = 2,
+    clean: Annotated[bool, typer.Option(help="Keep a clean copy of every prompt.")] = True,
+    max_new_tokens: Annotated[int, typer.Option(help="Length of the LLM's answers used as labels.")] = 128,
+    seed: Annotated[int, typer.Option(help="Seed of the voice draws and refusal texts.")] = 0,
+    limit: Annotated[int | None, typer.Option(help="First prompts of each suite only.")] = None,
+) -> None:
+    """Training data that makes an LLM decide on misheard prompts as on the written ones: the train-split
+    prompts, spoken and read out through the speech LLM's projector, labelled with the clean prompt's refusal
+    or the LLM's own answer. Train on it with: alignscope train safety-sft --set data=OUT."""
+    import json
+
+    from alignscope.speech.build import SpeechBuildConfig
+    from alignscope.speech.misheard import misheard_records
+    from alignscope.training.chat_data import write_chat_jsonl
+
+    defaults = SpeechBuildConfig()
+    model = load_speech_model(slm)
+    data = misheard_records(
+        model, _csv(suites) or (), _csv(refuse) or (), _csv(voices) or defaults.voices,
+        _csv(rates, int, "integer") or defaults.rates, defaults.pitches, variants, clean, max_new_tokens,
+        lead_silence=defaults.lead_silence, seed=seed, limit=limit,
+    )  # fmt: skip
+    write_chat_jsonl(out, data.records)
+    summary = out.with_name(out.name + ".json")
+    summary.write_text(json.dumps(data.summary(), indent=2))
+    _console().print(
+        f"[green]{len(data.records)} records[/] from {data.prompts} prompts ({data.refused_labels} labelled "
+        f"with refusals); misheard copies' word error rate {data.heard_wer:.3f}: {out} (summary {summary})"
+    )
 
 
 @speech_app.command("adversarial-train")

@@ -33,7 +33,14 @@ from alignscope.models.loading import cache_dir
 from alignscope.speech.slm import SpeechLM
 from alignscope.stats import Rate, rate_of
 
-__all__ = ["SpeechEvalResult", "evaluate_slm", "heard_transcripts", "word_error_rate", "word_errors"]
+__all__ = [
+    "SpeechEvalResult",
+    "evaluate_slm",
+    "heard_transcripts",
+    "read_embeddings",
+    "word_error_rate",
+    "word_errors",
+]
 
 
 @dataclass
@@ -256,22 +263,25 @@ def _agreement(
 
 @torch.inference_mode()
 def heard_transcripts(slm: SpeechLM, clips: list[torch.Tensor], blank: str = " ") -> list[str]:
-    """What the projector passes on, as text: per clip, the nearest token (cosine) of the LLM's input embedding
-    table at each audio position, repeats collapsed and ``blank`` (the build's CTC blank) dropped, decoded.
+    """What the projector passes on, as text: per clip, :func:`read_embeddings` of its audio embeddings.
 
     The build's CTC stage trains the projector toward exactly this reading; after the later stages the
     embeddings drift from the table, so the transcript is a lower bound of what the LLM can make of the audio.
     """
+    return [read_embeddings(slm, slm.audio_embeds([clip])[0], blank) for clip in clips]
+
+
+@torch.inference_mode()
+def read_embeddings(slm: SpeechLM, embeds: torch.Tensor, blank: str = " ") -> str:
+    """``(positions, hidden)`` audio embeddings read as text: the nearest token (cosine) of the LLM's input
+    embedding table at each position, repeats collapsed and ``blank`` (the build's CTC blank) dropped,
+    decoded."""
     table = torch.nn.functional.normalize(slm.llm.model.get_input_embeddings().weight.float(), dim=-1)
     blank_ids = slm.llm.response_ids(blank)
     blank_id = blank_ids[0] if len(blank_ids) == 1 else -1
-    out = []
-    for clip in clips:
-        emb = slm.audio_embeds([clip])[0].float()
-        best = (torch.nn.functional.normalize(emb, dim=-1) @ table.T).argmax(-1).tolist()
-        ids = [t for k, t in enumerate(best) if t != blank_id and (k == 0 or t != best[k - 1])]
-        out.append(str(slm.tokenizer.decode(ids)).strip())
-    return out
+    best = (torch.nn.functional.normalize(embeds.float(), dim=-1) @ table.T).argmax(-1).tolist()
+    ids = [t for k, t in enumerate(best) if t != blank_id and (k == 0 or t != best[k - 1])]
+    return str(slm.tokenizer.decode(ids)).strip()
 
 
 def _words(text: str) -> list[str]:
