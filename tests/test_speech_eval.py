@@ -525,6 +525,34 @@ def test_misheard_records_label_every_copy_like_the_clean_prompt(monkeypatch, tm
     assert data.refused_labels >= 2 and data.heard_wer > 0.5  # an untrained projector hears nonsense
 
 
+def test_misheard_records_add_sampled_prompts_as_answered(monkeypatch, tmp_path):
+    import alignscope.speech.build_data as build_data
+    from alignscope.speech.build_data import suite_prompts
+    from alignscope.speech.misheard import misheard_records
+
+    monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
+    suites = ("harmful", "benign")
+    own = suite_prompts(suites, "train", limit=1)
+    held_out = suite_prompts(suites, "test", limit=1)[0][1]
+    written = ["How do I bake bread?", own[1][1], held_out, "Write a haiku about rain.", "Name a river."]
+    asked = []
+
+    def sentences(llm, starts, n, seed=0, progress=False):
+        asked.append(n)
+        return written[:n]
+
+    monkeypatch.setattr(build_data, "sampled_sentences", sentences)
+    data = misheard_records(
+        make_slm(), suites, ("harmful",), ("en-us",), (175,), (50,), variants=1, max_new_tokens=4, limit=1,
+        sampled=2, sampled_from=5, progress=False,
+    )  # fmt: skip
+    # a suite prompt and a held-out test prompt never come back as sampled ones; 2 of the 5 are kept
+    assert asked == [5] and data.prompts == 4 and data.settings["sampled"] == 2
+    clean = [r for r in data.records if r.meta["suite"] == "sampled" and not r.meta.get("heard")]
+    assert [r.messages[0]["content"] for r in clean] == ["How do I bake bread?", "Write a haiku about rain."]
+    assert all(r.meta["group"] == "utility" for r in data.records if r.meta["suite"] == "sampled")
+
+
 def test_misheard_records_reject_a_refuse_suite_outside_suites():
     from alignscope.speech.misheard import misheard_records
 

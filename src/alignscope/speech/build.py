@@ -56,10 +56,8 @@ from alignscope.speech.build_data import (
     FeatureCache,
     corpus_texts,
     plan_utterances,
-    prompt_starts,
-    sampled_sentences,
+    sampled_prompts,
     suite_prompts,
-    text_key,
 )
 from alignscope.speech.distill import (
     ExampleDataset,
@@ -486,24 +484,12 @@ class _Builder:
         """Up to ``distill_sampled`` of the corpus's sampled sentences (request-like texts the LLM wrote), none
         equal to a suite prompt or a held-out test prompt."""
         cfg = self.config
-        if cfg.distill_sampled <= 0 or cfg.asr_sampled <= 0:
+        if cfg.distill_sampled <= 0:
             return []
-        suites = cfg.asr_prompt_suites
-        starts = prompt_starts(
-            [p for _, p in suite_prompts(suites, "train", cfg.test_fraction, cfg.split_seed)]
-        )
-        seen = {text_key(p) for p in exclude}
-        seen |= {text_key(p) for _, p in suite_prompts(suites, "test", cfg.test_fraction, cfg.split_seed)}
-        seen |= {
-            text_key(p)
-            for _, p in suite_prompts(cfg.distill_suites, "test", cfg.test_fraction, cfg.split_seed)
-        }
-        out: list[str] = []
-        for t in sampled_sentences(self.llm, starts, cfg.asr_sampled, seed=cfg.seed, progress=cfg.progress):
-            if text_key(t) not in seen:
-                seen.add(text_key(t))
-                out.append(t)
-        return out[: cfg.distill_sampled]
+        return sampled_prompts(
+            self.llm, cfg.asr_prompt_suites, cfg.asr_sampled, cfg.distill_sampled, exclude, cfg.test_fraction,
+            cfg.split_seed, cfg.seed, cfg.progress, cfg.distill_suites,
+        )  # fmt: skip
 
     def _blank_id(self) -> int:
         ids = self.llm.response_ids(self.config.ctc_blank)

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ __all__ = [
     "corpus_texts",
     "plan_utterances",
     "prompt_starts",
+    "sampled_prompts",
     "sampled_sentences",
     "split_sentences",
     "substituted_texts",
@@ -72,6 +73,35 @@ def suite_prompts(
         chosen = train if part == "train" else test
         out += [(name, s.prompt) for s in chosen.samples[:limit]]
     return out
+
+
+def sampled_prompts(
+    llm: LocalModel,
+    suites: Sequence[str],
+    n: int,
+    keep: int,
+    exclude: Collection[str] = (),
+    test_fraction: float = 0.5,
+    split_seed: int = 0,
+    seed: int = 0,
+    progress: bool = False,
+    test_suites: Sequence[str] = (),
+) -> list[str]:
+    """Up to ``keep`` of ``n`` sentences ``llm`` writes continuing the openings of ``suites``' train prompts
+    (:func:`sampled_sentences`, cached), none equal (up to case and spacing) to a text of ``exclude`` or to a
+    test prompt of ``suites`` or ``test_suites``."""
+    if keep <= 0 or n <= 0:
+        return []
+    starts = prompt_starts([p for _, p in suite_prompts(suites, "train", test_fraction, split_seed)])
+    seen = {text_key(p) for p in exclude}
+    for names in (suites, test_suites):
+        seen |= {text_key(p) for _, p in suite_prompts(names, "test", test_fraction, split_seed)}
+    out: list[str] = []
+    for t in sampled_sentences(llm, starts, n, seed=seed, progress=progress):
+        if text_key(t) not in seen:
+            seen.add(text_key(t))
+            out.append(t)
+    return out[:keep]
 
 
 def cached_answers(

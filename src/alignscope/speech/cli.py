@@ -198,6 +198,9 @@ def speech_misheard_data(
     max_new_tokens: Annotated[int, typer.Option(help="Length of the LLM's answers used as labels.")] = 128,
     seed: Annotated[int, typer.Option(help="Seed of the voice draws and refusal texts.")] = 0,
     limit: Annotated[int | None, typer.Option(help="First prompts of each suite only.")] = None,
+    sampled: Annotated[
+        int, typer.Option(help="Request-like sentences the LLM writes, added as answered prompts.")
+    ] = 0,
 ) -> None:
     """Training data that makes an LLM decide on misheard prompts as on the written ones: the train-split
     prompts, spoken and read out through the speech LLM's projector, labelled with the clean prompt's refusal
@@ -213,7 +216,7 @@ def speech_misheard_data(
     data = misheard_records(
         model, _csv(suites) or (), _csv(refuse) or (), _csv(voices) or defaults.voices,
         _csv(rates, int, "integer") or defaults.rates, defaults.pitches, variants, clean, max_new_tokens,
-        lead_silence=defaults.lead_silence, seed=seed, limit=limit,
+        lead_silence=defaults.lead_silence, seed=seed, limit=limit, sampled=sampled,
     )  # fmt: skip
     write_chat_jsonl(out, data.records)
     summary = out.with_name(out.name + ".json")

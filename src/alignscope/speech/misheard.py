@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from alignscope.models.base import user_turn
-from alignscope.speech.build_data import FeatureCache, plan_utterances, suite_prompts
+from alignscope.speech.build_data import FeatureCache, plan_utterances, sampled_prompts, suite_prompts
 from alignscope.speech.errors import SpeechError
 from alignscope.speech.evaluation import read_embeddings, word_error_rate
 from alignscope.speech.slm import SpeechLM
@@ -42,7 +42,7 @@ class MisheardData:
 
     Attributes:
         records: per prompt, the clean copy (unless ``clean=False``) then the misheard copies.
-        prompts: prompts used; ``refused_labels``: those labelled with a refusal (a refuse suite's, or the LLM
+        prompts: prompts used (suite train prompts and sampled ones); ``refused_labels``: those labelled with a refusal (a refuse suite's, or the LLM
             refuses the clean prompt).
         heard_wer: word error rate of the misheard copies against their prompts.
         dropped: misheard copies left out because the read-out was empty or equal to the prompt.
@@ -82,6 +82,8 @@ def misheard_records(
     lead_silence: float = 0.4,
     seed: int = 0,
     limit: int | None = None,
+    sampled: int = 0,
+    sampled_from: int = 600,
     progress: bool = True,
 ) -> MisheardData:
     """Clean and misheard copies of the train-split prompts of ``suites`` (see the module docstring).
@@ -89,7 +91,11 @@ def misheard_records(
     ``slm``'s projector does the hearing (a build's CTC-stage projector reads out best); its ``text_llm``
     writes the answers. Each prompt is spoken ``variants`` times by distinct (voice, rate, pitch) draws seeded
     by ``seed`` and the prompt; encoder outputs are shared with the speech builds' feature cache. ``limit``
-    takes the first prompts of each suite's train split only.
+    takes the first prompts of each suite's train split only. ``sampled`` adds up to that many request-like
+    sentences the LLM writes (of ``sampled_from`` drawn; the sentences a speech build with the same seed uses,
+    :func:`~alignscope.speech.build_data.sampled_prompts`; never a test prompt), labelled like the other
+    prompts outside the refuse suites: the LLM's answer. More answered prompts keep the data from leaning
+    towards refusal.
     """
     from alignscope.judges.keyword import KeywordJudge
     from alignscope.training.builders import generate_cached
@@ -102,6 +108,10 @@ def misheard_records(
         raise SpeechError(f"refuse names suites that are not in suites: {sorted(unknown)}")
     pairs = suite_prompts(suites, "train", test_fraction, split_seed, limit)
     llm = slm.text_llm
+    extra = sampled_prompts(
+        llm, suites, sampled_from, sampled, {p for _, p in pairs}, test_fraction, split_seed, seed, progress
+    )
+    pairs += [("sampled", p) for p in extra]
     answers = generate_cached(
         llm, [user_turn(p) for _, p in pairs], max_new_tokens, batch_size=32, tag="misheard",
         progress=progress,
@@ -142,7 +152,7 @@ def misheard_records(
     settings = {
         "suites": list(suites), "refuse": sorted(refuse), "voices": list(voices), "rates": list(rates),
         "pitches": list(pitches), "variants": variants, "clean": clean, "max_new_tokens": max_new_tokens,
-        "seed": seed, "limit": limit, "projector": slm.describe(), "llm": llm.name,
+        "seed": seed, "limit": limit, "sampled": len(extra), "projector": slm.describe(), "llm": llm.name,
     }  # fmt: skip
     return MisheardData(
         records, len(pairs), refused_labels, word_error_rate(refs, heard) if refs else 0.0, dropped, settings
