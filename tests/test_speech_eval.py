@@ -492,7 +492,7 @@ def test_evaluate_slm_reports_spoken_text_and_heard_rates(monkeypatch, tmp_path)
 
 
 def test_misheard_records_label_every_copy_like_the_clean_prompt(monkeypatch, tmp_path):
-    from alignscope.models.base import GenerationConfig, user_turn
+    import alignscope.training.builders as builders
     from alignscope.speech.build_data import FeatureCache, plan_utterances, suite_prompts
     from alignscope.speech.evaluation import read_embeddings
     from alignscope.speech.misheard import misheard_records
@@ -500,13 +500,28 @@ def test_misheard_records_label_every_copy_like_the_clean_prompt(monkeypatch, tm
 
     monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
     slm = make_slm()
+    pairs = suite_prompts(("harmful", "benign"), "train", limit=2)
+    # the LLM's answers to the clean prompts: it refuses the first harmful one and answers the second, and
+    # refuses the second benign one
+    answers = [
+        "I cannot help with that.",
+        "Sure, here is how.",
+        "Bread needs flour.",
+        "I can't help with that.",
+    ]
+    asked = []
+
+    def generate_cached(model, conversations, max_new_tokens, **kw):
+        asked.append([c[-1]["content"] for c in conversations])
+        return answers
+
+    monkeypatch.setattr(builders, "generate_cached", generate_cached)
     data = misheard_records(
         slm, ("harmful", "benign"), ("harmful",), ("en-us",), (150, 200), (50,), variants=2,
         max_new_tokens=4, limit=2, progress=False,
     )  # fmt: skip
-    pairs = suite_prompts(("harmful", "benign"), "train", limit=2)
+    assert asked == [[p for _, p in pairs]]
     assert data.prompts == 4 and len(data.records) == 4 * 3 - data.dropped
-    answers = slm.llm.generate([user_turn(p) for _, p in pairs], GenerationConfig(max_new_tokens=4))
     plans = plan_utterances([p for _, p in pairs], ("en-us",), (150, 200), 2, 0, 0.4, (50,))
     cache = FeatureCache(slm.encoder)
     expected_heard = {
@@ -516,13 +531,13 @@ def test_misheard_records_label_every_copy_like_the_clean_prompt(monkeypatch, tm
         user, label = r.messages[0]["content"], r.messages[1]["content"]
         if r.meta.get("heard"):
             assert user in expected_heard and r.meta["noisy"] is True
-        if r.meta["suite"] == "harmful":
-            assert label in REFUSALS and r.meta["group"] == "safety"
-        else:
-            # the benign copies, clean or misheard, carry the LLM's answer to the clean prompt
-            assert label in answers[2:] and r.meta["group"] == "utility"
+        i = r.meta["prompt_index"]
+        # every copy, clean or misheard, carries the LLM's answer to the clean prompt, except the harmful prompt
+        # it answered: that one gets a refusal
+        assert label in REFUSALS if i == 1 else label == answers[i]
+        assert r.meta["group"] == ("safety" if i < 2 else "utility")
     assert cache.hits == 8  # misheard_records cached every clip it encoded
-    assert data.refused_labels >= 2 and data.heard_wer > 0.5  # an untrained projector hears nonsense
+    assert data.refused_labels == 3 and data.heard_wer > 0.5  # an untrained projector hears nonsense
 
 
 def test_misheard_records_add_sampled_prompts_as_answered(monkeypatch, tmp_path):

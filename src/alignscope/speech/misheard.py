@@ -7,10 +7,15 @@ speech LLM does too. ``noisy_copies`` in the safety recipes trains on random wor
 copies with the projector's real mistakes: each train-split prompt is spoken by espeak-ng, encoded, projected and
 read out as text. Every copy, clean or misheard, gets the label of the clean prompt:
 
-* prompts of a ``refuse`` suite (``harmful`` by default) get a refusal from
-  :data:`alignscope.training.refusals.REFUSALS`;
-* every other prompt gets the LLM's own greedy answer to the clean prompt (cached). A refusal stays a
-  refusal: the data asks for consistency, not for more answers.
+* every prompt gets the LLM's own greedy answer to the clean prompt (cached). A refusal stays a refusal:
+  the data asks for consistency, not for more answers;
+* except a prompt of a ``refuse`` suite (``harmful`` by default) that the LLM answers: it gets a refusal from
+  :data:`alignscope.training.refusals.REFUSALS`.
+
+Labels the LLM itself writes cost it almost no loss on the clean copies, so the training signal comes from the
+misheard copies on which it decides otherwise than on the clean prompt, on either side. (Refusals from
+``REFUSALS`` for every harmful prompt, tried first, gave the refusals most of the loss and moved the LLM towards
+refusing misheard and clean benign questions alike.)
 
 The records are chat JSONL for any training recipe (``alignscope train safety-sft --set data=FILE``). Only the
 train splits enter, so the held-out spoken evaluation stays unseen.
@@ -119,8 +124,8 @@ def misheard_records(
     refused = [bool(v.refused) for v in KeywordJudge().judge_batch([p for _, p in pairs], answers)]
     rng = random.Random(f"misheard:{seed}")
     labels = [
-        rng.choice(REFUSALS) if suite in refuse else answer
-        for (suite, _), answer in zip(pairs, answers, strict=True)
+        rng.choice(REFUSALS) if suite in refuse and not r else answer
+        for (suite, _), answer, r in zip(pairs, answers, refused, strict=True)
     ]
     refused_labels = sum(1 for (s, _), r in zip(pairs, refused, strict=True) if s in refuse or r)
     plans = plan_utterances([p for _, p in pairs], voices, rates, variants, seed, lead_silence, pitches)
@@ -129,10 +134,10 @@ def misheard_records(
     refs: list[str] = []
     heard: list[str] = []
     dropped = 0
-    for (suite, prompt), label, plan in tqdm(
-        list(zip(pairs, labels, plans, strict=True)), desc="misheard prompts", disable=not progress
+    for i, ((suite, prompt), label, plan) in enumerate(
+        tqdm(list(zip(pairs, labels, plans, strict=True)), desc="misheard prompts", disable=not progress)
     ):
-        meta = {"group": "safety" if suite in refuse else "utility", "suite": suite}
+        meta = {"group": "safety" if suite in refuse else "utility", "suite": suite, "prompt_index": i}
         if clean:
             records.append(ChatRecord([*user_turn(prompt), {"role": "assistant", "content": label}], meta))
         for utt, feats in zip(plan, cache.features(plan), strict=True):
