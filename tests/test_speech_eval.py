@@ -540,6 +540,30 @@ def test_misheard_records_label_every_copy_like_the_clean_prompt(monkeypatch, tm
     assert data.refused_labels == 3 and data.heard_wer > 0.5  # an untrained projector hears nonsense
 
 
+def test_misheard_records_only_changed_keeps_the_copies_the_llm_decides_otherwise(monkeypatch, tmp_path):
+    import alignscope.training.builders as builders
+    from alignscope.speech.misheard import misheard_records
+
+    monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
+    clean = ["I cannot help with that.", "I won't do that.", "Bread needs flour.", "Rivers flow downhill."]
+
+    def generate_cached(model, conversations, max_new_tokens, tag="responses", **kw):
+        # the clean prompts get ``clean``; every misheard copy is refused
+        return clean if tag == "misheard" else ["I cannot help with that."] * len(conversations)
+
+    monkeypatch.setattr(builders, "generate_cached", generate_cached)
+    data = misheard_records(
+        make_slm(), ("harmful", "benign"), ("harmful",), ("en-us",), (150, 200), (50,), variants=2,
+        max_new_tokens=4, limit=2, only_changed=True, progress=False,
+    )  # fmt: skip
+    heard = [r for r in data.records if r.meta.get("heard")]
+    # refusing a misheard harmful question is what the label says: only the benign copies are kept
+    assert heard and {r.meta["prompt_index"] for r in heard} == {2, 3}
+    assert all(r.messages[1]["content"] == clean[r.meta["prompt_index"]] for r in heard)
+    assert len(heard) + data.settings["unchanged_left_out"] + data.dropped == 8
+    assert sum(1 for r in data.records if not r.meta.get("heard")) == 4
+
+
 def test_misheard_records_add_sampled_prompts_as_answered(monkeypatch, tmp_path):
     import alignscope.speech.build_data as build_data
     from alignscope.speech.build_data import suite_prompts

@@ -201,6 +201,9 @@ def speech_misheard_data(
     sampled: Annotated[
         int, typer.Option(help="Request-like sentences the LLM writes, added as answered prompts.")
     ] = 0,
+    only_changed: Annotated[
+        bool, typer.Option(help="Keep only misheard copies the LLM decides otherwise than the label.")
+    ] = False,
 ) -> None:
     """Training data that makes an LLM decide on misheard prompts as on the written ones: the train-split
     prompts, spoken and read out through the speech LLM's projector, labelled with the clean prompt's refusal
@@ -217,6 +220,7 @@ def speech_misheard_data(
         model, _csv(suites) or (), _csv(refuse) or (), _csv(voices) or defaults.voices,
         _csv(rates, int, "integer") or defaults.rates, defaults.pitches, variants, clean, max_new_tokens,
         lead_silence=defaults.lead_silence, seed=seed, limit=limit, sampled=sampled,
+        only_changed=only_changed,
     )  # fmt: skip
     write_chat_jsonl(out, data.records)
     summary = out.with_name(out.name + ".json")

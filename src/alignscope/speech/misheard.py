@@ -89,6 +89,7 @@ def misheard_records(
     limit: int | None = None,
     sampled: int = 0,
     sampled_from: int = 600,
+    only_changed: bool = False,
     progress: bool = True,
 ) -> MisheardData:
     """Clean and misheard copies of the train-split prompts of ``suites`` (see the module docstring).
@@ -100,7 +101,8 @@ def misheard_records(
     sentences the LLM writes (of ``sampled_from`` drawn; the sentences a speech build with the same seed uses,
     :func:`~alignscope.speech.build_data.sampled_prompts`; never a test prompt), labelled like the other
     prompts outside the refuse suites: the LLM's answer. More answered prompts keep the data from leaning
-    towards refusal.
+    towards refusal. ``only_changed`` keeps only the misheard copies on which the LLM (greedy, 32 tokens, keyword
+    judge) refuses where the label answers or answers where it refuses: the copies that teach it something.
     """
     from alignscope.judges.keyword import KeywordJudge
     from alignscope.training.builders import generate_cached
@@ -127,7 +129,7 @@ def misheard_records(
         rng.choice(REFUSALS) if suite in refuse and not r else answer
         for (suite, _), answer, r in zip(pairs, answers, refused, strict=True)
     ]
-    refused_labels = sum(1 for (s, _), r in zip(pairs, refused, strict=True) if s in refuse or r)
+    label_refused = [s in refuse or r for (s, _), r in zip(pairs, refused, strict=True)]
     plans = plan_utterances([p for _, p in pairs], voices, rates, variants, seed, lead_silence, pitches)
     cache = FeatureCache(slm.encoder, crop=slm.crop)
     records: list[ChatRecord] = []
@@ -154,11 +156,30 @@ def misheard_records(
                     {**meta, "noisy": True, "heard": True, "voice": utt.voice, "rate": utt.rate},
                 )
             )
+    unchanged = 0
+    if only_changed:
+        copies = [r for r in records if r.meta.get("heard")]
+        said = generate_cached(
+            llm, [r.messages[:1] for r in copies], 32, batch_size=32, tag="misheard-heard", progress=progress
+        )
+        verdicts = KeywordJudge().judge_batch([r.messages[0]["content"] for r in copies], said)
+        same = {
+            id(r) for r, v in zip(copies, verdicts, strict=True)
+            if bool(v.refused) == label_refused[r.meta["prompt_index"]]
+        }  # fmt: skip
+        unchanged = len(same)
+        records = [r for r in records if id(r) not in same]
     settings = {
         "suites": list(suites), "refuse": sorted(refuse), "voices": list(voices), "rates": list(rates),
         "pitches": list(pitches), "variants": variants, "clean": clean, "max_new_tokens": max_new_tokens,
-        "seed": seed, "limit": limit, "sampled": len(extra), "projector": slm.describe(), "llm": llm.name,
+        "seed": seed, "limit": limit, "sampled": len(extra), "only_changed": only_changed,
+        "unchanged_left_out": unchanged, "projector": slm.describe(), "llm": llm.name,
     }  # fmt: skip
     return MisheardData(
-        records, len(pairs), refused_labels, word_error_rate(refs, heard) if refs else 0.0, dropped, settings
+        records,
+        len(pairs),
+        sum(label_refused),
+        word_error_rate(refs, heard) if refs else 0.0,
+        dropped,
+        settings,
     )
