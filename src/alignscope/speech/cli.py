@@ -207,7 +207,7 @@ def speech_misheard_data(
 ) -> None:
     """Training data that makes an LLM decide on misheard prompts as on the written ones: the train-split
     prompts, spoken and read out through the speech LLM's projector, labelled with the clean prompt's refusal
-    or the LLM's own answer. Train on it with: alignscope train safety-sft --set data=OUT."""
+    or the LLM's own answer. Train on it with: alignscope train safety-sft --data OUT."""
     import json
 
     from alignscope.speech.build import SpeechBuildConfig

@@ -3,7 +3,7 @@ written question.
 
 A distilled speech LLM behaves much like its LLM reading the projector's heard transcript
 (:func:`alignscope.speech.evaluation.heard_transcripts`). When the LLM refuses a misheard benign question, the
-speech LLM does too. ``noisy_copies`` in the safety recipes trains on random word swaps; this module builds
+speech LLM tends to as well. ``noisy_copies`` in the safety recipes trains on random word swaps; this module builds
 copies with the projector's real mistakes: each train-split prompt is spoken by espeak-ng, encoded, projected and
 read out as text. Every copy, clean or misheard, gets the label of the clean prompt:
 
@@ -12,12 +12,11 @@ read out as text. Every copy, clean or misheard, gets the label of the clean pro
 * except a prompt of a ``refuse`` suite (``harmful`` by default) that the LLM answers: it gets a refusal from
   :data:`alignscope.training.refusals.REFUSALS`.
 
-Labels the LLM itself writes cost it almost no loss on the clean copies, so the training signal comes from the
-misheard copies on which it decides otherwise than on the clean prompt, on either side. (Refusals from
-``REFUSALS`` for every harmful prompt, tried first, gave the refusals most of the loss and moved the LLM towards
-refusing misheard and clean benign questions alike.)
+Labels the LLM itself writes ask nothing new of it on the clean copies; what the data asks is the same
+decision on the misheard ones (``only_changed`` keeps just the misheard copies it decides otherwise). The README
+(Speech LLMs) has what training on this data did to the LLM and its speech LLM as measured.
 
-The records are chat JSONL for any training recipe (``alignscope train safety-sft --set data=FILE``). Only the
+The records are chat JSONL for any training recipe (``alignscope train safety-sft --data FILE``). Only the
 train splits enter, so the held-out spoken evaluation stays unseen.
 """
 
