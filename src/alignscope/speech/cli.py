@@ -190,9 +190,15 @@ def speech_misheard_data(
     suites: Annotated[str, typer.Option(help="Suites whose train splits are spoken, comma-separated.")] = (
         "harmful,benign,borderline"
     ),
-    refuse: Annotated[str, typer.Option(help="Suites labelled with refusals, comma-separated.")] = "harmful",
-    voices: Annotated[str | None, typer.Option(help="espeak-ng voices (default: the build's).")] = None,
-    rates: Annotated[str | None, typer.Option(help="Speaking rates in wpm (default: the build's).")] = None,
+    refuse: Annotated[
+        str, typer.Option(help="Suites whose prompts get a refusal where the LLM answers them.")
+    ] = "harmful",
+    voices: Annotated[
+        str | None, typer.Option(help="espeak-ng voices (default: the build recipe's).")
+    ] = None,
+    rates: Annotated[
+        str | None, typer.Option(help="Speaking rates in wpm (default: the build recipe's).")
+    ] = None,
     variants: Annotated[int, typer.Option(help="Misheard copies per prompt.")] = 2,
     clean: Annotated[bool, typer.Option(help="Keep a clean copy of every prompt.")] = True,
     max_new_tokens: Annotated[int, typer.Option(help="Length of the LLM's answers used as labels.")] = 128,

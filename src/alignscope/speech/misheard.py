@@ -50,6 +50,8 @@ class MisheardData:
             refuses the clean prompt).
         heard_wer: word error rate of the misheard copies against their prompts.
         dropped: misheard copies left out because the read-out was empty or equal to the prompt.
+        settings: the arguments that made the records, the copies ``only_changed`` left out
+            (``unchanged_left_out``), the projector and the LLM.
     """
 
     records: list[ChatRecord]
@@ -99,14 +101,15 @@ def misheard_records(
     takes the first prompts of each suite's train split only. ``sampled`` adds up to that many request-like
     sentences the LLM writes (of ``sampled_from`` drawn; the sentences a speech build with the same seed uses,
     :func:`~alignscope.speech.build_data.sampled_prompts`; never a test prompt), labelled like the other
-    prompts outside the refuse suites: the LLM's answer. More answered prompts keep the data from leaning
-    towards refusal. ``only_changed`` keeps only the misheard copies on which the LLM (greedy, 32 tokens, keyword
-    judge) refuses where the label answers or answers where it refuses: the copies that teach it something.
+    prompts outside the refuse suites: the LLM's answer. ``only_changed`` keeps only the misheard copies on which
+    the LLM (greedy, 32 tokens, keyword judge) refuses where the label answers or answers where it refuses.
     """
     from alignscope.judges.keyword import KeywordJudge
     from alignscope.training.builders import generate_cached
     from alignscope.training.refusals import REFUSALS
 
+    if not suites:
+        raise SpeechError("misheard_records needs at least one suite")
     if variants < 1:
         raise SpeechError(f"variants must be at least 1, not {variants}")
     unknown = set(refuse) - set(suites)
