@@ -494,7 +494,7 @@ def test_evaluate_slm_reports_spoken_text_and_heard_rates(monkeypatch, tmp_path)
 def test_misheard_records_label_every_copy_like_the_clean_prompt(monkeypatch, tmp_path):
     import alignscope.training.builders as builders
     from alignscope.speech.build_data import FeatureCache, plan_utterances, suite_prompts
-    from alignscope.speech.evaluation import read_embeddings
+    from alignscope.speech.evaluation import embedding_reader
     from alignscope.speech.misheard import misheard_records
     from alignscope.training.refusals import REFUSALS
 
@@ -524,8 +524,9 @@ def test_misheard_records_label_every_copy_like_the_clean_prompt(monkeypatch, tm
     assert data.prompts == 4 and len(data.records) == 4 * 3 - data.dropped
     plans = plan_utterances([p for _, p in pairs], ("en-us",), (150, 200), 2, 0, 0.4, (50,))
     cache = FeatureCache(slm.encoder)
+    read = embedding_reader(slm)
     expected_heard = {
-        read_embeddings(slm, slm.projector(f[None])[0]) for plan in plans for f in cache.features(plan)
+        read(slm.projector(f[None])[0]) for plan in plans for f in cache.features(plan)
     }
     for r in data.records:
         user, label = r.messages[0]["content"], r.messages[1]["content"]

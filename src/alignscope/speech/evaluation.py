@@ -21,7 +21,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,9 +35,9 @@ from alignscope.stats import Rate, rate_of
 
 __all__ = [
     "SpeechEvalResult",
+    "embedding_reader",
     "evaluate_slm",
     "heard_transcripts",
-    "read_embeddings",
     "word_error_rate",
     "word_errors",
 ]
@@ -263,25 +263,31 @@ def _agreement(
 
 @torch.inference_mode()
 def heard_transcripts(slm: SpeechLM, clips: list[torch.Tensor], blank: str = " ") -> list[str]:
-    """What the projector passes on, as text: per clip, :func:`read_embeddings` of its audio embeddings.
+    """What the projector passes on, as text: per clip, its audio embeddings read by :func:`embedding_reader`.
 
     The build's CTC stage trains the projector toward exactly this reading; after the later stages the
     embeddings drift from the table, so the transcript is a lower bound of what the LLM can make of the audio.
     """
-    return [read_embeddings(slm, slm.audio_embeds([clip])[0], blank) for clip in clips]
+    read = embedding_reader(slm, blank)
+    return [read(slm.audio_embeds([clip])[0]) for clip in clips]
 
 
-@torch.inference_mode()
-def read_embeddings(slm: SpeechLM, embeds: torch.Tensor, blank: str = " ") -> str:
-    """``(positions, hidden)`` audio embeddings read as text: the nearest token (cosine) of the LLM's input
-    embedding table at each position, repeats collapsed and ``blank`` (the build's CTC blank) dropped,
-    decoded."""
-    table = torch.nn.functional.normalize(slm.llm.model.get_input_embeddings().weight.float(), dim=-1)
+def embedding_reader(slm: SpeechLM, blank: str = " ") -> Callable[[torch.Tensor], str]:
+    """A function reading ``(positions, hidden)`` audio embeddings as text: the nearest token (cosine) of the
+    LLM's input embedding table at each position, repeats collapsed and ``blank`` (the build's CTC blank)
+    dropped, decoded. The normalised table is computed once, here."""
+    with torch.inference_mode():
+        table = torch.nn.functional.normalize(slm.llm.model.get_input_embeddings().weight.float(), dim=-1)
     blank_ids = slm.llm.response_ids(blank)
     blank_id = blank_ids[0] if len(blank_ids) == 1 else -1
-    best = (torch.nn.functional.normalize(embeds.float(), dim=-1) @ table.T).argmax(-1).tolist()
-    ids = [t for k, t in enumerate(best) if t != blank_id and (k == 0 or t != best[k - 1])]
-    return str(slm.tokenizer.decode(ids)).strip()
+
+    @torch.inference_mode()
+    def read(embeds: torch.Tensor) -> str:
+        best = (torch.nn.functional.normalize(embeds.float(), dim=-1) @ table.T).argmax(-1).tolist()
+        ids = [t for k, t in enumerate(best) if t != blank_id and (k == 0 or t != best[k - 1])]
+        return str(slm.tokenizer.decode(ids)).strip()
+
+    return read
 
 
 def _words(text: str) -> list[str]:

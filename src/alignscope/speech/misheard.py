@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from alignscope.models.base import user_turn
 from alignscope.speech.build_data import FeatureCache, plan_utterances, sampled_prompts, suite_prompts
 from alignscope.speech.errors import SpeechError
-from alignscope.speech.evaluation import read_embeddings, word_error_rate
+from alignscope.speech.evaluation import embedding_reader, word_error_rate
 from alignscope.speech.slm import SpeechLM
 from alignscope.training.chat_data import ChatRecord
 
@@ -134,6 +134,7 @@ def misheard_records(
     label_refused = [s in refuse or r for (s, _), r in zip(pairs, refused, strict=True)]
     plans = plan_utterances([p for _, p in pairs], voices, rates, variants, seed, lead_silence, pitches)
     cache = FeatureCache(slm.encoder, crop=slm.crop)
+    read = embedding_reader(slm)
     records: list[ChatRecord] = []
     refs: list[str] = []
     heard: list[str] = []
@@ -146,7 +147,7 @@ def misheard_records(
             records.append(ChatRecord([*user_turn(prompt), {"role": "assistant", "content": label}], meta))
         for utt, feats in zip(plan, cache.features(plan), strict=True):
             emb = slm.projector(feats.to(slm.device)[None])[0]
-            text = read_embeddings(slm, emb)
+            text = read(emb)
             if not text or text == prompt:
                 dropped += 1
                 continue
