@@ -525,9 +525,7 @@ def test_misheard_records_label_every_copy_like_the_clean_prompt(monkeypatch, tm
     plans = plan_utterances([p for _, p in pairs], ("en-us",), (150, 200), 2, 0, 0.4, (50,))
     cache = FeatureCache(slm.encoder)
     read = embedding_reader(slm)
-    expected_heard = {
-        read(slm.projector(f[None])[0]) for plan in plans for f in cache.features(plan)
-    }
+    expected_heard = {read(slm.projector(f[None])[0]) for plan in plans for f in cache.features(plan)}
     for r in data.records:
         user, label = r.messages[0]["content"], r.messages[1]["content"]
         if r.meta.get("heard"):
