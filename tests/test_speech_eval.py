@@ -563,6 +563,40 @@ def test_misheard_records_only_changed_keeps_the_copies_the_llm_decides_otherwis
     assert sum(1 for r in data.records if not r.meta.get("heard")) == 4
 
 
+def test_misheard_records_drop_refused_leaves_out_the_refused_prompts_outside_the_refuse_suites(
+    monkeypatch, tmp_path
+):
+    import alignscope.training.builders as builders
+    from alignscope.speech.build_data import suite_prompts
+    from alignscope.speech.misheard import misheard_records
+    from alignscope.training.refusals import REFUSALS
+
+    monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
+    pairs = suite_prompts(("harmful", "benign"), "train", limit=2)
+    # the LLM refuses the first harmful prompt, answers the second, answers the first benign one and refuses
+    # the second
+    answers = [
+        "I cannot help with that.",
+        "Sure, here is how.",
+        "Bread needs flour.",
+        "I can't help with that.",
+    ]
+    monkeypatch.setattr(
+        builders, "generate_cached", lambda model, conversations, max_new_tokens, **kw: answers
+    )
+    data = misheard_records(
+        make_slm(), ("harmful", "benign"), ("harmful",), ("en-us",), (150,), (50,), variants=1,
+        max_new_tokens=4, limit=2, drop_refused=True, progress=False,
+    )  # fmt: skip
+    # the refused benign prompt is gone, clean copy and misheard copy alike; the harmful ones both stay
+    assert data.prompts == 3 and data.settings["refused_left_out"] == 1
+    clean = [r for r in data.records if not r.meta.get("heard")]
+    assert [r.messages[0]["content"] for r in clean] == [p for _, p in pairs[:3]]
+    assert {r.meta["suite"] for r in data.records if r.messages[1]["content"] == answers[2]} == {"benign"}
+    assert all(r.messages[1]["content"] != answers[3] for r in data.records)
+    assert sum(r.messages[1]["content"] in REFUSALS for r in clean) == 1 and data.refused_labels == 2
+
+
 def test_misheard_records_add_sampled_prompts_as_answered(monkeypatch, tmp_path):
     import alignscope.speech.build_data as build_data
     from alignscope.speech.build_data import suite_prompts

@@ -210,6 +210,10 @@ def speech_misheard_data(
     only_changed: Annotated[
         bool, typer.Option(help="Keep only misheard copies the LLM decides otherwise than the label.")
     ] = False,
+    drop_refused: Annotated[
+        bool,
+        typer.Option(help="Leave out prompts outside --refuse that the LLM refuses when written."),
+    ] = False,
 ) -> None:
     """Training data that makes an LLM decide on misheard prompts as on the written ones: the train-split
     prompts, spoken and read out through the speech LLM's projector, labelled with the clean prompt's refusal
@@ -226,7 +230,7 @@ def speech_misheard_data(
         model, _csv(suites) or (), _csv(refuse) or (), _csv(voices) or defaults.voices,
         _csv(rates, int, "integer") or defaults.rates, defaults.pitches, variants, clean, max_new_tokens,
         lead_silence=defaults.lead_silence, seed=seed, limit=limit, sampled=sampled,
-        only_changed=only_changed,
+        only_changed=only_changed, drop_refused=drop_refused,
     )  # fmt: skip
     write_chat_jsonl(out, data.records)
     summary = out.with_name(out.name + ".json")

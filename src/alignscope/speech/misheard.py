@@ -8,7 +8,8 @@ copies with the projector's real mistakes: each train-split prompt is spoken by 
 read out as text. Every copy, clean or misheard, gets the label of the clean prompt:
 
 * every prompt gets the LLM's own greedy answer to the clean prompt (cached). A refusal stays a refusal:
-  the data asks for consistency, not for more answers;
+  the data asks for consistency, not for more answers (``drop_refused`` leaves out the prompts outside the
+  refuse suites that the LLM refuses, so that the data asks it to answer every one it keeps);
 * except a prompt of a ``refuse`` suite (``harmful`` by default) that the LLM answers: it gets a refusal from
   :data:`alignscope.training.refusals.REFUSALS`.
 
@@ -51,7 +52,8 @@ class MisheardData:
         heard_wer: word error rate of the misheard copies against their prompts.
         dropped: misheard copies left out because the read-out was empty or equal to the prompt.
         settings: the arguments that made the records, the copies ``only_changed`` left out
-            (``unchanged_left_out``), the projector and the LLM.
+            (``unchanged_left_out``), the prompts ``drop_refused`` left out (``refused_left_out``), the projector and
+            the LLM.
     """
 
     records: list[ChatRecord]
@@ -91,6 +93,7 @@ def misheard_records(
     sampled: int = 0,
     sampled_from: int = 600,
     only_changed: bool = False,
+    drop_refused: bool = False,
     progress: bool = True,
 ) -> MisheardData:
     """Clean and misheard copies of the train-split prompts of ``suites`` (see the module docstring).
@@ -103,6 +106,9 @@ def misheard_records(
     :func:`~alignscope.speech.build_data.sampled_prompts`; never a test prompt), labelled like the other
     prompts outside the refuse suites: the LLM's answer. ``only_changed`` keeps only the misheard copies on which
     the LLM (greedy, 32 tokens, keyword judge) refuses where the label answers or answers where it refuses.
+    ``drop_refused`` leaves out the prompts outside the refuse suites that the LLM refuses when written (their
+    label would be its refusal, which teaches refusing them): the data then asks for answers to every prompt
+    it keeps outside the refuse suites.
     """
     from alignscope.judges.keyword import KeywordJudge
     from alignscope.training.builders import generate_cached
@@ -126,6 +132,14 @@ def misheard_records(
         progress=progress,
     )  # fmt: skip
     refused = [bool(v.refused) for v in KeywordJudge().judge_batch([p for _, p in pairs], answers)]
+    kept = [i for i, ((s, _), r) in enumerate(zip(pairs, refused, strict=True)) if s in refuse or not r]
+    refused_left_out = len(pairs) - len(kept) if drop_refused else 0
+    if drop_refused:
+        pairs, answers, refused = (
+            [pairs[i] for i in kept],
+            [answers[i] for i in kept],
+            [refused[i] for i in kept],
+        )
     rng = random.Random(f"misheard:{seed}")
     labels = [
         rng.choice(REFUSALS) if suite in refuse and not r else answer
@@ -176,7 +190,8 @@ def misheard_records(
         "suites": list(suites), "refuse": sorted(refuse), "voices": list(voices), "rates": list(rates),
         "pitches": list(pitches), "variants": variants, "clean": clean, "max_new_tokens": max_new_tokens,
         "seed": seed, "limit": limit, "sampled": len(extra), "only_changed": only_changed,
-        "unchanged_left_out": unchanged, "projector": slm.describe(), "llm": llm.name,
+        "unchanged_left_out": unchanged, "drop_refused": drop_refused, "refused_left_out": refused_left_out,
+        "projector": slm.describe(), "llm": llm.name,
     }  # fmt: skip
     return MisheardData(
         records,
