@@ -649,3 +649,30 @@ def test_cli_speech_misheard_data_writes_chat_jsonl(monkeypatch, tmp_path):
     summary = json.loads(out.with_name(out.name + ".json").read_text())
     assert summary["records"] == len(records) and summary["prompts"] == 4 and summary["variants"] == 1
     assert sum(1 for r in records if not r.meta.get("heard")) == 4
+
+
+def test_cli_speech_evaluate_prints_and_writes_the_held_out_metrics(monkeypatch, tmp_path):
+    import alignscope.speech.cli as speech_cli
+
+    monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(speech_cli, "load_speech_model", lambda spec, device=None: make_slm())
+    out = tmp_path / "eval" / "metrics.json"
+    res = runner.invoke(
+        app,
+        ["speech", "evaluate", "--voices", "en-us", "--rates", "175", "--limit", "2", "--max-new-tokens", "4",
+         "--out", str(out)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "harmful refused" in res.output and "benign answered" in res.output
+    d = json.loads(out.read_text())
+    assert d["harmful_refusal"]["n"] == 2 and d["benign_answered"]["n"] == 2 and d["voices"] == ["en-us"]
+    assert [s["suite"] for s in d["samples"]] == ["harmful", "harmful", "benign", "benign"]
+
+
+def test_cli_speech_evaluate_names_an_unknown_suite(monkeypatch, tmp_path):
+    import alignscope.speech.cli as speech_cli
+
+    monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(speech_cli, "load_speech_model", lambda spec, device=None: make_slm())
+    res = runner.invoke(app, ["speech", "evaluate", "--harmful-suite", "no-such-suite", "--limit", "1"])
+    assert res.exit_code != 0 and "no-such-suite" in res.output

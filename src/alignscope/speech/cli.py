@@ -1,4 +1,4 @@
-"""The speech commands of the ``alignscope`` CLI: ``speech build|speak|misheard-data|adversarial-train``,
+"""The speech commands of the ``alignscope`` CLI: ``speech build|speak|misheard-data|evaluate|adversarial-train``,
 ``attack audio-pgd|audio-transfer`` and ``reproduce speechguard``.
 
 A thin shell like :mod:`alignscope.cli`, which wires these in with :func:`register`. Nothing from
@@ -239,6 +239,54 @@ def speech_misheard_data(
         f"[green]{len(data.records)} records[/] from {data.prompts} prompts ({data.refused_labels} labelled "
         f"with refusals); misheard copies' word error rate {data.heard_wer:.3f}: {out} (summary {summary})"
     )
+
+
+@speech_app.command("evaluate")
+@_errors
+def speech_evaluate(
+    slm: SlmOpt = "default",
+    harmful_suite: Annotated[
+        str, typer.Option(help="Harmful suite spec (any suite, e.g. advbench:PATH); its test half is spoken.")
+    ] = "harmful",
+    benign_suite: Annotated[
+        str, typer.Option(help="Benign suite spec (e.g. jsonl:PATH#instruction); its test half is spoken.")
+    ] = "benign",
+    voices: Annotated[
+        str | None, typer.Option(help="espeak-ng voices (default: the default build's).")
+    ] = None,
+    rates: Annotated[
+        str | None, typer.Option(help="Speaking rates in wpm (default: the default build's).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="First test questions of each suite only.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Length of the greedy answers.")] = 64,
+    judge: Annotated[
+        str, typer.Option(help="Judge spec: keyword, llm-rubric[:MODEL], strongreject[:MODEL].")
+    ] = "keyword",
+    seed: Annotated[int, typer.Option(help="Seed of the voice and rate draw per question.")] = 1,
+    out: Annotated[
+        Path | None, typer.Option(help="JSON file for the metrics and every clip's answers.")
+    ] = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Held-out spoken evaluation of a speech LLM, as its build measures it: harmful questions refused, benign
+    ones answered, agreement with its LLM reading the written question, and the heard transcripts."""
+    import json
+
+    from alignscope.audit import load_judge_for
+    from alignscope.speech.build import SpeechBuildConfig
+    from alignscope.speech.evaluation import evaluate_slm
+
+    defaults = SpeechBuildConfig()
+    model = load_speech_model(slm, device=device)
+    result = evaluate_slm(
+        model, _csv(voices) or defaults.voices, _csv(rates, int, "integer") or defaults.rates, harmful_suite, benign_suite, limit=limit, max_new_tokens=max_new_tokens,
+        judge=load_judge_for(judge, model.text_llm), seed=seed,
+    )  # fmt: skip
+    _console().print(result.summary())
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result.to_dict(), indent=2))
+        _console().print(f"[green]metrics and answers:[/] {out}")
 
 
 @speech_app.command("adversarial-train")
