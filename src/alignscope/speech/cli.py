@@ -279,8 +279,9 @@ def speech_evaluate(
     defaults = SpeechBuildConfig()
     model = load_speech_model(slm, device=device)
     result = evaluate_slm(
-        model, _csv(voices) or defaults.voices, _csv(rates, int, "integer") or defaults.rates, harmful_suite, benign_suite, limit=limit, max_new_tokens=max_new_tokens,
-        judge=load_judge_for(judge, model.text_llm), seed=seed,
+        model, _csv(voices) or defaults.voices, _csv(rates, int, "integer") or defaults.rates, harmful_suite,
+        benign_suite, limit=limit, max_new_tokens=max_new_tokens, judge=load_judge_for(judge, model.text_llm),
+        seed=seed,
     )  # fmt: skip
     _console().print(result.summary())
     if out is not None:

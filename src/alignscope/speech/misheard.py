@@ -52,8 +52,8 @@ class MisheardData:
         heard_wer: word error rate of the misheard copies against their prompts.
         dropped: misheard copies left out because the read-out was empty or equal to the prompt.
         settings: the arguments that made the records, the copies ``only_changed`` left out
-            (``unchanged_left_out``), the prompts ``drop_refused`` left out (``refused_left_out``), the projector and
-            the LLM.
+            (``unchanged_left_out``), the prompts ``drop_refused`` left out (``refused_left_out``), the
+            projector and the LLM.
     """
 
     records: list[ChatRecord]
@@ -132,14 +132,12 @@ def misheard_records(
         progress=progress,
     )  # fmt: skip
     refused = [bool(v.refused) for v in KeywordJudge().judge_batch([p for _, p in pairs], answers)]
-    kept = [i for i, ((s, _), r) in enumerate(zip(pairs, refused, strict=True)) if s in refuse or not r]
-    refused_left_out = len(pairs) - len(kept) if drop_refused else 0
+    refused_left_out = 0
     if drop_refused:
-        pairs, answers, refused = (
-            [pairs[i] for i in kept],
-            [answers[i] for i in kept],
-            [refused[i] for i in kept],
-        )
+        kept = [i for i, ((s, _), r) in enumerate(zip(pairs, refused, strict=True)) if s in refuse or not r]
+        refused_left_out = len(pairs) - len(kept)
+        pairs, answers = [pairs[i] for i in kept], [answers[i] for i in kept]
+        refused = [refused[i] for i in kept]
     rng = random.Random(f"misheard:{seed}")
     labels = [
         rng.choice(REFUSALS) if suite in refuse and not r else answer
