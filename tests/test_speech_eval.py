@@ -491,6 +491,16 @@ def test_evaluate_slm_reports_spoken_text_and_heard_rates(monkeypatch, tmp_path)
     assert "heard transcripts" in res.summary()
 
 
+# the LLM's answers to the clean train prompts of ``limit=2`` harmful then benign: it refuses the first harmful
+# prompt and answers the second, answers the first benign one and refuses the second
+CLEAN_ANSWERS = [
+    "I cannot help with that.",
+    "Sure, here is how.",
+    "Bread needs flour.",
+    "I can't help with that.",
+]
+
+
 def test_misheard_records_label_every_copy_like_the_clean_prompt(monkeypatch, tmp_path):
     import alignscope.training.builders as builders
     from alignscope.speech.build_data import FeatureCache, plan_utterances, suite_prompts
@@ -501,14 +511,7 @@ def test_misheard_records_label_every_copy_like_the_clean_prompt(monkeypatch, tm
     monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
     slm = make_slm()
     pairs = suite_prompts(("harmful", "benign"), "train", limit=2)
-    # the LLM's answers to the clean prompts: it refuses the first harmful one and answers the second, and
-    # refuses the second benign one
-    answers = [
-        "I cannot help with that.",
-        "Sure, here is how.",
-        "Bread needs flour.",
-        "I can't help with that.",
-    ]
+    answers = CLEAN_ANSWERS
     asked = []
 
     def generate_cached(model, conversations, max_new_tokens, **kw):
@@ -573,14 +576,7 @@ def test_misheard_records_drop_refused_leaves_out_the_refused_prompts_outside_th
 
     monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
     pairs = suite_prompts(("harmful", "benign"), "train", limit=2)
-    # the LLM refuses the first harmful prompt, answers the second, answers the first benign one and refuses
-    # the second
-    answers = [
-        "I cannot help with that.",
-        "Sure, here is how.",
-        "Bread needs flour.",
-        "I can't help with that.",
-    ]
+    answers = CLEAN_ANSWERS
     monkeypatch.setattr(
         builders, "generate_cached", lambda model, conversations, max_new_tokens, **kw: answers
     )
