@@ -30,6 +30,12 @@ SlmOpt = Annotated[
     ),
 ]
 OutOpt = Annotated[Path | None, typer.Option(help="Run directory (default: runs/<command>-<time>).")]
+VoicesOpt = Annotated[
+    str | None, typer.Option(help="espeak-ng voices, comma-separated (default: the build recipe's).")
+]
+RatesOpt = Annotated[
+    str | None, typer.Option(help="Speaking rates in wpm, comma-separated (default: the build recipe's).")
+]
 ResumeOpt = Annotated[bool, typer.Option(help="Continue the run in --out, skipping finished clips.")]
 SetOpt = Annotated[
     list[str] | None,
@@ -118,8 +124,8 @@ def speech_build(
         Path | None, typer.Option(help="Build directory (default: in the cache, by config).")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the projector, voices and data order.")] = None,
-    voices: Annotated[str | None, typer.Option(help="espeak-ng voices, comma-separated.")] = None,
-    rates: Annotated[str | None, typer.Option(help="Speaking rates (wpm), comma-separated.")] = None,
+    voices: VoicesOpt = None,
+    rates: RatesOpt = None,
     asr_steps: Annotated[int | None, typer.Option(help="Steps of the ASR stage (0 skips it).")] = None,
     distill_steps: Annotated[int | None, typer.Option(help="Steps of distillation (0 skips it).")] = None,
     llm_lora_rank: Annotated[
@@ -193,12 +199,8 @@ def speech_misheard_data(
     refuse: Annotated[
         str, typer.Option(help="Suites whose prompts get a refusal where the LLM answers them.")
     ] = "harmful",
-    voices: Annotated[
-        str | None, typer.Option(help="espeak-ng voices (default: the build recipe's).")
-    ] = None,
-    rates: Annotated[
-        str | None, typer.Option(help="Speaking rates in wpm (default: the build recipe's).")
-    ] = None,
+    voices: VoicesOpt = None,
+    rates: RatesOpt = None,
     variants: Annotated[int, typer.Option(help="Misheard copies per prompt.")] = 2,
     clean: Annotated[bool, typer.Option(help="Keep a clean copy of every prompt.")] = True,
     max_new_tokens: Annotated[int, typer.Option(help="Length of the LLM's answers used as labels.")] = 128,
@@ -251,12 +253,8 @@ def speech_evaluate(
     benign_suite: Annotated[
         str, typer.Option(help="Benign suite spec (e.g. jsonl:PATH#instruction); its test half is spoken.")
     ] = "benign",
-    voices: Annotated[
-        str | None, typer.Option(help="espeak-ng voices (default: the default build's).")
-    ] = None,
-    rates: Annotated[
-        str | None, typer.Option(help="Speaking rates in wpm (default: the default build's).")
-    ] = None,
+    voices: VoicesOpt = None,
+    rates: RatesOpt = None,
     limit: Annotated[int | None, typer.Option(help="First test questions of each suite only.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Length of the greedy answers.")] = 64,
     judge: Annotated[
