@@ -542,3 +542,54 @@ def test_lora_build_saves_its_adapter_and_load_slm_merges_it(tmp_path):
     second = load_file(str(resumed.projector_dir / "llm_adapter" / "adapter_model.safetensors"))
     assert first.keys() == second.keys()
     assert all(torch.allclose(first[k], second[k], atol=1e-6) for k in first)
+
+
+def test_distillation_ctc_term_adds_the_weighted_transcript_ctc_loss():
+    llm, enc = tiny_local_model(), tiny_whisper_encoder()
+    torch.manual_seed(0)
+    proj = Projector(ProjectorConfig(encoder_dim=16, llm_dim=32, hidden_dim=64, norm_init=1.0))
+    prompt = llm.encode_prompt([{"role": "user", "content": "Hello there"}])
+    slm = SpeechLM(enc, proj, llm)
+    before, after = slm.split_prompt(slm.conversation(None))
+    cache = FeatureCache(enc)
+    teacher = prompt[len(before) :]
+    examples = [
+        SpeechExample(
+            cache.encode(tone(s, i).numpy()), after, [5, 9, 11], teacher, key=i, transcript_ids=[7, 9, 12]
+        )
+        for i, s in enumerate((0.5, 0.8))
+    ]
+    batch = collate_examples([{"example": e} for e in examples])
+    table = llm.model.get_input_embeddings().weight
+    ctc = TokenCTCModule(proj, table, 5, vocab=[7, 9, 12])
+    plain = SpeechTrainingModule(proj, llm.model, before, autocast=False)
+    module = SpeechTrainingModule(proj, llm.model, before, autocast=False, ctc=ctc, ctc_weight=0.5)
+    kl, plain_stats = plain.loss(batch, "distill")
+    spoken = [SpeechExample(e.features, [], e.transcript_ids or []) for e in examples]
+    ctc_alone, _ = ctc.loss({**batch, "examples": spoken})
+    total, stats = module.loss(batch, "distill")
+    assert "ctc" not in plain_stats and stats["ctc"] == pytest.approx(ctc_alone.item(), rel=1e-5)
+    assert total.item() == pytest.approx(kl.item() + 0.5 * ctc_alone.item(), rel=1e-5)
+    total.backward()
+    assert proj.linear_1.weight.grad is not None and module.ctc_scale.grad is not None
+    assert "ctc_scale" in dict(module.named_parameters())  # trained (and checkpointed) with the projector
+
+    # the term needs transcripts and the projector being trained
+    bare = [SpeechExample(e.features, after, [5, 9, 11], e.teacher_ids, key=e.key) for e in examples]
+    with pytest.raises(SpeechError, match="transcript_ids"):
+        module.loss(collate_examples([{"example": e} for e in bare]), "distill")
+    other = Projector(ProjectorConfig(encoder_dim=16, llm_dim=32, hidden_dim=64))
+    with pytest.raises(SpeechError, match="projector being trained"):
+        SpeechTrainingModule(other, llm.model, before, autocast=False, ctc=ctc, ctc_weight=0.5)
+
+
+def test_distill_ctc_weight_counts_in_the_identity_only_when_on(tmp_path):
+    llm, enc = tiny_local_model(), tiny_whisper_encoder()
+    assert "distill_ctc_weight" not in SpeechBuildConfig().identity()
+    with pytest.raises(SpeechError, match="distill_ctc_weight"):
+        SpeechBuildConfig(distill_ctc_weight=-1.0)
+    cfg = tiny_config(tmp_path / "build", asr_steps=0, distill_ctc_weight=0.5, distill_steps=3)
+    assert cfg.identity()["distill_ctc_weight"] == 0.5
+    res = build_slm(cfg, llm=llm, encoder=enc, command="pytest")
+    log = res.metrics["distill"]["log"]
+    assert log and all("ctc" in h for h in log)  # the term runs in the build (logged at every step)

@@ -157,6 +157,9 @@ class SpeechBuildConfig:
         distill_head_weight: the weight of those first positions.
         distill_steps: optimiser steps of the distillation stage (0 skips it).
         distill_lr: peak learning rate of distillation.
+        distill_ctc_weight: weight of the CTC stage's objective (the clip's transcript, on the LLM's token
+            embeddings) added to the distillation loss, so that distillation does not trade the projector's
+            hearing away (0: off; counted in the build identity only when on).
         llm_lora_rank: rank of LoRA layers trained on the LLM during distillation, next to the projector (0:
             the projector alone, the LLM untouched). The teacher stays the unchanged LLM; the built speech LLM
             runs the LLM with the LoRA layers merged on spoken input and the unchanged LLM on text, and the
@@ -219,6 +222,7 @@ class SpeechBuildConfig:
     distill_head_weight: float = 10.0
     distill_steps: int = 300
     distill_lr: float = 1e-3
+    distill_ctc_weight: float = 0.0
     llm_lora_rank: int = 0
     llm_lora_alpha: int = 16
     llm_lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -243,14 +247,20 @@ class SpeechBuildConfig:
     def __post_init__(self) -> None:
         if self.llm_lora_rank < 0:
             raise SpeechError(f"llm_lora_rank must be 0 (no LoRA) or positive, not {self.llm_lora_rank}")
+        if self.distill_ctc_weight < 0:
+            raise SpeechError(
+                f"distill_ctc_weight must be 0 (off) or positive, not {self.distill_ctc_weight}"
+            )
 
     def identity(self) -> dict[str, Any]:
         """The fields that decide the trained weights (a finished build with the same identity is reused). The
-        LoRA settings count only when LoRA is on, so builds without it keep the identity (and directory) they
-        had before those settings existed."""
+        LoRA settings and ``distill_ctc_weight`` count only when on, so builds without them keep the identity
+        (and directory) they had before those settings existed."""
         skip = {"out", "progress", "save_steps", "evaluate", "eval_voices"}
         if self.llm_lora_rank == 0:
             skip |= {f.name for f in dataclasses.fields(self) if f.name.startswith("llm_lora_")}
+        if self.distill_ctc_weight == 0:
+            skip.add("distill_ctc_weight")
         return {k: v for k, v in self.to_dict().items() if k not in skip}
 
     def digest(self) -> str:
@@ -351,6 +361,8 @@ class _Builder:
         self.adapter: Path | None = None
         """The LoRA adapter the distillation stage trained on the LLM (``llm_lora_rank > 0``)."""
         self._student: LocalModel | None = None
+        self.ctc_vocab: set[int] = set()
+        """Token ids of the CTC stage's transcripts (set by :meth:`ctc_examples`)."""
 
     @property
     def student(self) -> LocalModel:
@@ -470,7 +482,8 @@ class _Builder:
             spoken = 1 if i >= n_suite else cfg.distill_variants
             n = 1 if i in val else spoken * (1 if refused[i] else weight)
             feats = self.cache.features(plan[:n], progress=False)
-            made = [SpeechExample(f, after, target, teacher, key=i) for f in feats]
+            spoken_ids = self.llm.response_ids(prompt)
+            made = [SpeechExample(f, after, target, teacher, key=i, transcript_ids=spoken_ids) for f in feats]
             (valid if i in val else train).extend(made)
             refused_clips += len(made) if refused[i] and i not in val else 0
         self.metrics["distill_data"] = {
@@ -500,7 +513,14 @@ class _Builder:
     def ctc_examples(self, asr: list[SpeechExample]) -> list[SpeechExample]:
         """The ASR clips with the bare transcript as target (no end of turn: nothing in the audio says it)."""
         eot = set(_end_of_turn(self.llm))
-        return [SpeechExample(e.features, [], [t for t in e.target_ids if t not in eot]) for e in asr]
+        examples = [SpeechExample(e.features, [], [t for t in e.target_ids if t not in eot]) for e in asr]
+        self.ctc_vocab = {t for e in examples for t in e.target_ids}
+        return examples
+
+    def ctc_module(self, projector: Projector, vocab: set[int]) -> TokenCTCModule:
+        """The CTC objective of ``projector`` over the token ids ``vocab`` (and the blank)."""
+        table = self.llm.model.get_input_embeddings().weight
+        return TokenCTCModule(projector, table, self._blank_id(), sorted(vocab))
 
     # -- training ---------------------------------------------------------------------------------------------
     def run_stage(
@@ -533,14 +553,16 @@ class _Builder:
             log.info("stage %s already trained: %s", name, stage_dir)
             return done
         student = lora_student(self.llm.model, cfg) if lora else self.llm.model
+        ctc_weight = cfg.distill_ctc_weight if name == "distill" else 0.0
+        transcripts = {t for e in examples for t in e.transcript_ids or ()}
         llm_module = SpeechTrainingModule(
-            projector, student, prefix, autocast=cfg.autocast, teacher_model=self.llm.model
-        )
+            projector, student, prefix, autocast=cfg.autocast, teacher_model=self.llm.model,
+            ctc=self.ctc_module(projector, self.ctc_vocab | transcripts) if ctc_weight > 0 else None,
+            ctc_weight=ctc_weight,
+        )  # fmt: skip
         module: torch.nn.Module = llm_module
         if name == "ctc":
-            vocab = {t for e in examples for t in e.target_ids}
-            table = self.llm.model.get_input_embeddings().weight
-            module = TokenCTCModule(projector, table, self._blank_id(), sorted(vocab))
+            module = self.ctc_module(projector, {t for e in examples for t in e.target_ids})
         before = validation_agreement(llm_module, valid)
         ckpt_dir = self.out / "checkpoints" / name
         args = TrainingArguments(
@@ -600,7 +622,9 @@ class _Builder:
             "lr": lr,
             **lora_info,
             "resumed_from": last,
-            "log": [{k: h[k] for k in ("step", "loss", "top1", "first_top1") if k in h} for h in history],
+            "log": [
+                {k: h[k] for k in ("step", "loss", "top1", "first_top1", "ctc") if k in h} for h in history
+            ],
         }
         if lora:  # saved first: the projector's file marks the stage finished
             student.save_pretrained(str(stage_dir / LLM_ADAPTER_DIR))

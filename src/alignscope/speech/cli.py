@@ -119,7 +119,7 @@ def _console() -> Any:
 @speech_app.command("build")
 @_errors
 def speech_build(
-    llm: Annotated[str | None, typer.Option(help="LLM spec (default smollm2-balanced-4ep).")] = None,
+    llm: Annotated[str | None, typer.Option(help="LLM spec (default: the build recipe's).")] = None,
     out: Annotated[
         Path | None, typer.Option(help="Build directory (default: in the cache, by config).")
     ] = None,

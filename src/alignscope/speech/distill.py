@@ -103,6 +103,8 @@ class SpeechExample:
         teacher_ids: distillation only: the teacher's token ids after the shared chat prefix up to the target
             (the transcript as text, end of user turn, assistant header).
         key: distillation only: identifies the teacher input, so its logits can be computed once.
+        transcript_ids: distillation only: token ids of what the clip says (the CTC target of the optional
+            CTC term).
     """
 
     features: torch.Tensor
@@ -110,6 +112,7 @@ class SpeechExample:
     target_ids: list[int]
     teacher_ids: list[int] | None = None
     key: int = -1
+    transcript_ids: list[int] | None = None
 
 
 class ExampleDataset(torch.utils.data.Dataset[dict[str, Any]]):
@@ -152,6 +155,10 @@ class SpeechTrainingModule(nn.Module):
             again (the same prompt in another voice, or a later epoch) costs no forward pass.
         teacher_model: the LLM that reads the transcript (None: ``llm_model``); a build that trains LoRA layers
             on the student passes the unchanged LLM here.
+        ctc: the CTC objective (:class:`TokenCTCModule` on the same projector) added to the distillation loss
+            with weight ``ctc_weight``, on each example's ``transcript_ids``, so that distillation keeps the
+            projector's audio embeddings on the tokens spoken (None: off).
+        ctc_weight: weight of that term.
     """
 
     def __init__(
@@ -162,9 +169,16 @@ class SpeechTrainingModule(nn.Module):
         autocast: bool = True,
         teacher_cache_bytes: int = 2 * 1024**3,
         teacher_model: Any = None,
+        ctc: TokenCTCModule | None = None,
+        ctc_weight: float = 0.0,
     ):
         super().__init__()
         self.projector = projector
+        if ctc is not None and ctc.projector is not projector:
+            raise SpeechError("the CTC term must score the projector being trained")
+        self._ctc = (ctc,)  # a tuple: its projector is registered here already
+        self.ctc_scale = ctc.log_scale if ctc is not None else None  # its learned scale is trained too
+        self.ctc_weight = ctc_weight
         self._llm = (llm_model,)  # a tuple: not a registered submodule
         self._teacher_llm = (teacher_model if teacher_model is not None else llm_model,)
         # the student LLM's trainable parameters (LoRA layers), shared with it, so the optimiser and
@@ -337,7 +351,18 @@ class SpeechTrainingModule(nn.Module):
         loss = (per_token * weights).sum() / weights.sum()
         hits = logits.detach().argmax(-1) == targets
         firsts = target_starts(examples).to(hits.device)
-        return loss, {"top1": hits.float().mean().item(), "first_top1": hits[firsts].float().mean().item()}
+        stats = {"top1": hits.float().mean().item(), "first_top1": hits[firsts].float().mean().item()}
+        ctc = self._ctc[0]
+        if objective == "distill" and ctc is not None and self.ctc_weight > 0:
+            if any(e.transcript_ids is None for e in examples):
+                raise SpeechError(
+                    "a distillation example has no transcript (transcript_ids) for the CTC term"
+                )
+            spoken = [SpeechExample(e.features, [], e.transcript_ids or []) for e in examples]
+            ctc_loss, _ = ctc.loss({**batch, "examples": spoken})
+            loss = loss + self.ctc_weight * ctc_loss
+            stats["ctc"] = ctc_loss.item()
+        return loss, stats
 
 
 class TokenCTCModule(nn.Module):
