@@ -553,16 +553,17 @@ class _Builder:
             log.info("stage %s already trained: %s", name, stage_dir)
             return done
         student = lora_student(self.llm.model, cfg) if lora else self.llm.model
-        ctc_weight = cfg.distill_ctc_weight if name == "distill" else 0.0
-        transcripts = {t for e in examples for t in e.transcript_ids or ()}
+        ctc_term = None
+        if name == "distill" and cfg.distill_ctc_weight > 0:
+            transcripts = {t for e in examples for t in e.transcript_ids or ()}
+            ctc_term = self.ctc_module(projector, self.ctc_vocab | transcripts)
         llm_module = SpeechTrainingModule(
-            projector, student, prefix, autocast=cfg.autocast, teacher_model=self.llm.model,
-            ctc=self.ctc_module(projector, self.ctc_vocab | transcripts) if ctc_weight > 0 else None,
-            ctc_weight=ctc_weight,
+            projector, student, prefix, autocast=cfg.autocast, teacher_model=self.llm.model, ctc=ctc_term,
+            ctc_weight=cfg.distill_ctc_weight if ctc_term is not None else 0.0,
         )  # fmt: skip
         module: torch.nn.Module = llm_module
-        if name == "ctc":
-            module = self.ctc_module(projector, {t for e in examples for t in e.target_ids})
+        if name == "ctc":  # its examples are ctc_examples(), whose tokens make ctc_vocab
+            module = self.ctc_module(projector, self.ctc_vocab)
         before = validation_agreement(llm_module, valid)
         ckpt_dir = self.out / "checkpoints" / name
         args = TrainingArguments(
