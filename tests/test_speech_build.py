@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from alignscope.speech.build import SpeechBuildConfig, build_slm, load_slm
+from alignscope.speech.build import SpeechBuildConfig, build_slm, load_slm, shipped_projector
 from alignscope.speech.build_data import (
     FeatureCache,
     Utterance,
@@ -583,9 +583,23 @@ def test_distillation_ctc_term_adds_the_weighted_transcript_ctc_loss():
         SpeechTrainingModule(other, llm.model, before, autocast=False, ctc=ctc, ctc_weight=0.5)
 
 
+def test_shipped_provenance_without_a_later_setting_matches_it_off(tmp_path, monkeypatch):
+    # a projector shipped before distill_ctc_weight existed was built with it off, whatever today's default
+    import alignscope.speech.build as build_mod
+
+    old = SpeechBuildConfig(llm="old-llm", distill_ctc_weight=0.0).to_dict()
+    del old["distill_ctc_weight"]
+    (tmp_path / "old-llm").mkdir()
+    (tmp_path / "old-llm" / "projector.json").write_text(json.dumps({"metadata": {"config": old}}))
+    monkeypatch.setattr(build_mod, "SHIPPED_DIR", tmp_path)
+    assert SpeechBuildConfig().distill_ctc_weight > 0
+    assert shipped_projector(SpeechBuildConfig(llm="old-llm", distill_ctc_weight=0.0)) == tmp_path / "old-llm"
+    assert shipped_projector(SpeechBuildConfig(llm="old-llm")) is None  # today's default (on): another build
+
+
 def test_distill_ctc_weight_counts_in_the_identity_only_when_on(tmp_path):
     llm, enc = tiny_local_model(), tiny_whisper_encoder()
-    assert "distill_ctc_weight" not in SpeechBuildConfig().identity()
+    assert "distill_ctc_weight" not in SpeechBuildConfig(distill_ctc_weight=0.0).identity()
     with pytest.raises(SpeechError, match="distill_ctc_weight"):
         SpeechBuildConfig(distill_ctc_weight=-1.0)
     cfg = tiny_config(tmp_path / "build", asr_steps=0, distill_ctc_weight=0.5, distill_steps=3)

