@@ -1,4 +1,4 @@
-"""Judges: decide whether a response refuses or complies with a harmful request.
+"""Judges: decide whether a response refuses, complies, and (for judges that can tell) helps a harmful request.
 
 * ``keyword``: GCG-style refusal substrings (Zou et al. 2023), no model.
 * ``llm-rubric``: HEx-PHI 1-5 harmfulness score by a judge model (Qi et al. 2024, 2025).
@@ -9,8 +9,23 @@ Get one by spec with :func:`get_judge` (``"keyword:list=gcg"``, ``"llm-rubric:sm
 directly. Every verdict keeps the judge's raw output, so results can be re-judged without regenerating.
 """
 
-from alignscope.judges.base import Judge, JudgeError, Verdict, judge_one
-from alignscope.judges.keyword import REFUSAL_LISTS, REFUSAL_SUBSTRINGS, KeywordJudge, refusal_match
+from alignscope.judges.base import Judge, JudgeError, Verdict, full_texts, judge_one
+from alignscope.judges.keyword import (
+    REFUSAL_LISTS,
+    REFUSAL_SUBSTRINGS,
+    KeywordJudge,
+    find_refusal,
+    refusal_match,
+)
+from alignscope.judges.outcomes import (
+    AttackSuccess,
+    attack_success,
+    harmful_rate,
+    non_refusal_rate,
+    outcome_rates,
+    refusal_rate,
+    verdict_of,
+)
 from alignscope.judges.preference import PreferenceJudge, PreferenceVerdict, parse_preference
 from alignscope.judges.registry import (
     DEFAULT_JUDGE_MODEL,
@@ -34,6 +49,7 @@ __all__ = [
     "JUDGES",
     "REFUSAL_LISTS",
     "REFUSAL_SUBSTRINGS",
+    "AttackSuccess",
     "Judge",
     "JudgeError",
     "KeywordJudge",
@@ -42,15 +58,23 @@ __all__ = [
     "PreferenceVerdict",
     "StrongRejectJudge",
     "Verdict",
+    "attack_success",
     "available_judges",
+    "find_refusal",
+    "full_texts",
     "get_judge",
     "get_preference_judge",
+    "harmful_rate",
     "judge_one",
+    "non_refusal_rate",
+    "outcome_rates",
     "parse_judge_spec",
     "parse_preference",
     "parse_rubric_output",
     "parse_strongreject_output",
     "refusal_match",
+    "refusal_rate",
     "register_judge",
     "strongreject_score",
+    "verdict_of",
 ]

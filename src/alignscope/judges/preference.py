@@ -287,7 +287,14 @@ class PreferenceJudge:
             )
         return verdicts
 
-    def judge_batch(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Verdict]:
+    judges_harm = False
+
+    def judge_batch(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        prefills: Sequence[str] | None = None,
+    ) -> list[Verdict]:
         """Not available: a pairwise judge needs two responses per prompt (use :meth:`compare`)."""
         raise JudgeError(
             f"{self.name} is a pairwise judge: call compare(prompts, responses_a, responses_b) instead of "
