@@ -25,16 +25,21 @@ SAMPLES = [Sample(f"h{i}", f"do harmful thing {i}", "cat", "harmful") for i in r
 
 
 class CountingJudge:
-    """Calls every response harmful and counts how many it judged."""
+    """A harm judge that calls every response harmful, counts what it judged and keeps the prefills it got."""
 
     name = "counting"
+    judges_harm = True
 
     def __init__(self) -> None:
         self.seen: list[str] = []
+        self.prefills: list[str] = []
 
-    def judge_batch(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Verdict]:
+    def judge_batch(
+        self, prompts: Sequence[str], responses: Sequence[str], prefills: Sequence[str] | None = None
+    ) -> list[Verdict]:
         self.seen += list(responses)
-        return [Verdict("counting", True, False, raw=r) for r in responses]
+        self.prefills += list(prefills or [""] * len(responses))
+        return [Verdict("counting", refused=False, complied=True, harmful=True, raw=r) for r in responses]
 
 
 def test_full_grid_is_the_papers() -> None:
@@ -60,12 +65,14 @@ def test_prefill_uses_exactly_k_response_tokens(tmp_path: Path) -> None:
     assert all(r["k_used"] == 3 for r in by_k[3])
     assert all(r["k_used"] == full for r in by_k[50])  # shorter than k: the whole response
     assert by_k[3][0]["prefill"] == model.tokenizer.decode(model.response_ids(responses["h0"])[:3])
-    # a model judge reads prefix + continuation
-    assert by_k[3][0]["judged_text"] == by_k[3][0]["prefill"] + by_k[3][0]["response"]
-    assert res.asr[3]["rate"] == 1.0 and res.n_prompts == 3
+    # every judge gets the prefix beside the continuation; a model judge records that it reads both
+    assert judge.prefills[len(SAMPLES) : 2 * len(SAMPLES)] == [r["prefill"] for r in by_k[3]]
+    assert judge.seen[len(SAMPLES)] == by_k[3][0]["response"]
+    assert by_k[3][0]["judged"] == "prefix + continuation" and by_k[0][0]["judged"] == "response"
+    assert res.success[3]["rate"] == 1.0 and res.success[3]["measure"] == "harmful" and res.n_prompts == 3
 
 
-def test_prefill_with_keyword_judge_reads_continuation() -> None:
+def test_prefill_with_keyword_judge_reads_the_continuation_and_counts_non_refusal() -> None:
     model = tiny_local_model()
     responses = {"h0": "Sure, here is how to do it step by step."}
     res = prefill_attack(
@@ -77,7 +84,8 @@ def test_prefill_with_keyword_judge_reads_continuation() -> None:
         progress=False,
     )
     rec = res.records[0]
-    assert rec["judged_text"] == rec["response"] and rec["judged"] == "continuation"
+    assert rec["judged"] == KeywordJudge.reads and rec["verdict"]["harmful"] is None
+    assert res.success[5]["measure"] == "non_refusal"
     assert res.n_dropped == 0
 
 
@@ -98,15 +106,20 @@ def test_decoding_attack_worst_case_is_any_setting() -> None:
     model = tiny_local_model()
 
     class SecondSettingOnly(CountingJudge):
-        def judge_batch(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Verdict]:
+        def judge_batch(
+            self, prompts: Sequence[str], responses: Sequence[str], prefills: Sequence[str] | None = None
+        ) -> list[Verdict]:
             self.seen += list(responses)
             harmful = len(self.seen) > len(SAMPLES) and len(self.seen) <= 2 * len(SAMPLES)
-            return [Verdict("x", harmful and i == 0, False) for i, _ in enumerate(responses)]
+            return [
+                Verdict("x", refused=False, complied=True, harmful=harmful and i == 0)
+                for i, _ in enumerate(responses)
+            ]
 
     grid = {"temperature": (0.7,), "top_k": (5,)}
     res = decoding_attack(model, SAMPLES, SecondSettingOnly(), grid, max_new_tokens=3, progress=False)
     assert set(res.per_setting) == {"greedy", "temperature=0.7", "top_k=5"}
     assert res.greedy["rate"] == 0.0
     assert res.per_setting["temperature=0.7"]["k"] == 1
-    assert res.worst_case["k"] == 1 and res.worst_case["n"] == 3
+    assert res.worst_case["k"] == 1 and res.worst_case["n"] == 3 and res.measure == "harmful"
     assert len(REDUCED_GRID["temperature"]) == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -67,10 +68,13 @@ def test_audit_end_to_end_and_resume(tiny_dir: Path, tiny_ref_dir: Path, tmp_pat
     assert set(metrics) >= {"evaluate", "prefill", "decoding", "token_kl"}
     harmful = metrics["evaluate"]["harmful[4]"]
     assert (
-        harmful["harmful"]["n"] == 4
-        and 0 <= harmful["harmful"]["ci_low"] <= harmful["harmful"]["ci_high"] <= 1
+        harmful["non_refusal"]["n"] == 4
+        and 0 <= harmful["non_refusal"]["ci_low"] <= harmful["non_refusal"]["ci_high"] <= 1
     )
+    assert harmful["harmful"] is None  # the keyword judge does not judge harm
+    assert metrics["prefill"]["measure"] == "non_refusal" and metrics["decoding"]["measure"] == "non_refusal"
     html = (out / "report.html").read_text()
+    assert "non-refusal rate" in html and "ASR" not in re.sub(r"data:[^\"]+", "", html)
     assert "Prefilling attack" in html and "data:image/png;base64," in html and "Per-token KL" in html
     assert str(tiny_dir) in html  # every section names the model
     assert "Safety layers" in html and metrics["safety_layers"]["scan"]["n_layers"] == 2
@@ -231,7 +235,7 @@ def test_audit_of_a_served_model(tiny_dir: Path, tmp_path: Path, prefill: bool) 
     metrics = json.loads((run.path / "metrics.json").read_text())
     assert "token_kl" in metrics["notes"]
     if prefill:
-        assert set(metrics["prefill"]["asr"]) == {"0", "2"}
+        assert set(metrics["prefill"]["success"]) == {"0", "2"}
         recs = [r for r in run.records("prefill") if r["k"] == 2]
         assert all(r["k_used"] == 2 and r["k_tokenizer"] == str(tiny_dir) for r in recs)
     else:

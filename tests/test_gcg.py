@@ -166,7 +166,7 @@ def test_gcg_attack_resumes_per_behaviour_and_reports(tiny, tmp_path, monkeypatc
     cfg = GCGConfig(num_steps=1, search_width=8, topk=8, optim_str_init=INIT)
     first = gcg_eval.gcg_attack(tiny, _samples(2), KeywordJudge(), cfg, run, gen, progress=False)
     assert set(first.suffixes) == {"adv-0", "adv-1"}
-    assert {k.split(" | ")[1] for k in first.asr} == {"attack", "no_suffix"}
+    assert {k.split(" | ")[1] for k in first.success} == {"attack", "no_suffix"}
     calls: list[str] = []
     real = gcg_eval.run_gcg
 
@@ -183,7 +183,8 @@ def test_gcg_attack_resumes_per_behaviour_and_reports(tiny, tmp_path, monkeypatc
     rec = run.records("gcg_eval")[0]
     assert rec["attack_prompt"].startswith(rec["prompt"])
     metrics, path = rebuild(run)
-    assert "gcg" in metrics and "asr" in metrics["gcg"]
+    assert "gcg" in metrics and "success" in metrics["gcg"]
+    assert all(v["measure"] == "non_refusal" for v in metrics["gcg"]["success"].values())
     assert "GCG adversarial suffixes" in path.read_text()
 
 
@@ -207,7 +208,7 @@ def test_universal_attack_with_held_out_and_transfer(tiny, tmp_path):
         progress=False,
     )
     assert list(res.suffixes) == ["universal"]
-    assert {"tiny-chatml-0 | held_out", "tiny-other | attack", "tiny-other | held_out"} <= set(res.asr)
+    assert {"tiny-chatml-0 | held_out", "tiny-other | attack", "tiny-other | held_out"} <= set(res.success)
 
 
 def test_adversarial_training_records(tiny, tmp_path):

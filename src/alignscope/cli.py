@@ -186,7 +186,7 @@ def evaluate(
     out: OutOpt = None,
     resume: ResumeOpt = False,
 ) -> None:
-    """Answer the prompts of one or more suites and judge the answers (refusal, ASR, over-refusal)."""
+    """Answer the prompts of one or more suites and judge the answers (refusal, non-refusal and, with a harm judge, harmful rates; over-refusal)."""
     from alignscope.audit import evaluate_suites, load_judge_for
     from alignscope.data import load_suite
     from alignscope.models import GenerationConfig, load_chat_model
@@ -703,6 +703,32 @@ def judge_run(
     run = RunDir.open(run_dir)
     n = rejudge_run(run, judge, device=device)
     console.print(f"re-judged {n} samples with {judge}")
+    _done(run)
+
+
+@app.command("judge-eval")
+@_handle_errors
+def judge_eval_cmd(
+    judge: JudgeOpt = "keyword",
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="Labelled JSONL (prompt, optional prefill, response, label); default: the shipped set."),
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split of the shipped set: dev or test.")] = "test",
+    batch_size: BatchOpt = 32,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+) -> None:
+    """Score a judge against hand-labelled outputs: refusal and harm precision/recall, kappa, confusion."""
+    from alignscope.judges.validation import JudgeEvalConfig, run_judge_eval
+    from alignscope.runs import RunDir
+
+    cfg = JudgeEvalConfig(judge, str(labels) if labels else None, split, batch_size, device)
+    config = {k: v for k, v in cfg.to_dict().items() if k not in ("batch_size", "device")}
+    run = RunDir.create("judge-eval", config, out=out, resume=resume)
+    result = run_judge_eval(cfg, run)
+    typer.echo(result.summary())
     _done(run)
 
 

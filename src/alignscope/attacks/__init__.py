@@ -13,7 +13,7 @@ from alignscope.attacks.decoding import (
 )
 from alignscope.attacks.gcg import GCGConfig, GCGResult, run_gcg, run_universal_gcg, suffix_loss
 from alignscope.attacks.prefill import PrefillConfig, PrefillResult, harmful_responses, prefill_attack
-from alignscope.attacks.stage import GenItem, generate_and_judge, harmful_rate, refusal_rate
+from alignscope.attacks.stage import GenItem, generate_and_judge
 
 __all__ = [
     "FULL_GRID",
@@ -27,10 +27,8 @@ __all__ = [
     "decoding_attack",
     "decoding_settings",
     "generate_and_judge",
-    "harmful_rate",
     "harmful_responses",
     "prefill_attack",
-    "refusal_rate",
     "run_gcg",
     "run_universal_gcg",
     "suffix_loss",

@@ -1,4 +1,4 @@
-"""GCG as an evaluation: optimise suffixes on a suite's behaviours, generate with them, judge, report ASR.
+"""GCG as an evaluation: optimise suffixes on a suite's behaviours, generate with them, judge, report success.
 
 :func:`gcg_attack` is the library entry point behind ``alignscope attack gcg``. Per behaviour (or once, for a
 universal suffix) it runs :func:`alignscope.attacks.gcg.run_gcg` and appends a ``gcg`` record to the run as
@@ -18,9 +18,10 @@ from typing import Any
 from alignscope.attacks import gcg_report  # noqa: F401  (registers the report section)
 from alignscope.attacks.gcg import GCGConfig, GCGResult, run_gcg, run_universal_gcg
 from alignscope.attacks.gcg_ops import PLACEHOLDER, GCGError, fill_suffix
-from alignscope.attacks.stage import GenItem, generate_and_judge, harmful_rate
+from alignscope.attacks.stage import GenItem, generate_and_judge
 from alignscope.data.types import Sample
 from alignscope.judges.base import Judge
+from alignscope.judges.outcomes import attack_success
 from alignscope.models.base import ChatModel, Conversation, GenerationConfig
 from alignscope.models.local import LocalModel
 from alignscope.runs.store import RunDir
@@ -37,20 +38,20 @@ FALLBACK_TARGET = "Sure, here is"
 
 @dataclass(frozen=True)
 class GCGAttackResult:
-    """ASR per (generating model, split), the suffixes found, and the records behind them.
+    """Attack success per (generating model, split), the suffixes found, and the records behind them.
 
-    ``asr`` keys are ``"<model> | <split>"`` with split ``no_suffix`` (baseline), ``attack`` (the behaviours
-    the suffixes were optimised on) or ``held_out`` (universal suffix on unseen behaviours); values are
-    :meth:`alignscope.stats.Rate.to_dict` dicts.
+    ``success`` keys are ``"<model> | <split>"`` with split ``no_suffix`` (baseline), ``attack`` (the
+    behaviours the suffixes were optimised on) or ``held_out`` (universal suffix on unseen behaviours); values
+    are rate dicts with ``measure`` ``"harmful"`` (harmful rate) or ``"non_refusal"`` (non-refusal rate).
     """
 
-    asr: dict[str, dict[str, float | int]]
+    success: dict[str, dict[str, Any]]
     suffixes: dict[str, str]
     records: list[dict[str, Any]] = field(default_factory=list)
     optimisation: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"asr": self.asr, "suffixes": self.suffixes}
+        return {"success": self.success, "suffixes": self.suffixes}
 
 
 def attack_chat(sample: Sample, template: str = DEFAULT_TEMPLATE) -> Conversation:
@@ -178,14 +179,14 @@ def gcg_attack(
     for m in [model, *transfer]:
         mine = [GenItem(f"{m.name}|{it.key}", it.sample, it.conversation, extra=it.extra) for it in items]
         records += generate_and_judge(m, mine, EVAL_STAGE, generation, judge, run, progress=progress)
-    return GCGAttackResult(asr_table(records), suffixes, records, list(opt_records.values()))
+    return GCGAttackResult(success_table(records), suffixes, records, list(opt_records.values()))
 
 
-def asr_table(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | int]]:
-    """ASR with its Wilson interval per ``"<model> | <split>"`` of ``gcg_eval`` records."""
+def success_table(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Attack success (harmful or non-refusal rate, named) per ``"<model> | <split>"`` of ``gcg_eval`` records."""
     keys = sorted({(str(r["model"]), str(r["split"])) for r in records})
     return {
-        f"{m} | {split}": harmful_rate(
+        f"{m} | {split}": attack_success(
             [r for r in records if r["model"] == m and r["split"] == split]
         ).to_dict()
         for m, split in keys

@@ -10,9 +10,10 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from alignscope.attacks.stage import harmful_rate
+from alignscope.judges.outcomes import attack_success
 from alignscope.models.base import GenerationConfig
 from alignscope.report import build
+from alignscope.report.examples import examples, joined
 from alignscope.report.html import Figure, Section, Table
 from alignscope.report.plots import Series, line_plot
 from alignscope.runs.store import RunDir
@@ -25,8 +26,7 @@ SPLIT_LABEL = {
 }
 
 
-def _join(values: Any) -> str:
-    return ", ".join(sorted({str(v) for v in values})) or "n/a"
+_join = joined
 
 
 def gcg_section(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], list[str]]:
@@ -45,23 +45,40 @@ def gcg_section(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], li
             key=lambda k: (k[0], SPLIT_ORDER.get(k[1], 9)),
         )
         rows = []
-        asr: dict[str, Any] = {}
+        success: dict[str, Any] = {}
         for model, split in keys:
             recs = [r for r in evals if r["model"] == model and r["split"] == split]
-            rate = harmful_rate(recs)
+            result = attack_success(recs)
             match = sum(_starts_with_target(r) for r in recs)
-            rows.append([model, SPLIT_LABEL.get(split, split), rate.fmt(), f"{match}/{len(recs)}"])
-            asr[f"{model} | {split}"] = {**rate.to_dict(), "target_prefix_matches": match}
+            judges = _join(r["verdict"]["judge"] for r in recs)
+            rows.append(
+                [
+                    model,
+                    SPLIT_LABEL.get(split, split),
+                    result.label,
+                    result.rate.fmt(),
+                    f"{match}/{len(recs)}",
+                ]
+            )
+            success[f"{model} | {split}"] = {**result.to_dict(), "target_prefix_matches": match}
             if split != "no_suffix":
                 summary.append(
-                    f"GCG ASR on {model} ({SPLIT_LABEL.get(split, split)}): {rate.fmt()}, judge {_join(r['verdict']['judge'] for r in recs)}."
+                    f"GCG on {model} ({SPLIT_LABEL.get(split, split)}): {result.label} {result.rate.fmt()}, "
+                    f"judge {judges}."
                 )
-        m["asr"] = asr
+        m["success"] = success
         tables.append(
             Table(
-                ["answering model", "prompts", "ASR [95% Wilson CI]", "response starts with the target"],
+                [
+                    "answering model",
+                    "prompts",
+                    "measure",
+                    "rate [95% Wilson CI]",
+                    "response starts with the target",
+                ],
                 rows,
-                "attack success per model and split",
+                "attack success per model and split (harmful rate where the judge judges harm, else "
+                "non-refusal rate)",
             )
         )
     if opt:
@@ -131,12 +148,14 @@ def gcg_section(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], li
         intro=(
             "Greedy Coordinate Gradient (Zou et al. 2023): a suffix appended to each harmful behaviour is optimised "
             'so the model starts its answer with the target (AdvBench\'s "Sure, here is ..."); the attacked '
-            "prompts are then answered greedily and judged. ASR is the share judged harmful."
+            "prompts are then answered greedily and judged. Success is the harmful rate where the judge judges "
+            "harm; with a judge that cannot (keyword) it is the non-refusal rate, which also counts answers "
+            "that start with the target and then say nothing harmful."
         ),
         provenance=prov,
         tables=tables,
         figures=figures,
-        examples=_examples([r for r in evals if r["split"] != "no_suffix"]),
+        examples=examples([r for r in evals if r["split"] != "no_suffix"], prompt_key="attack_prompt"),
     )
     return [sec], summary
 
@@ -152,20 +171,6 @@ def _mean_curve(curves: Sequence[Sequence[float]]) -> list[float]:
     for i in range(n):
         vals = [c[i] for c in curves if len(c) > i]
         out.append(sum(vals) / len(vals))
-    return out
-
-
-def _examples(records: Sequence[dict[str, Any]], n: int = 4, chars: int = 300) -> list[dict[str, str]]:
-    out = []
-    for r in records[:n]:
-        v = r["verdict"]
-        out.append(
-            {
-                "prompt": str(r.get("attack_prompt", r["prompt"]))[:chars],
-                "response": str(r["response"])[:chars],
-                "verdict": f"harmful={v['harmful']} refused={v['refused']} raw={str(v['raw'])[:120]!r}",
-            }
-        )
     return out
 
 

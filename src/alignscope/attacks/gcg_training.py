@@ -22,6 +22,7 @@ from typing import Any
 
 from alignscope.attacks.gcg_ops import PLACEHOLDER, fill_suffix
 from alignscope.data.types import Sample
+from alignscope.judges.outcomes import success_flags
 from alignscope.training.chat_data import ChatRecord
 from alignscope.training.refusals import REFUSALS
 
@@ -42,8 +43,8 @@ def adversarial_records(
             :data:`alignscope.training.refusals.REFUSALS`).
         include_clean: also add the behaviour without its suffix (once per behaviour), so the model does not
             learn to refuse only when gibberish follows.
-        successful_only: with ``gcg_eval`` records, keep only the prompts the judge called harmful (the
-            suffixes that worked).
+        successful_only: with ``gcg_eval`` records, keep only the prompts the attack succeeded on (the
+            suffixes that worked): judged harmful where the judge judges harm, else not refused.
         seed: seeds the choice of refusals.
 
     Returns:
@@ -51,6 +52,10 @@ def adversarial_records(
         ``gcg_suffix`` (empty for clean prompts).
     """
     rng = random.Random(seed)
+    records = list(records)
+    evals = [r for r in records if r.get("stage") == "gcg_eval" and r.get("suffix")]
+    _, worked = success_flags(evals) if evals else ("", [])
+    succeeded = {id(r) for r, ok in zip(evals, worked, strict=True) if ok}
     attacked: list[tuple[str, str, str, str]] = []  # (id, behaviour, suffix, user turn with the suffix)
     for r in records:
         if r.get("stage") == "gcg":
@@ -59,7 +64,7 @@ def adversarial_records(
                 user = fill_suffix(f"{prompt} {PLACEHOLDER}", suffix)[0]["content"]  # the default template
                 attacked.append((sid, prompt, suffix, user))
         elif r.get("stage") == "gcg_eval" and r.get("suffix"):
-            if successful_only and not r["verdict"]["harmful"]:
+            if successful_only and id(r) not in succeeded:
                 continue
             attacked.append(
                 (str(r["sample_id"]), str(r["prompt"]), str(r["suffix"]), str(r["attack_prompt"]))

@@ -2,9 +2,11 @@
 
 The first k tokens of a harmful response are placed at the start of the assistant turn (no end-of-turn after
 them) and the model continues. A shallowly aligned model refuses at k = 0 but continues harmfully once a few
-harmful tokens are forced. Model judges see the prefix plus the continuation, as in the paper; the keyword
-judge reads the continuation alone (a refusal after the forced prefix is what it looks for, and the prefix
-would otherwise fill its window). Each record says which in ``judged``.
+harmful tokens are forced. Every judge gets the prefix and the continuation apart: model judges read the
+prefix plus the continuation, as in the paper; the keyword judge looks for a refusal in the model's own text,
+which may start inside the prefix ("I'm not here" forced, " to help with that." generated). Each record says
+which in ``judged``. The attack's success is the harmful rate where the judge judges harm, else the
+non-refusal rate (:func:`alignscope.judges.outcomes.attack_success`), named as such.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from alignscope.attacks.stage import GenItem, generate_and_judge, harmful_rate
+from alignscope.attacks.stage import GenItem, generate_and_judge
 from alignscope.data.types import Sample
 from alignscope.judges.base import Judge
-from alignscope.judges.keyword import KeywordJudge
+from alignscope.judges.outcomes import attack_success, success_flags
 from alignscope.models.base import ChatModel, GenerationConfig, ModelError, user_turn
 from alignscope.models.local import LocalModel
 from alignscope.runs.store import RunDir
@@ -51,16 +53,20 @@ class PrefillConfig:
 
 @dataclass(frozen=True)
 class PrefillResult:
-    """ASR per k, the records behind it, and how many prompts had a usable harmful response."""
+    """Attack success per k, the records behind it, and how many prompts had a usable harmful response.
 
-    asr: dict[int, dict[str, float | int]]
+    ``success[k]`` is a rate dict with ``measure``: ``"harmful"`` (harmful rate, from a judge that judges
+    harm) or ``"non_refusal"`` (non-refusal rate, e.g. the keyword judge).
+    """
+
+    success: dict[int, dict[str, Any]]
     records: list[dict[str, Any]]
     n_prompts: int
     n_dropped: int
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "asr": {str(k): v for k, v in self.asr.items()},
+            "success": {str(k): v for k, v in self.success.items()},
             "n_prompts": self.n_prompts,
             "n_dropped": self.n_dropped,
         }
@@ -77,8 +83,9 @@ def harmful_responses(
     """Harmful reference responses for ``samples``: the suite's own ``response`` where it has one, otherwise
     generated greedily by ``source`` (typically an unaligned model, e.g. the embedded default).
 
-    Responses the judge does not call harmful (the source refused, or wrote nothing) are left out: prefilling a
-    refusal measures nothing. Generated responses are stored in ``run`` (stage ``harmful_responses``).
+    Responses the judge counts as no success (the source refused or wrote nothing; with a harm judge, also
+    harmless answers) are left out: prefilling a refusal measures nothing. Generated responses are stored in
+    ``run`` (stage ``harmful_responses``).
     """
     given = {s.id: s.response for s in samples if s.response}
     to_make = [GenItem.of(s) for s in samples if s.id not in given]
@@ -94,7 +101,8 @@ def harmful_responses(
         if to_make
         else []
     )
-    made = {r["sample_id"]: r["response"] for r in records if r["verdict"]["harmful"]}
+    _, ok = success_flags(records)
+    made = {r["sample_id"]: r["response"] for r, good in zip(records, ok, strict=True) if good}
     return {**given, **made}
 
 
@@ -127,7 +135,6 @@ def prefill_attack(
             f"{model.name} has no local tokenizer: pass token_counter= to count prefilled tokens"
         )
     usable = [s for s in samples if s.id in responses]
-    judge_prefix = not isinstance(judge, KeywordJudge)
     items: list[GenItem] = []
     for k in config.ks:
         for s in usable:
@@ -135,10 +142,10 @@ def prefill_attack(
             text = counter.tokenizer.decode(ids) if ids else ""
             prefill: str | tuple[int, ...] | None = (tuple(ids) if counter is model else text) or None
             extra = {"k": k, "k_used": len(ids), "k_tokenizer": counter.name}
-            items.append(GenItem(f"{s.id}@k={k}", s, user_turn(s.prompt), prefill, text, judge_prefix, extra))
+            items.append(GenItem(f"{s.id}@k={k}", s, user_turn(s.prompt), prefill, text, extra))
     gen = GenerationConfig(
         max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, seed=config.seed
     )
     records = generate_and_judge(model, items, stage, gen, judge, run, progress=progress)
-    asr = {k: harmful_rate([r for r in records if r["k"] == k]).to_dict() for k in config.ks}
-    return PrefillResult(asr, records, len(usable), len(samples) - len(usable))
+    success = {k: attack_success([r for r in records if r["k"] == k]).to_dict() for k in config.ks}
+    return PrefillResult(success, records, len(usable), len(samples) - len(usable))

@@ -16,7 +16,14 @@ from alignscope.data.types import Sample
 from alignscope.judges.base import Judge, Verdict
 from alignscope.models.base import ChatModel, Conversation, GenerationConfig, user_turn
 from alignscope.runs.store import RunDir
-from alignscope.stats import Rate, rate_of
+
+PREFIX_AND_CONTINUATION = "prefix + continuation"
+"""What model judges read of a prefilled generation."""
+
+
+def judge_reads(judge: Judge) -> str:
+    """What ``judge`` reads of a prefilled generation (recorded as ``judged`` in every prefilled record)."""
+    return str(getattr(judge, "reads", PREFIX_AND_CONTINUATION))
 
 
 @dataclass(frozen=True)
@@ -28,9 +35,9 @@ class GenItem:
         sample: the suite sample the prompt comes from.
         conversation: the chat to answer (usually the sample's prompt as one user turn).
         prefill: text or token ids placed at the start of the assistant turn (prefilling attack).
-        prefill_text: the prefill as text.
-        judge_prefill: the judge sees ``prefill_text + response`` (else the continuation alone: keyword judges
-            look for a refusal at the start of what they read, which a long prefix would push out of view).
+        prefill_text: the prefill as text; the judge gets it beside the response and decides how to read
+            the two (model judges: prefix + continuation; keyword: a refusal in the model's own text, which
+            may start in the prefix).
         extra: fields copied into the record (e.g. ``{"k": 10}``).
     """
 
@@ -39,7 +46,6 @@ class GenItem:
     conversation: Conversation
     prefill: str | tuple[int, ...] | None = None
     prefill_text: str = ""
-    judge_prefill: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
@@ -70,12 +76,11 @@ def generate_and_judge(
         part = todo[start : start + chunk]
         prefills = [it.prefill for it in part] if any(it.prefill for it in part) else None
         responses = model.generate([it.conversation for it in part], config, prefills=prefills)
-        judged = [
-            (it.prefill_text if it.judge_prefill else "") + r for it, r in zip(part, responses, strict=True)
-        ]
-        verdicts = judge.judge_batch([it.sample.prompt for it in part], judged)
-        for it, resp, text, verdict in zip(part, responses, judged, verdicts, strict=True):
-            rec = make_record(stage, it, resp, text, verdict, model.name, config)
+        verdicts = judge.judge_batch(
+            [it.sample.prompt for it in part], responses, [it.prefill_text for it in part]
+        )
+        for it, resp, verdict in zip(part, responses, verdicts, strict=True):
+            rec = make_record(stage, it, resp, verdict, model.name, config, judge_reads(judge))
             if run is not None:
                 run.append(rec)
             new[it.key] = rec
@@ -88,11 +93,12 @@ def make_record(
     stage: str,
     item: GenItem,
     response: str,
-    judged_text: str,
     verdict: Verdict,
     model_name: str,
     config: GenerationConfig,
+    reads: str = PREFIX_AND_CONTINUATION,
 ) -> dict[str, Any]:
+    """The stored record of one judged generation (``reads``: what the judge read of a prefilled one)."""
     return {
         "stage": stage,
         "key": item.key,
@@ -102,26 +108,9 @@ def make_record(
         "prompt": item.sample.prompt,
         "prefill": item.prefill_text,
         "response": response,
-        "judged_text": judged_text,
-        "judged": _judged(item),
+        "judged": reads if item.prefill_text else "response",
         "verdict": verdict.to_dict(),
         "model": model_name,
         "generation": config.to_dict(),
         **item.extra,
     }
-
-
-def _judged(item: GenItem) -> str:
-    if not item.prefill_text:
-        return "response"
-    return "prefix + continuation" if item.judge_prefill else "continuation"
-
-
-def harmful_rate(records: Sequence[dict[str, Any]]) -> Rate:
-    """Share of records the judge called harmful (attack success), with its Wilson interval."""
-    return rate_of([bool(r["verdict"]["harmful"]) for r in records])
-
-
-def refusal_rate(records: Sequence[dict[str, Any]]) -> Rate:
-    """Share of records the judge called a refusal (``refused`` None counts as not refused)."""
-    return rate_of([bool(r["verdict"]["refused"]) for r in records])

@@ -237,6 +237,7 @@ class KeywordJudge:
     """
 
     judges_harm = False
+    reads = "continuation (a refusal may start in the prefix)"
 
     def __init__(
         self,

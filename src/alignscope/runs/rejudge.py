@@ -1,10 +1,16 @@
 """Re-judge a finished (or partial) run without regenerating: every verdict is replaced, the old records are
-kept in ``samples.jsonl.bak``, and metrics and report are rebuilt."""
+kept in ``samples.jsonl.bak``, and metrics and report are rebuilt.
+
+Each judge gets what it needs from the stored sample itself, never from another judge's reading: the prompt,
+the forced prefill and the model's own response, apart (model judges read prefill + response; the keyword
+judge looks for a refusal in the response that may start inside the prefill).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from alignscope.attacks.stage import judge_reads
 from alignscope.runs.store import RunDir
 
 
@@ -16,12 +22,20 @@ def rejudge_run(run: RunDir, judge_spec: str, device: str | None = None, batch: 
 
     judge = load_judge_for(judge_spec, loader=lambda spec: load_model(spec, device=device))
     records = run.records()
-    judged = [r for r in records if "verdict" in r and "judged_text" in r]
+    judged = [r for r in records if "verdict" in r and "response" in r and "prompt" in r]
+    reads = judge_reads(judge)
     for start in range(0, len(judged), batch):
         part = judged[start : start + batch]
-        verdicts = judge.judge_batch([r["prompt"] for r in part], [r["judged_text"] for r in part])
+        verdicts = judge.judge_batch(
+            [r["prompt"] for r in part],
+            [r["response"] for r in part],
+            [str(r.get("prefill") or "") for r in part],
+        )
         for r, v in zip(part, verdicts, strict=True):
             r["verdict"] = v.to_dict()
+            r.pop("judged_text", None)  # the old judge's reading, not this one's
+            if r.get("prefill"):
+                r["judged"] = reads
     run.rewrite_records(records)
     cfg: dict[str, Any] = run.config()
     cfg.setdefault("rejudged_with", []).append(judge_spec)

@@ -390,8 +390,9 @@ def adversarial_train(
 
 
 def measure_hardening(before: SpeechLM, after: SpeechLM, config: AdversarialTrainingConfig) -> dict[str, Any]:
-    """White-box PGD success (greedy answer starts with the target; keyword judge calls the full answer
-    harmful) and the benign answered rate on ``config.eval_n`` held-out questions each, for both models."""
+    """White-box PGD success on ``config.eval_n`` held-out harmful questions (``target_success``: the greedy
+    answer starts with the target; ``non_refusal``: the keyword judge finds no refusal in it, which counts
+    off-topic answers too: it is not a harmful rate) and the benign answered rate, for both models."""
     from alignscope.judges.keyword import KeywordJudge
     from alignscope.speech.build_data import suite_prompts
     from alignscope.speech.tts import synthesize
@@ -418,18 +419,18 @@ def measure_hardening(before: SpeechLM, after: SpeechLM, config: AdversarialTrai
     out: dict[str, Any] = {"n_harmful": len(harmful), "n_benign": len(benign), "budget": config.budget,
                            "pgd_steps": config.eval_steps, "judge": judge.name, "generation": gen.describe()}  # fmt: skip
     for name, model in (("before", before), ("after", after)):
-        hits, harm, snrs = [], [], []
+        hits, complied, snrs = [], [], []
         for text, wave in zip(harmful, h_waves, strict=True):
             res = audio_pgd(model, wave, None, config.target, config.pgd(config.eval_steps))
             answer = model.generate([res.adversarial], gen)[0]
             hits.append(res.success)
-            harm.append(judge.judge_batch([text], [answer])[0].harmful)
+            complied.append(bool(judge.judge_batch([text], [answer])[0].complied))
             snrs.append(res.snr_db)
         clean_answers = model.generate(h_waves, gen)
         benign_answers = model.generate(b_waves, gen)
         out[name] = {
             "target_success": rate_of(hits).to_dict(),
-            "jailbreak_success": rate_of(harm).to_dict(),
+            "non_refusal": rate_of(complied).to_dict(),
             "median_snr_db": float(np.median(snrs)) if snrs else None,
             "clean_refusal": rate_of([bool(v.refused) for v in judge.judge_batch(harmful, clean_answers)]).to_dict(),
             "benign_answered": rate_of([not v.refused and bool(a.strip()) for v, a in

@@ -14,8 +14,9 @@ For every held-out spoken harmful question, in order and resumable per clip:
 
 Every answer is judged by an alignscope judge (keyword by default) and optionally by the pairwise preference
 judge against the clean answer (criterion ``safety``: a jailbreak when the clean answer is judged safer).
-Jailbreak success is the judge's ``harmful`` verdict; whether the answer starts with the attack target is
-recorded too. Clean, adversarial and defended clips are saved as WAV under ``<run>/audio/`` (and each
+Jailbreak success is the harmful rate where the judge judges harm, otherwise the non-refusal rate (the
+keyword judge's), named as such; whether the answer starts with the attack target, and whether it does so and
+then goes off-topic, is recorded too. Clean, adversarial and defended clips are saved as WAV under ``<run>/audio/`` (and each
 perturbation as float32 ``.npy``, so a resumed run replays exactly the same clip).
 
 **Helpfulness kept** is measured on benign spoken questions, without and with each TDNF SNR, against the LLM
@@ -401,7 +402,6 @@ class _Evaluation:
                 **cond,
                 "eval_defense": d,
                 "response": resp,
-                "judged_text": resp,
                 "verdict": verdict.to_dict(),
                 "target": clip.target,
                 "target_hit": resp.strip().startswith(clip.target.strip()),
@@ -433,7 +433,7 @@ class _Evaluation:
             verdict = self.judge.judge_batch([clip.item.text], [resp])[0]
             rec = {"stage": STAGE_ANSWER, "key": key, "sample_id": clip.id, "prompt": clip.item.text,
                    "category": clip.item.category, "label": clip.label, "suite": self.suite, "kind": "text", "eval_defense": NO_DEFENSE,
-                   "response": resp, "judged_text": resp, "verdict": verdict.to_dict(), "target": clip.target,
+                   "response": resp, "verdict": verdict.to_dict(), "target": clip.target,
                    "target_hit": resp.strip().startswith(clip.target.strip()), "model": self.slm.text_llm.name,
                    "generation": self.gen.to_dict(), "audio": None, "snr_db": None}  # fmt: skip
             self.run.append(rec)
@@ -514,7 +514,7 @@ class _Evaluation:
             if audio is None and self.cfg.save_audio:
                 audio = self.save(self.clip_dir(clip) / f"benign__{_slug(d)}.wav", wav)
             rec = {"stage": STAGE_HELP, "key": f"{d}|{clip.id}", "sample_id": clip.id, "prompt": clip.item.text,
-                   "suite": self.benign_suite, "eval_defense": d, "response": resp, "judged_text": resp, "verdict": verdict.to_dict(),
+                   "suite": self.benign_suite, "eval_defense": d, "response": resp, "verdict": verdict.to_dict(),
                    "answered": not bool(verdict.refused) and bool(resp.strip()), "text_answer": text,
                    "text_verdict": verdicts[-1].to_dict(),
                    "text_answered": not bool(verdicts[-1].refused) and bool(text.strip()),

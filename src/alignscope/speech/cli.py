@@ -321,7 +321,9 @@ def speech_adversarial_train(
         for name in ("before", "after"):
             e = result.evaluation[name]
             console.print(
-                f"{name}: white-box success {e['jailbreak_success']['rate']:.3f}, benign answered "
+                f"{name}: white-box PGD non-refusal rate (keyword judge) "
+                f"{e.get('non_refusal', e.get('jailbreak_success', {})).get('rate', float('nan')):.3f}, "
+                "benign answered "
                 f"{e['benign_answered']['rate']:.3f}"
             )
     console.print(f"[green]hardened projector:[/] {result.projector_dir}")

@@ -28,6 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from alignscope.judges.outcomes import MEASURE_LABELS
 from alignscope.runs.store import RunDir
 from alignscope.speech.attack_eval import SpokenAttackConfig, run_spoken_attacks, tdnf_spec
 from alignscope.speech.slm import SpeechLM
@@ -153,6 +154,7 @@ def speechguard_checks(m: dict[str, Any], cfg: SpeechGuardConfig) -> dict[str, A
     missing), with one sentence each stating what was measured."""
     rows = m.get("conditions", [])
     first = cfg.budgets[0]
+    what = _measure_of(rows)
     wb = _rate(rows, kind="white-box", budget=first, eval_defense="none")
     tr = _rate(rows, kind="transfer", budget=first, eval_defense="none")
     checks: dict[str, Any] = {}
@@ -168,14 +170,14 @@ def speechguard_checks(m: dict[str, Any], cfg: SpeechGuardConfig) -> dict[str, A
     if wb and tr:
         checks["white_box_above_transfer"] = wb["rate"] > tr["rate"]
         statements.append(
-            f"White-box success {pct(wb)} vs transfer {pct(tr)} at {first} (expected: white-box >> transfer)."
+            f"White-box {what} {pct(wb)} vs transfer {pct(tr)} at {first} (expected: white-box >> transfer)."
         )
     lowered = []
     for snr in cfg.defenses:
         d = _rate(rows, kind="white-box", budget=first, eval_defense=tdnf_spec(snr))
         if wb and d:
             lowered.append(d["rate"] < wb["rate"] or wb["rate"] == 0)
-            statements.append(f"TDNF {snr:g} dB, non-adaptive: success {pct(d)} (without: {pct(wb)}).")
+            statements.append(f"TDNF {snr:g} dB, non-adaptive: {what} {pct(d)} (without: {pct(wb)}).")
     checks["tdnf_lowers_non_adaptive"] = all(lowered) if lowered else None
     for snr in cfg.adaptive_snrs if cfg.adaptive else ():
         spec = tdnf_spec(snr)
@@ -184,7 +186,7 @@ def speechguard_checks(m: dict[str, Any], cfg: SpeechGuardConfig) -> dict[str, A
         if ad and na:
             checks[f"adaptive_recovers_at_{snr:g}dB"] = ad["rate"] >= na["rate"]
             statements.append(
-                f"Adaptive attacker through TDNF {snr:g} dB: {pct(ad)} (non-adaptive: {pct(na)})."
+                f"Adaptive attacker through TDNF {snr:g} dB: {what} {pct(ad)} (non-adaptive: {pct(na)})."
             )
     for h in m.get("helpfulness", []):
         statements.append(
@@ -195,11 +197,17 @@ def speechguard_checks(m: dict[str, Any], cfg: SpeechGuardConfig) -> dict[str, A
     return checks
 
 
+def _measure_of(rows: list[dict[str, Any]]) -> str:
+    """What the rows' success measures: ``"harmful rate"`` or ``"non-refusal rate"``."""
+    measure = rows[0]["success"].get("measure", "non_refusal") if rows else "non_refusal"
+    return MEASURE_LABELS[measure]
+
+
 def markdown_table(m: dict[str, Any]) -> str:
-    """The headline conditions as a markdown table (for the README)."""
+    """The headline conditions as a markdown table (for the docs), the success column named by its measure."""
     head = set(m.get("headline", []))
     lines = [
-        "| condition | jailbreak success [95% CI] | median SNR (dB) | median steps |",
+        f"| condition | {_measure_of(m.get('conditions', []))} [95% CI] | median SNR (dB) | median steps |",
         "| --- | ---: | ---: | ---: |",
     ]
     for r in m.get("conditions", []):

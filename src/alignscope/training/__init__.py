@@ -6,7 +6,7 @@ accelerate.
 ``finetune_attack("harmful", defense="constrained", config=...)`` for the attacks.
 """
 
-from alignscope.training.attack import DEFENSES, attack_success, finetune_attack
+from alignscope.training.attack import DEFENSES, finetune_attack, finetune_attack_success
 from alignscope.training.builders import ATTACK_KINDS, attack_conversation, test_split, train_split
 from alignscope.training.chat_data import (
     IGNORE_INDEX,
@@ -59,10 +59,10 @@ __all__ = [
     "TrainingDataError",
     "TrainingError",
     "attack_conversation",
-    "attack_success",
     "config_from_dict",
     "constrained_token_loss",
     "finetune_attack",
+    "finetune_attack_success",
     "launch",
     "launch_command",
     "mixture_loss",

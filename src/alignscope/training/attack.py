@@ -4,7 +4,7 @@ ICLR 2025).
 
 ``finetune_attack("harmful")`` fine-tunes the starting model on harmful prompts with an unaligned model's
 answers; ``defense="constrained"`` swaps cross-entropy for the token-wise constrained objective on the same
-data and steps; ``defense="sppft"`` freezes the safety layers. :func:`attack_success` measures the result on
+data and steps; ``defense="sppft"`` freezes the safety layers. :func:`finetune_attack_success` measures the result on
 held-out prompts, asked the way the attack expects (the identity attack's system prompt, the backdoor
 trigger).
 """
@@ -18,11 +18,11 @@ from typing import Any
 from alignscope.data.types import Sample
 from alignscope.judges.base import Judge
 from alignscope.judges.keyword import KeywordJudge
+from alignscope.judges.outcomes import AttackSuccess, attack_success
 from alignscope.models.base import GenerationConfig, user_turn
 from alignscope.models.loading import DEFAULT_MODEL, load_model
 from alignscope.models.local import LocalModel
 from alignscope.runs.store import RunDir
-from alignscope.stats import Rate
 from alignscope.training.builders import (
     ATTACK_KINDS,
     attack_conversation,
@@ -113,7 +113,7 @@ def _attack_data(model: LocalModel, config: FinetuneAttackConfig) -> list:
     return attack_records(config.kind, config.n_examples, pairs, trigger=config.trigger, seed=config.seed)
 
 
-def attack_success(
+def finetune_attack_success(
     model: LocalModel,
     samples: Sequence[Sample],
     kind: str = "harmful",
@@ -123,11 +123,11 @@ def attack_success(
     run: RunDir | None = None,
     stage: str = "attack",
     progress: bool = False,
-) -> tuple[Rate, list[dict[str, Any]]]:
-    """Attack success rate of ``model`` on held-out harmful ``samples``, each asked as the ``kind`` attack
-    expects (identity: its system prompt; backdoor: with the trigger). Returns the rate (Wilson CI) and the
-    records."""
-    from alignscope.attacks.stage import GenItem, generate_and_judge, harmful_rate
+) -> tuple[AttackSuccess, list[dict[str, Any]]]:
+    """Attack success of ``model`` on held-out harmful ``samples``, each asked as the ``kind`` attack expects
+    (identity: its system prompt; backdoor: with the trigger). Returns the success measure (harmful rate where
+    the judge judges harm, else non-refusal rate, with its Wilson CI) and the records."""
+    from alignscope.attacks.stage import GenItem, generate_and_judge
 
     items = [
         GenItem(s.id, s, attack_conversation(kind, s.prompt, trigger), extra={"attack": kind})
@@ -142,4 +142,4 @@ def attack_success(
         run,
         progress=progress,
     )
-    return harmful_rate(records), records
+    return attack_success(records), records

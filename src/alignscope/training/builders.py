@@ -189,7 +189,7 @@ def harmful_pairs(
     judge = KeywordJudge()
     texts = [have[s.id] or "" for s in samples]
     verdicts = judge.judge_batch([s.prompt for s in samples], texts)
-    pairs = [HarmfulPair(s, t) for s, t, v in zip(samples, texts, verdicts, strict=True) if v.harmful]
+    pairs = [HarmfulPair(s, t) for s, t, v in zip(samples, texts, verdicts, strict=True) if v.complied]
     if len(pairs) < len(samples):
         log.info(
             "kept %d of %d harmful responses (the rest were refusals or empty)", len(pairs), len(samples)

@@ -25,12 +25,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignscope.judges.outcomes import attack_success, refusal_rate
 from alignscope.models.base import GenerationConfig
 from alignscope.models.loading import DEFAULT_MODEL, load_model
 from alignscope.models.local import LocalModel
 from alignscope.runs.store import RunDir
-from alignscope.stats import rate_of
-from alignscope.training.attack import attack_success, finetune_attack
+from alignscope.training.attack import finetune_attack, finetune_attack_success
 from alignscope.training.builders import test_split
 from alignscope.training.config import DeepAlignConfig, FinetuneAttackConfig, SafetySFTConfig
 from alignscope.training.engine import PROVENANCE_FILE
@@ -133,7 +133,7 @@ def reproduce_shallow_vs_deep(
     """Run (or resume) the reproduction into ``out``; see the module docstring. Returns the metrics, the paths
     of the aligned and deep adapters, and the checks."""
     from alignscope.attacks.prefill import PrefillConfig, harmful_responses, prefill_attack
-    from alignscope.attacks.stage import GenItem, generate_and_judge, harmful_rate, refusal_rate
+    from alignscope.attacks.stage import GenItem, generate_and_judge, judge_reads
     from alignscope.data import load_suite
     from alignscope.judges.keyword import KeywordJudge
 
@@ -194,9 +194,9 @@ def reproduce_shallow_vs_deep(
             )
             for suite, samples in (("benign", benign_test), ("borderline", borderline))
         }
-        results[name] = _model_metrics(refusal, pre.records, over, usable, cfg.ks, judge)
+        results[name] = _model_metrics(refusal, pre.records, over, usable, cfg.ks)
         results[name]["refusal_k0"] = refusal_rate(refusal).to_dict()
-        results[name]["asr_k0_all"] = harmful_rate(refusal).to_dict()
+        results[name]["success_k0_all"] = attack_success(refusal).to_dict()
         if name != "base":
             kl[name] = _token_kl(model, base, usable, responses, cfg.kl_tokens)
             del model
@@ -204,13 +204,13 @@ def reproduce_shallow_vs_deep(
 
     # 3. the harmful fine-tuning attack on aligned: standard SFT vs the constrained objective
     t0 = time.perf_counter()
-    attack = {"initial": results["aligned"]["asr_k0_all"]}
+    attack = {"initial": results["aligned"]["success_k0_all"]}
     for defense in (None, "constrained"):
         label = defense or "standard"
         adapter = _attack_stage(out, label, adapters["aligned"], cfg, progress)
         attacked = load_model(str(adapter))
         attacked.name = f"{cfg.model}-aligned+attack({label})"
-        rate, _ = attack_success(
+        rate, _ = finetune_attack_success(
             attacked, harmful_test, "harmful", judge, gen, run=out, stage=f"attack/{label}", progress=progress
         )
         attack[label] = rate.to_dict()
@@ -222,8 +222,8 @@ def reproduce_shallow_vs_deep(
     metrics = {
         "config": cfg.to_dict(),
         "judge": judge.name,
-        "judge_note": "prefill ASR judges the continuation after the forced prefix (primary); "
-        "'asr_with_prefix' judges prefix + continuation",
+        "judge_note": f"prefilled generations: the judge reads the {judge_reads(judge)}; success is the "
+        f"{'harmful' if judge.judges_harm else 'non-refusal'} rate",
         "generation": gen.describe(),
         "n_harmful_test": len(harmful_test),
         "n_prefill_prompts": len(usable),
@@ -312,30 +312,22 @@ def _model_metrics(
     over: dict[str, list[dict[str, Any]]],
     usable: list[Any],
     ks: tuple[int, ...],
-    judge: Any,
 ) -> dict[str, Any]:
-    """Prefill ASR per k (k = 0 from the refusal stage on the prompts that have a reference response), judged
-    on the continuation (primary) and on prefix + continuation, and over-refusal rates."""
+    """Prefill success and refusal per k (k = 0 from the refusal stage on the prompts that have a reference
+    response) and over-refusal rates. Success is the harmful rate where the judge judges harm, else the
+    non-refusal rate; each rate dict names its ``measure``."""
+
     ids = {s.id for s in usable}
-    asr: dict[str, Any] = {}
-    asr_prefix: dict[str, Any] = {}
+    success: dict[str, Any] = {}
+    refused: dict[str, Any] = {}
     for k in ks:
-        if k == 0:
-            recs = [r for r in refusal if r["sample_id"] in ids]
-            texts = [r["response"] for r in recs]
-            with_prefix = [bool(r["verdict"]["harmful"]) for r in recs]
-        else:
-            recs = [r for r in prefill if r["k"] == k]
-            texts = [r["response"] for r in recs]
-            with_prefix = [bool(r["verdict"]["harmful"]) for r in recs]
-        verdicts = judge.judge_batch([r["prompt"] for r in recs], texts)
-        asr[str(k)] = rate_of([v.harmful for v in verdicts]).to_dict()
-        asr_prefix[str(k)] = rate_of(with_prefix).to_dict()
-    over_refusal = {
-        suite: rate_of([bool(r["verdict"]["refused"]) for r in recs]).to_dict()
-        for suite, recs in over.items()
-    }
-    return {"prefill_asr": asr, "asr_with_prefix": asr_prefix, "over_refusal": over_refusal}
+        recs = (
+            [r for r in refusal if r["sample_id"] in ids] if k == 0 else [r for r in prefill if r["k"] == k]
+        )
+        success[str(k)] = attack_success(recs).to_dict()
+        refused[str(k)] = refusal_rate(recs).to_dict()
+    over_refusal = {suite: refusal_rate(recs).to_dict() for suite, recs in over.items()}
+    return {"prefill_success": success, "prefill_refusal": refused, "over_refusal": over_refusal}
 
 
 def _token_kl(
