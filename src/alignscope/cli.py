@@ -712,7 +712,9 @@ def judge_eval_cmd(
     judge: JudgeOpt = "keyword",
     labels: Annotated[
         Path | None,
-        typer.Option(help="Labelled JSONL (prompt, optional prefill, response, label); default: the shipped set."),
+        typer.Option(
+            help="Labelled JSONL (prompt, optional prefill, response, label); default: the shipped set."
+        ),
     ] = None,
     split: Annotated[str, typer.Option(help="Split of the shipped set: dev or test.")] = "test",
     batch_size: BatchOpt = 32,
