@@ -729,6 +729,21 @@ def test_endpoint_without_logprobs_is_a_clear_error() -> None:
         served(fake).answer_logprobs([user_turn("hi")], ["1"])
 
 
+def test_a_server_that_rejects_logprobs_gives_no_log_probs() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        if "logprobs" in body:
+            error = {"error": {"message": "invalid request: 'logprobs' is not supported by alignscope serve"}}
+            return httpx.Response(400, json=error)
+        return httpx.Response(200, json={"choices": [{"index": 0, "message": {"content": "no format"}}]})
+
+    model = RemoteModel("openai:http://h/v1#judge", transport=httpx.MockTransport(handler))
+    with pytest.raises(NoLogprobsError, match="HTTP 400"):
+        model.answer_logprobs([user_turn("hi")], ["1"])
+    (v,) = LLMRubricJudge(model).judge_batch(["p"], ["r"])  # the unreadable text stays an explicit unknown
+    assert v.outcome == "unknown" and v.raw == "no format"
+
+
 def test_remote_chat_scoring_and_a_rubric_judge_follow_up() -> None:
     def top(body: dict[str, Any]) -> dict[str, float] | None:
         if "logprobs" not in body:

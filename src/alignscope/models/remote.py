@@ -70,6 +70,15 @@ DEFAULT_TOP_LOGPROBS = 20
 """Top log-probs asked for per scored token (vLLM's default ceiling, and the OpenAI API's)."""
 
 
+class RemoteHTTPError(ModelError):
+    """The endpoint answered with an HTTP error status (after any retries)."""
+
+    def __init__(self, message: str, status: int, detail: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
+
+
 class BlackBoxError(ModelError, AttributeError):
     """White-box access (weights, tokenizer, hidden states) on a remote model. Also an ``AttributeError``, so
     ``hasattr(model, "tokenizer")`` stays False."""
@@ -377,7 +386,12 @@ class RemoteModel:
         """``{token text: log-prob}`` of the first generated token's top alternatives."""
         chat = "messages" in body
         url = self.config.url if chat else self.config.completions_url
-        response = self._post(url, body)
+        try:
+            response = self._post(url, body)
+        except RemoteHTTPError as e:
+            if e.status in {400, 422} and "logprobs" in e.detail.lower():  # a server that rejects the field
+                raise NoLogprobsError(str(e)) from e
+            raise
         try:
             logprobs = response.json()["choices"][0].get("logprobs")
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
@@ -423,7 +437,11 @@ class RemoteModel:
                 self._sleep(attempt, response.headers.get("retry-after"), f"HTTP {response.status_code}", url)
                 continue
             if response.status_code >= 400:
-                raise ModelError(self._http_error(response, attempt + 1, url))
+                raise RemoteHTTPError(
+                    self._http_error(response, attempt + 1, url),
+                    response.status_code,
+                    _error_message(response),
+                )
             return response
         raise AssertionError("unreachable")  # pragma: no cover
 
