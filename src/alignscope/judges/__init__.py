@@ -4,12 +4,20 @@
 * ``llm-rubric``: HEx-PHI 1-5 harmfulness score by a judge model (Qi et al. 2024, 2025).
 * ``strongreject``: StrongREJECT rubric score (Souly et al. 2024).
 * ``preference``: pairwise comparison in both orders (Zheng et al. 2023), for safety and helpfulness.
+* ``harmbench-cls``, ``llama-guard``, ``wildguard``, ``strongreject-ft``: the published harm classifiers with
+  their own prompts, answers scored by log-probability (:mod:`alignscope.judges.classifiers`).
 
 Get one by spec with :func:`get_judge` (``"keyword:list=gcg"``, ``"llm-rubric:smollm2"``), or build the class
 directly. Every verdict keeps the judge's raw output, so results can be re-judged without regenerating.
 """
 
 from alignscope.judges.base import Judge, JudgeError, Verdict, full_texts, judge_one
+from alignscope.judges.classifiers import (
+    HarmBenchJudge,
+    LlamaGuardJudge,
+    StrongRejectFinetunedJudge,
+    WildGuardJudge,
+)
 from alignscope.judges.keyword import (
     REFUSAL_LISTS,
     REFUSAL_SUBSTRINGS,
@@ -50,14 +58,18 @@ __all__ = [
     "REFUSAL_LISTS",
     "REFUSAL_SUBSTRINGS",
     "AttackSuccess",
+    "HarmBenchJudge",
     "Judge",
     "JudgeError",
     "KeywordJudge",
     "LLMRubricJudge",
+    "LlamaGuardJudge",
     "PreferenceJudge",
     "PreferenceVerdict",
+    "StrongRejectFinetunedJudge",
     "StrongRejectJudge",
     "Verdict",
+    "WildGuardJudge",
     "attack_success",
     "available_judges",
     "find_refusal",

@@ -1,11 +1,29 @@
-"""Plumbing shared by the judges that ask a language model (rubric, StrongREJECT, preference)."""
+"""Plumbing shared by the judges that ask a language model (rubric, StrongREJECT, preference, classifiers).
+
+Closed questions (a score digit, yes/no, safe/unsafe) are decided by scoring the allowed answers with the
+model's ``answer_logprobs`` (:meth:`alignscope.models.LocalModel.answer_logprobs`,
+:meth:`alignscope.models.remote.RemoteModel.answer_logprobs`), never by parsing free text alone.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from alignscope.judges.base import JudgeError
-from alignscope.models.base import ChatModel, GenerationConfig, ModelError, user_turn
+from alignscope.models.base import (
+    ChatModel,
+    Conversation,
+    GenerationConfig,
+    ModelError,
+    NoLogprobsError,
+    user_turn,
+)
+
+log = logging.getLogger("alignscope.judges")
 
 DEFAULT_MAX_RESPONSE_CHARS = 4000
 """Responses longer than this are clipped before they go into a judge prompt (keeps small judges' context)."""
@@ -57,3 +75,117 @@ def ask(
 def model_label(model: ChatModel) -> str:
     """The name a judge shows for its model."""
     return str(getattr(model, "name", type(model).__name__))
+
+
+def can_score(model: Any) -> bool:
+    """The model can score answers by log-probability (``answer_logprobs``)."""
+    return callable(getattr(model, "answer_logprobs", None))
+
+
+def white_box(model: Any) -> bool:
+    """A local model with teacher-forced log-probs (scoring it costs one forward pass, so judges always do)."""
+    return callable(getattr(model, "response_logprobs", None))
+
+
+def answer_distribution(row: Sequence[float], answers: Sequence[str]) -> dict[str, float] | None:
+    """Softmax of one row of :meth:`answer_logprobs` over ``answers``; None when no answer has any probability
+    (none was among an endpoint's top tokens)."""
+    finite = [x for x in row if math.isfinite(x)]
+    if not finite:
+        return None
+    top = max(finite)
+    weights = [math.exp(x - top) if math.isfinite(x) else 0.0 for x in row]
+    z = sum(weights)
+    return {a: w / z for a, w in zip(answers, weights, strict=True)}
+
+
+def answer_mass(row: Sequence[float]) -> float:
+    """Total probability of the allowed answers (how far the model wanted to answer at all), in [0, 1]."""
+    return min(1.0, sum(math.exp(x) for x in row if math.isfinite(x)))
+
+
+def score_answers(
+    model: Any,
+    judge_name: str,
+    prompts: Sequence[str | Conversation],
+    answers: Sequence[str],
+    prefills: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> list[list[float]]:
+    """``model.answer_logprobs(...)`` with model failures as :class:`JudgeError` naming the judge
+    (:class:`NoLogprobsError` passes through, so callers can fall back)."""
+    if not prompts:
+        return []
+    try:
+        rows = model.answer_logprobs(prompts, answers, prefills, **kwargs)
+    except NoLogprobsError:
+        raise
+    except ModelError as e:
+        raise JudgeError(f"judge {judge_name}: the judge model failed: {e}") from e
+    return [[float(x) for x in row] for row in rows]
+
+
+@dataclass(frozen=True)
+class ClosedQuestion:
+    """A question with fixed answers that a judge's output format ends with (a score line, a rubric item).
+
+    Attributes:
+        cue: the text the format puts right before the answer, e.g. ``"#thescore:"``; the answer is scored
+            after ``prefix + cue`` in the judge's own turn (teacher-forced on its rationale).
+        answers: the allowed answers, e.g. ``("1", "2", "3", "4", "5")``.
+        follow_up: asked as a new user turn (after the judge's whole output) when the model cannot continue
+            its own turn (an endpoint without ``prefill=continue``).
+    """
+
+    cue: str
+    answers: tuple[str, ...]
+    follow_up: str
+
+
+def score_closed(
+    model: ChatModel,
+    judge_name: str,
+    conversations: Sequence[Conversation],
+    outputs: Sequence[str],
+    prefixes: Sequence[str],
+    question: ClosedQuestion,
+    batch_size: int,
+) -> list[dict[str, float] | None]:
+    """The probabilities of ``question.answers`` after each judge output; None for every item when the model
+    gives no log-probs (then only the parsed text can decide).
+
+    ``conversations[i]`` is the judge's prompt, ``outputs[i]`` its free-text answer and ``prefixes[i]`` the
+    part of that answer kept before ``question.cue`` (its rationale, plus earlier answers).
+    """
+    if not conversations or not can_score(model):
+        return [None] * len(conversations)
+    try:
+        if model.supports_prefill:
+            rows = score_answers(
+                model,
+                judge_name,
+                conversations,
+                question.answers,
+                [p + question.cue for p in prefixes],
+                batch_size=batch_size,
+            )
+        else:
+            asked: list[str | Conversation] = [
+                [*c, {"role": "assistant", "content": o}, {"role": "user", "content": question.follow_up}]
+                for c, o in zip(conversations, outputs, strict=True)
+            ]
+            rows = score_answers(model, judge_name, asked, question.answers, batch_size=batch_size)
+    except NoLogprobsError as e:
+        log.warning(
+            "judge %s: no log-probs to score %s (%s); only the parsed text decides",
+            judge_name,
+            question.cue,
+            e,
+        )
+        return [None] * len(conversations)
+    return [answer_distribution(row, question.answers) for row in rows]
+
+
+def most_probable(probs: dict[str, float]) -> str:
+    """The answer with the highest probability (the first one on ties)."""
+    return max(probs, key=lambda a: probs[a])

@@ -62,7 +62,8 @@ class Verdict:
     @property
     def outcome(self) -> str:
         """One word for reports: ``refusal``, ``harmful``, ``complied`` (harm unknown or not harmful),
-        ``empty`` or ``unknown``."""
+        ``not harmful`` (a harm classifier that does not say whether it was a refusal), ``empty`` or
+        ``unknown``."""
         if self.refused:
             return "refusal"
         if self.harmful:
@@ -71,6 +72,8 @@ class Verdict:
             return "complied"
         if self.refused is False and self.complied is False:
             return "empty"
+        if self.harmful is False:
+            return "not harmful"
         return "unknown"
 
     def to_dict(self) -> dict[str, Any]:

@@ -13,15 +13,23 @@ verdict and a soft preference even from a judge too small to follow the output f
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from alignscope.judges._llm import DEFAULT_MAX_RESPONSE_CHARS, ask, check_lengths, clip, model_label
+from alignscope.judges._llm import (
+    DEFAULT_MAX_RESPONSE_CHARS,
+    answer_distribution,
+    ask,
+    can_score,
+    check_lengths,
+    clip,
+    model_label,
+    score_answers,
+)
 from alignscope.judges.base import JudgeError, Verdict
-from alignscope.models.base import ChatModel, ModelError, user_turn
+from alignscope.models.base import ChatModel, NoLogprobsError, user_turn
 
 Criterion = Literal["safety", "helpfulness", "both"]
 Winner = Literal["a", "b", "tie"]
@@ -167,8 +175,9 @@ class PreferenceJudge:
     """Pairwise judge in both orders (Zheng et al. 2023), criterion safety, helpfulness or both.
 
     Args:
-        model: the judge model. ``mode="logprob"`` needs a local model with ``response_logprobs``
-            (:class:`alignscope.models.LocalModel`).
+        model: the judge model. ``mode="logprob"`` needs a model that scores answers (``answer_logprobs``):
+            a local model (:class:`alignscope.models.LocalModel`); an endpoint reports first tokens only, which
+            rarely spell a whole ``[[A]]``.
         criterion: ``"safety"``, ``"helpfulness"`` or ``"both"`` (safety first, then helpfulness).
         mode: ``"generate"`` (MT-bench: explanation then ``[[A]]``/``[[B]]``/``[[C]]``) or ``"logprob"``.
         max_new_tokens: judge tokens per answer in generate mode.
@@ -194,7 +203,7 @@ class PreferenceJudge:
             raise JudgeError(f"unknown preference criterion {criterion!r}; use one of {', '.join(CRITERIA)}")
         if mode not in _VERDICT_LINE:
             raise JudgeError(f"unknown preference mode {mode!r}; use 'generate' or 'logprob'")
-        if mode == "logprob" and not callable(getattr(model, "response_logprobs", None)):
+        if mode == "logprob" and not can_score(model):
             raise JudgeError(
                 f"preference mode 'logprob' needs a local judge model with log-prob access; "
                 f"{model_label(model)} has none (use mode 'generate')"
@@ -251,22 +260,22 @@ class PreferenceJudge:
 
     def _compare_logprob(self, messages: list[str], n: int) -> list[PreferenceVerdict]:
         options: tuple[Letter, ...] = ("A", "B", "C")
-        conversations = [user_turn(m) for m in messages for _ in options]
-        candidates = [f"[[{letter}]]" for _ in messages for letter in options]
+        answers = [f"[[{letter}]]" for letter in options]
         try:
-            logprobs = self.model.response_logprobs(  # type: ignore[attr-defined]
-                conversations, candidates, batch_size=self.batch_size
+            rows = score_answers(
+                self.model, self.name, [user_turn(m) for m in messages], answers, batch_size=self.batch_size
             )
-        except ModelError as e:
-            raise JudgeError(f"judge {self.name}: the judge model failed: {e}") from e
-        totals = [float(lp.sum()) for lp in logprobs]
+        except NoLogprobsError as e:
+            raise JudgeError(f"judge {self.name}: the judge model gave no log-probs: {e}") from e
         probs: list[dict[Letter, float]] = []
-        for k in range(len(messages)):
-            row = totals[3 * k : 3 * k + 3]
-            top = max(row)
-            weights = [math.exp(x - top) for x in row]
-            z = sum(weights)
-            probs.append({letter: w / z for letter, w in zip(options, weights, strict=True)})
+        for row in rows:
+            dist = answer_distribution(row, answers)
+            if dist is None:
+                raise JudgeError(
+                    f"judge {self.name}: the judge model gave no probability to any verdict string "
+                    f"({', '.join(answers)}); logprob mode needs a local judge model"
+                )
+            probs.append({letter: dist[f"[[{letter}]]"] for letter in options})
         verdicts = []
         for i in range(n):
             ab, ba = probs[i], probs[n + i]

@@ -22,6 +22,10 @@ class ModelError(RuntimeError):
     """A model could not be resolved, loaded or run; the message names the culprit."""
 
 
+class NoLogprobsError(ModelError):
+    """A model answered but gave no log-probabilities (an endpoint that does not report them)."""
+
+
 @dataclass(frozen=True)
 class GenerationConfig:
     """Decoding settings. Greedy is the default, as evaluation should be reproducible.

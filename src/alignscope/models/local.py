@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -97,6 +98,7 @@ class LocalModel:
         self._chat_template = (
             tokenizer.chat_template if template == "chat" and tokenizer.chat_template else PLAIN_TEMPLATE
         )
+        self._token_texts: list[str] | None = None  # every token's text, stripped (built on first use)
 
     # -- properties -------------------------------------------------------------------------------------------
     @property
@@ -287,6 +289,98 @@ class LocalModel:
             for row, i in enumerate(rb.indices):
                 result[i] = lp[row][rb.mask[row]]
         return result
+
+    def answer_logprobs(
+        self,
+        prompts: Sequence[str | Conversation],
+        answers: Sequence[str],
+        prefills: Sequence[str] | None = None,
+        *,
+        ignore_case: bool = False,
+        add_special_tokens: bool = True,
+        batch_size: int = 8,
+    ) -> list[list[float]]:
+        """Log-probability that the text after each prompt starts with each answer: ``(n_prompts, n_answers)``.
+
+        For closed questions (a classifier's "yes"/"no", a rubric's digit): score the allowed answers instead of
+        parsing free text.
+
+        Args:
+            prompts: raw text (a classifier's own prompt string, tokenised with the tokenizer's special tokens,
+                e.g. BOS, unless ``add_special_tokens`` is False for prompts that carry their own) or a
+                conversation (this model's chat template, ending with the assistant header).
+            answers: the allowed answers, e.g. ``["Yes", "No"]``.
+            prefills: text that continues each prompt before the answer: appended to a raw prompt, or the start
+                of the assistant turn of a conversation (e.g. a judge's own rationale and ``"#thescore:"``).
+            ignore_case: match answers case-insensitively.
+            add_special_tokens: tokenise raw-text prompts with the tokenizer's special tokens.
+            batch_size: prompts per forward pass.
+
+        An answer that single vocabulary tokens spell is scored from one forward pass at the prompt's last
+        position: the log of the summed probabilities of every token whose text, stripped of surrounding
+        whitespace, equals the answer (``"Yes"`` counts ``Yes``, ``▁Yes``, ``ĠYes``). That is what a reference
+        implementation decides on when it decodes one token and compares strings. An answer that no single
+        token spells is teacher-forced: the summed log-probabilities of its own tokens. The values are not
+        normalised over the answers; how much probability they leave out says whether the model wanted to
+        answer at all.
+        """
+        if prefills is not None and len(prefills) != len(prompts):
+            raise ValueError("prefills must be as long as prompts")
+        if any(not a.strip() for a in answers):
+            raise ValueError(f"answers must be non-empty text, got {list(answers)!r}")
+        encoded: list[list[int]] = []
+        for i, prompt in enumerate(prompts):
+            prefill = prefills[i] if prefills is not None else ""
+            if isinstance(prompt, str):
+                text = prompt + prefill
+                encoded.append(list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]))
+            else:
+                encoded.append(self.encode_prompt(prompt, prefill or None))
+        spelled = [self._tokens_spelling(a, ignore_case) for a in answers]
+        out = [[-math.inf] * len(answers) for _ in encoded]
+        single = [j for j, ids in enumerate(spelled) if ids]
+        for start in range(0, len(encoded) if single else 0, batch_size):
+            logprobs = self._next_token_logprobs(encoded[start : start + batch_size])
+            for j in single:
+                values = torch.logsumexp(logprobs[:, spelled[j]], dim=-1)
+                for row, value in enumerate(values.tolist()):
+                    out[start + row][j] = float(value)
+        pairs = [(i, j) for i in range(len(encoded)) for j, ids in enumerate(spelled) if not ids]
+        if pairs:
+            forced = self.response_logprobs(
+                [encoded[i] for i, _ in pairs], [answers[j] for _, j in pairs], batch_size=batch_size
+            )
+            for (i, j), lp in zip(pairs, forced, strict=True):
+                out[i][j] = float(lp.sum())
+        return out
+
+    def _tokens_spelling(self, answer: str, ignore_case: bool) -> list[int]:
+        """Ids of the vocabulary tokens whose text, stripped of whitespace, is ``answer``."""
+        if self._token_texts is None:
+            n = len(self.tokenizer)
+            texts = self.tokenizer.batch_decode(
+                [[i] for i in range(n)], skip_special_tokens=False, clean_up_tokenization_spaces=False
+            )
+            self._token_texts = [str(t).strip() for t in texts]
+        target = answer.strip().casefold() if ignore_case else answer.strip()
+        if ignore_case:
+            return [i for i, t in enumerate(self._token_texts) if t.casefold() == target]
+        return [i for i, t in enumerate(self._token_texts) if t == target]
+
+    @torch.inference_mode()
+    def _next_token_logprobs(self, batch: list[list[int]]) -> torch.Tensor:
+        """``(batch, vocab)`` float32 log-probabilities of the token after each prompt, on CPU."""
+        ids, mask = self.left_pad(batch)
+        positions = (mask.cumsum(-1) - 1).clamp(
+            min=0
+        )  # left padding must not shift the real tokens' positions
+        extra = (
+            {"logits_to_keep": 1}
+            if "logits_to_keep" in inspect.signature(self.model.forward).parameters
+            else {}
+        )
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **extra).logits
+        return torch.log_softmax(logits[:, -1, :].float(), dim=-1).cpu()
 
     @torch.inference_mode()
     def last_token_hidden_states(

@@ -13,8 +13,10 @@ Spec: ``openai:<base_url>#<model>[?key=value&...]``, e.g. ``openai:http://127.0.
   delay in seconds, 0.5), ``max_tokens_field`` (``max_tokens``, or ``max_completion_tokens`` for APIs that want
   it).
 
-Black-box only: there are no log-probs or hidden states; white-box attributes raise :class:`ModelError` naming
-what needs a local model. Greedy decoding is sent as ``temperature: 0``; sampling sends ``temperature``,
+Black-box: no weights, tokenizer or hidden states; white-box attributes raise :class:`ModelError` naming what
+needs a local model. Closed questions are scored from the endpoint's top log-probs of the first generated token
+(:meth:`RemoteModel.answer_logprobs`: ``/v1/completions`` with ``logprobs`` for raw-text classifier prompts, as
+vLLM serves them, and ``/v1/chat/completions`` with ``logprobs``/``top_logprobs`` for conversations). Greedy decoding is sent as ``temperature: 0``; sampling sends ``temperature``,
 ``top_p``, ``top_k`` (a non-standard field that vLLM and alignscope accept; sent only when set) and ``seed``.
 """
 
@@ -22,20 +24,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 from tqdm.auto import tqdm
 
-from alignscope.models.base import Conversation, GenerationConfig, ModelError
+from alignscope.models.base import Conversation, GenerationConfig, ModelError, NoLogprobsError
 
 log = logging.getLogger("alignscope.models")
 
@@ -59,6 +62,21 @@ _WHITE_BOX = frozenset(
         "last_token_hidden_states",
     }
 )
+
+
+T = TypeVar("T")
+
+DEFAULT_TOP_LOGPROBS = 20
+"""Top log-probs asked for per scored token (vLLM's default ceiling, and the OpenAI API's)."""
+
+
+class RemoteHTTPError(ModelError):
+    """The endpoint answered with an HTTP error status (after any retries)."""
+
+    def __init__(self, message: str, status: int, detail: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
 
 
 class BlackBoxError(ModelError, AttributeError):
@@ -119,6 +137,11 @@ class RemoteConfig:
     def url(self) -> str:
         """The chat-completions endpoint."""
         return self.base_url.rstrip("/") + "/chat/completions"
+
+    @property
+    def completions_url(self) -> str:
+        """The (legacy) text-completions endpoint, for raw prompt strings."""
+        return self.base_url.rstrip("/") + "/completions"
 
 
 _SPEC_OPTIONS = {
@@ -230,15 +253,20 @@ class RemoteModel:
             self.request_body(c, config, prefills[i] if prefills is not None else None)
             for i, c in enumerate(conversations)
         ]
+        return self._run(self._complete, bodies, f"generate ({self.name})", progress)
+
+    def _run(
+        self, fn: Callable[[dict[str, Any]], T], bodies: list[dict[str, Any]], desc: str, progress: bool
+    ) -> list[T]:
+        """``fn(body)`` for every body, at most ``max_concurrency`` at once; results in input order. The first
+        failure cancels what has not started and is raised."""
         if not bodies:
             return []
-        out: list[str] = [""] * len(bodies)
-        bar = tqdm(total=len(bodies), desc=f"generate ({self.name})", disable=not progress, leave=False)
+        out: list[Any] = [None] * len(bodies)
+        bar = tqdm(total=len(bodies), desc=desc, disable=not progress, leave=False)
         workers = min(self.config.max_concurrency, len(bodies))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="alignscope-remote") as pool:
-            futures: dict[Future[str], int] = {
-                pool.submit(self._complete, b): i for i, b in enumerate(bodies)
-            }
+            futures: dict[Future[T], int] = {pool.submit(fn, b): i for i, b in enumerate(bodies)}
             pending = set(futures)
             while pending:
                 done, pending = wait(pending, return_when=FIRST_EXCEPTION)
@@ -289,8 +317,109 @@ class RemoteModel:
             body["add_generation_prompt"] = False
         return body
 
+    # -- closed questions -------------------------------------------------------------------------------------
+    def answer_logprobs(
+        self,
+        prompts: Sequence[str | Conversation],
+        answers: Sequence[str],
+        prefills: Sequence[str] | None = None,
+        *,
+        ignore_case: bool = False,
+        add_special_tokens: bool = True,
+        batch_size: int = 8,
+        top_logprobs: int = DEFAULT_TOP_LOGPROBS,
+    ) -> list[list[float]]:
+        """Log-probability that the answer to each prompt starts with each answer: ``(n_prompts, n_answers)``,
+        read from the endpoint's top log-probs of the first generated token (one request per prompt, greedy,
+        one token).
+
+        Args:
+            prompts: raw text (sent to ``/v1/completions`` with ``logprobs=top_logprobs``, the format vLLM
+                serves) or conversations (``/v1/chat/completions`` with ``logprobs`` and ``top_logprobs``).
+            answers: the allowed answers.
+            prefills: appended to a raw prompt; for a conversation, a trailing assistant message the server
+                continues (needs ``prefill=continue`` in the spec).
+            ignore_case: match answers case-insensitively.
+            add_special_tokens: False sends vLLM's ``add_special_tokens: false`` with raw prompts that carry
+                their own BOS.
+            batch_size: unused (requests run ``max_concurrency`` at a time); accepted for the local signature.
+            top_logprobs: how many of the most probable first tokens the endpoint reports.
+
+        An answer's value is the log of the summed probabilities of the reported tokens whose text, stripped of
+        whitespace, equals it; ``-inf`` when none of them does (less probable than the ``top_logprobs``-th token,
+        or not a single token). Raises :class:`NoLogprobsError` when the endpoint gives no log-probs.
+        """
+        del batch_size
+        if prefills is not None and len(prefills) != len(prompts):
+            raise ValueError("prefills must be as long as prompts")
+        one_token = GenerationConfig(max_new_tokens=1)
+        bodies: list[dict[str, Any]] = []
+        for i, prompt in enumerate(prompts):
+            prefill = prefills[i] if prefills is not None else ""
+            if isinstance(prompt, str):
+                body: dict[str, Any] = {
+                    "model": self.config.model,
+                    "prompt": prompt + prefill,
+                    self.config.max_tokens_field: 1,
+                    "temperature": 0.0,
+                    "logprobs": top_logprobs,
+                    **self.config.extra_body,
+                }
+                if not add_special_tokens:
+                    body["add_special_tokens"] = False
+            else:
+                body = self.request_body(prompt, one_token, prefill or None)
+                body.update(logprobs=True, top_logprobs=top_logprobs)
+            bodies.append(body)
+        tops = self._run(self._top_logprobs, bodies, f"score ({self.name})", False)
+        norm = (lambda t: t.strip().casefold()) if ignore_case else (lambda t: t.strip())
+        out = []
+        for top in tops:
+            row = []
+            for answer in answers:
+                hits = [lp for token, lp in top.items() if norm(token) == norm(answer)]
+                row.append(math.log(sum(math.exp(lp) for lp in hits)) if hits else -math.inf)
+            out.append(row)
+        return out
+
+    def _top_logprobs(self, body: dict[str, Any]) -> dict[str, float]:
+        """``{token text: log-prob}`` of the first generated token's top alternatives."""
+        chat = "messages" in body
+        url = self.config.url if chat else self.config.completions_url
+        try:
+            response = self._post(url, body)
+        except RemoteHTTPError as e:
+            if e.status in {400, 422} and "logprobs" in e.detail.lower():  # a server that rejects the field
+                raise NoLogprobsError(str(e)) from e
+            raise
+        try:
+            logprobs = response.json()["choices"][0].get("logprobs")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+            raise ModelError(
+                f"remote model {self.name}: {url} returned no completion ({type(e).__name__}: {e}): "
+                f"{response.text[:200]!r}"
+            ) from e
+        try:
+            if chat:
+                entries = logprobs["content"][0]["top_logprobs"]
+                top = {str(e["token"]): float(e["logprob"]) for e in entries}
+            else:
+                top = {str(k): float(v) for k, v in logprobs["top_logprobs"][0].items()}
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            top = {}
+        if not top:
+            raise NoLogprobsError(
+                f"remote model {self.name}: {url} returned no top log-probs "
+                f"({'logprobs/top_logprobs' if chat else 'logprobs'} asked); scoring closed answers needs a "
+                "server that reports them (vLLM does)"
+            )
+        return top
+
     def _complete(self, body: dict[str, Any]) -> str:
-        url = self.config.url
+        return self._content(self._post(self.config.url, body))
+
+    def _post(self, url: str, body: dict[str, Any]) -> httpx.Response:
+        """POST ``body`` to ``url`` with retries (see :class:`RemoteConfig`); the final 2xx response."""
         attempts = self.config.retries + 1
         for attempt in range(attempts):
             last = attempt == attempts - 1
@@ -302,28 +431,31 @@ class RemoteModel:
                         f"remote model {self.name}: cannot reach {url} after {attempts} attempt(s): "
                         f"{type(e).__name__}: {e}"
                     ) from e
-                self._sleep(attempt, None, f"{type(e).__name__}")
+                self._sleep(attempt, None, f"{type(e).__name__}", url)
                 continue
             if response.status_code in RETRY_STATUS and not last:
-                self._sleep(attempt, response.headers.get("retry-after"), f"HTTP {response.status_code}")
+                self._sleep(attempt, response.headers.get("retry-after"), f"HTTP {response.status_code}", url)
                 continue
             if response.status_code >= 400:
-                raise ModelError(self._http_error(response, attempt + 1))
-            return self._content(response)
+                raise RemoteHTTPError(
+                    self._http_error(response, attempt + 1, url),
+                    response.status_code,
+                    _error_message(response),
+                )
+            return response
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _sleep(self, attempt: int, retry_after: str | None, why: str) -> None:
+    def _sleep(self, attempt: int, retry_after: str | None, why: str, url: str) -> None:
         with self._rng_lock:
             jitter = 0.5 + self._rng.random() / 2
         delay = min(self.config.backoff * 2**attempt * jitter, self.config.backoff_max)
         if retry_after:
             with contextlib.suppress(ValueError):  # an HTTP date: keep our own backoff
                 delay = max(delay, min(float(retry_after), self.config.backoff_max))
-        log.info("%s from %s; retry %d in %.2fs", why, self.config.url, attempt + 1, delay)
+        log.info("%s from %s; retry %d in %.2fs", why, url, attempt + 1, delay)
         time.sleep(delay)
 
-    def _http_error(self, response: httpx.Response, attempts: int) -> str:
-        url = self.config.url
+    def _http_error(self, response: httpx.Response, attempts: int, url: str) -> str:
         detail = _error_message(response)
         hint = ""
         if response.status_code in {401, 403}:
