@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from alignscope.models import Conversation, GenerationConfig, user_turn
 from alignscope.server import GuardAuditLog, ServerSettings, create_app
-from alignscope.server.decoding import PresenceFrequencyPenalty, held_back
+from alignscope.server.decoding import PresenceFrequencyPenalty, RowSampler, SampledRow, held_back
 from alignscope.testing import tiny_local_model
 
 URL = "/v1/chat/completions"
@@ -118,6 +118,24 @@ def test_sampled_n_differ_and_repeat_under_a_seed(client: TestClient, tiny: Any)
     # streamed choices are the same draws
     body = chat(tiny, n=3, temperature=1.0, seed=11, max_tokens=10, stream=True)
     assert stream_texts(client.post(URL, json=body).text) == dict(enumerate(first))
+
+
+def test_row_sampler_draws_from_the_warped_distribution() -> None:
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    n = 4000
+    ids = torch.zeros((n, 1), dtype=torch.long)
+
+    def draws(temperature: float, top_k: int = 0) -> torch.Tensor:
+        # n rows with the same distribution, each with its own fixed seed: the frequencies are deterministic
+        rows = [SampledRow(i, temperature, 1.0, top_k, seed=i) for i in range(n)]
+        picked = torch.argmax(RowSampler(rows, torch.device("cpu"))(ids, logits.repeat(n, 1)), dim=-1)
+        return torch.bincount(picked, minlength=4) / n
+
+    assert torch.allclose(draws(1.0), torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.03)
+    sharpened = torch.softmax(logits / 0.5, dim=-1)
+    assert torch.allclose(draws(0.5), sharpened, atol=0.03)
+    top2 = draws(1.0, top_k=2)
+    assert top2[2:].sum() == 0 and torch.allclose(top2[:2], torch.tensor([0.625, 0.375]), atol=0.03)
 
 
 def test_seed_is_reported(client: TestClient, tiny: Any) -> None:

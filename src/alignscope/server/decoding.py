@@ -141,28 +141,33 @@ class SampledRow:
 
 class RowSampler(LogitsProcessor):
     """Samples the given rows under greedy search: temperature, top-k and top-p (transformers' warpers, in
-    transformers' order), then Gumbel noise from the row's own generator, so the argmax that greedy search
-    takes is a draw from the warped distribution (the Gumbel-max trick, as vLLM samples per request). Other
-    rows pass unchanged."""
+    transformers' order, applied once per group of rows with the same settings), then Gumbel noise from each
+    row's own generator, so the argmax that greedy search takes is a draw from the warped distribution (the
+    Gumbel-max trick; vLLM also samples each request with its own generator). Other rows pass unchanged."""
 
     def __init__(self, rows: Sequence[SampledRow], device: torch.device):
-        self.rows = list(rows)
-        self.generators = [torch.Generator(device=device).manual_seed(r.seed) for r in self.rows]
+        self.generators = {r.row: torch.Generator(device=device).manual_seed(r.seed) for r in rows}
+        groups: dict[tuple[float, int, float], list[int]] = {}
+        for r in rows:
+            groups.setdefault((r.temperature, r.top_k, r.top_p), []).append(r.row)
+        self.groups = [
+            (settings, torch.tensor(members, device=device)) for settings, members in groups.items()
+        ]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         scores = scores.clone()
-        for spec, generator in zip(self.rows, self.generators, strict=True):
-            r = spec.row
-            x = scores[r : r + 1]
-            ids = input_ids[r : r + 1]
-            x = TemperatureLogitsWarper(spec.temperature)(ids, x)
-            if spec.top_k:
-                x = TopKLogitsWarper(spec.top_k)(ids, x)
-            if spec.top_p < 1.0:
-                x = TopPLogitsWarper(spec.top_p)(ids, x)
+        for (temperature, top_k, top_p), members in self.groups:
+            ids, x = input_ids[members], scores[members]
+            x = TemperatureLogitsWarper(temperature)(ids, x)
+            if top_k:
+                x = TopKLogitsWarper(top_k)(ids, x)
+            if top_p < 1.0:
+                x = TopPLogitsWarper(top_p)(ids, x)
             # argmax(logits + Gumbel) is a sample of softmax(logits); Gumbel = -log(Exp(1))
-            noise = torch.empty_like(x[0]).exponential_(generator=generator).log_()
-            scores[r] = x[0] - noise
+            noise = torch.stack(
+                [torch.empty_like(x[0]).exponential_(generator=self.generators[int(r)]) for r in members]
+            )
+            scores[members] = x - noise.log_()
         return scores
 
 
