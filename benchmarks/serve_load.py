@@ -2,11 +2,11 @@
 
 Two servers of the same loaded model run side by side in one process, each uvicorn in a background thread on a
 loopback port as ``alignscope serve`` runs it: the **serial** server (``max_batch_size=1``: one request at a
-time, as before batching) and the **batched** server (``--max-batch-size``, default 32, micro-batching with a
-``--batch-wait-ms`` window). At every concurrency level, the same requests (greedy chat completions of
-``--max-tokens`` tokens on prompts from the built-in benign and harmful suites) are sent to the serial server and
-then to the batched one by a pool of client threads (closed loop: each client sends its next request when the
-last is answered). The table gives requests/s and p50/p95 latency per server and level and the batched/serial
+time, as before batching) and the **batched** server (``--max-batch-size``, default 32, micro-batching with
+``--batch-wait-ms`` / ``--max-batch-wait-ms`` as ``alignscope serve`` takes them). At every concurrency level,
+the same requests (greedy chat completions of ``--max-tokens`` tokens on prompts from the built-in benign and
+harmful suites) are sent to the serial server and then to the batched one by a pool of client threads (closed
+loop: each client sends its next request when the last is answered). The table gives requests/s and p50/p95 latency per server and level and the batched/serial
 throughput ratio; the script checks that both servers gave the same greedy answers, and prints the machine
 (cores, torch threads) and the load average before and after, since other work on the machine slows both.
 
@@ -147,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--max-batch-size", type=int, default=32, help="the batched server's batch size")
-    ap.add_argument("--batch-wait-ms", type=float, default=10.0, help="the batched server's batching window")
+    ap.add_argument("--batch-wait-ms", type=float, default=5.0, help="the batched server's quiet gap")
+    ap.add_argument(
+        "--max-batch-wait-ms", type=float, default=100.0, help="the batched server's longest wait"
+    )
     ap.add_argument("--guard-cost", action="store_true", help="also measure the probe guard's cost")
     ap.add_argument("--probe", default=None, help="a saved probe guard (default: fit one on built-in suites)")
     ap.add_argument("--probe-prompts", type=int, default=32, help="prompts per class when fitting the probe")
@@ -172,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     batched_settings = ServerSettings(
         max_batch_size=args.max_batch_size,
         batch_wait_ms=args.batch_wait_ms,
+        max_batch_wait_ms=args.max_batch_wait_ms,
         max_tokens_limit=max(2048, args.max_tokens),
     )
 
@@ -219,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\n`alignscope serve` under load: model {model.name}, greedy, max_tokens={args.max_tokens}, "
         f"{args.requests} requests per level and server, batched server max_batch_size={args.max_batch_size} "
-        f"batch_wait_ms={args.batch_wait_ms:g}"
+        f"batch_wait_ms={args.batch_wait_ms:g} max_batch_wait_ms={args.max_batch_wait_ms:g}"
     )
     print(
         f"machine: {info['cpu']}; {info['cpu_count']} CPUs ({info['usable_cores']} usable), torch "

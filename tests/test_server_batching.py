@@ -179,6 +179,8 @@ def test_scheduler_bounds_its_queue() -> None:
 def test_scheduler_rejects_bad_settings() -> None:
     with pytest.raises(ValueError, match="max_batch_size"):
         BatchScheduler("t", lambda items: None, max_batch_size=0)
+    with pytest.raises(ValueError, match="batch_wait_ms"):
+        BatchScheduler("t", lambda items: None, batch_wait_ms=200, max_batch_wait_ms=100)
 
 
 # -- over HTTP ----------------------------------------------------------------------------------------------------
@@ -204,7 +206,9 @@ def streamed_text(r: httpx.Response) -> str:
 @pytest.fixture(scope="module")
 def batched_server(tiny: Any) -> Iterator[BackgroundServer]:
     # a long window and a batch size equal to the number of requests sent at once: they form one batch
-    settings = ServerSettings(max_batch_size=len(PROMPTS), batch_wait_ms=5000, default_temperature=0)
+    settings = ServerSettings(
+        max_batch_size=len(PROMPTS), batch_wait_ms=5000, max_batch_wait_ms=5000, default_temperature=0
+    )
     with BackgroundServer(create_app(tiny, settings=settings)) as s:
         yield s
 

@@ -747,7 +747,11 @@ def serve(
     ] = None,
     batch_wait_ms: Annotated[
         float | None,
-        typer.Option(min=0, help="How long a request waits for others to batch with (default 10)."),
+        typer.Option(min=0, help="A batch closes once no request has joined it for this long (default 5)."),
+    ] = None,
+    max_batch_wait_ms: Annotated[
+        float | None,
+        typer.Option(min=0, help="...or this long after its first request (default 100)."),
     ] = None,
     api_key_env: Annotated[
         str | None, typer.Option(help="Env var holding the API key clients must send.")
@@ -770,6 +774,7 @@ def serve(
             "max_queue": max_queue,
             "max_batch_size": max_batch_size,
             "batch_wait_ms": batch_wait_ms,
+            "max_batch_wait_ms": max_batch_wait_ms,
         }.items()
         if v is not None
     }

@@ -104,7 +104,8 @@ class ServerSettings:
         max_queue: requests waiting or running per model (429 beyond, which clients retry).
         max_batch_size: sequences generated together (a request with ``n`` sampled choices counts ``n``);
             1 serves one request at a time.
-        batch_wait_ms: how long the first request of a batch waits for others to join it.
+        batch_wait_ms: a batch is closed once no request has joined it for this long...
+        max_batch_wait_ms: ...or this long after its first request.
         admin_token: the operator token; None reads ``$ALIGNSCOPE_ADMIN_TOKEN`` when the app is created.
         api_key: if set, ``/v1`` requests must send ``Authorization: Bearer <api_key>``.
     """
@@ -116,7 +117,8 @@ class ServerSettings:
     default_temperature: float = 1.0
     max_queue: int = 256
     max_batch_size: int = 32
-    batch_wait_ms: float = 10.0
+    batch_wait_ms: float = 5.0
+    max_batch_wait_ms: float = 100.0
     admin_token: str | None = None
     api_key: str | None = None
 
@@ -164,6 +166,7 @@ def create_app(
             max_queue=settings.max_queue,
             max_batch_size=settings.max_batch_size,
             batch_wait_ms=settings.batch_wait_ms,
+            max_batch_wait_ms=settings.max_batch_wait_ms,
         )
     }
 

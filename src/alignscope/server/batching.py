@@ -2,9 +2,10 @@
 hands them to the model as one batch.
 
 torch is not re-entrant for one model, so everything that touches a model (guards included) runs on that
-model's single scheduler thread. When a request arrives at an idle model, the thread waits up to
-``batch_wait_ms`` for others, or until ``max_batch_size`` sequences are waiting, then processes the batch;
-requests that arrive meanwhile form the next batch. Decoding settings are applied per row
+model's single scheduler thread. When a request arrives at an idle model, the thread takes it and every
+request that follows it within ``batch_wait_ms`` of the previous one (at most ``max_batch_wait_ms`` after the
+first, at most ``max_batch_size`` sequences), then processes the batch; requests that arrive meanwhile form the
+next batch. Decoding settings are applied per row
 (:mod:`alignscope.server.decoding`), so any requests can share a batch. ``max_batch_size=1`` gives the serial
 server (one request at a time).
 """
@@ -49,7 +50,9 @@ class BatchScheduler(Generic[J]):
         max_queue: requests waiting or running at once; beyond it :meth:`submit` raises :class:`QueueFull`.
         max_batch_size: sequences per batch (a request with ``n`` sampled choices counts ``n``; a request is
             never split, so a larger one runs alone). 1 processes one request at a time.
-        batch_wait_ms: how long the first request of a batch waits for others.
+        batch_wait_ms: a batch is closed once no request has joined it for this long (clients that all got
+            their answers at once send their next requests over a few milliseconds, not at one instant).
+        max_batch_wait_ms: and at the latest this long after its first request.
     """
 
     def __init__(
@@ -59,16 +62,20 @@ class BatchScheduler(Generic[J]):
         *,
         max_queue: int = 256,
         max_batch_size: int = 32,
-        batch_wait_ms: float = 10.0,
+        batch_wait_ms: float = 5.0,
+        max_batch_wait_ms: float = 100.0,
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1 (got {max_batch_size})")
-        if batch_wait_ms < 0:
-            raise ValueError(f"batch_wait_ms must be >= 0 (got {batch_wait_ms})")
+        if not 0 <= batch_wait_ms <= max_batch_wait_ms:
+            raise ValueError(
+                f"need 0 <= batch_wait_ms <= max_batch_wait_ms (got {batch_wait_ms} and {max_batch_wait_ms})"
+            )
         self.process = process
         self.max_queue = max_queue
         self.max_batch_size = max_batch_size
         self.batch_wait = batch_wait_ms / 1000
+        self.max_batch_wait = max_batch_wait_ms / 1000
         self._thread_name = f"alignscope-{name}"[:40]
         self._queue: deque[J] = deque()
         self._cond = threading.Condition()
@@ -112,15 +119,17 @@ class BatchScheduler(Generic[J]):
                 return None
             batch = [self._queue.popleft()]
             size = batch[0].rows
-            deadline = time.monotonic() + self.batch_wait
+            now = time.monotonic()
+            last_call, quiet_until = now + self.max_batch_wait, now + self.batch_wait
             while size < self.max_batch_size and not self._stopping:
                 if self._queue:
                     if size + self._queue[0].rows > self.max_batch_size:
                         break
                     batch.append(self._queue.popleft())
                     size += batch[-1].rows
+                    quiet_until = time.monotonic() + self.batch_wait  # requests are still arriving
                     continue
-                remaining = deadline - time.monotonic()
+                remaining = min(quiet_until, last_call) - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)

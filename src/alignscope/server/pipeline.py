@@ -72,7 +72,7 @@ class ServedModel:
     """A model the server answers for, with its guards, switch state and batch scheduler.
 
     Attributes:
-        max_queue, max_batch_size, batch_wait_ms: see :class:`alignscope.server.batching.BatchScheduler`.
+        max_queue, max_batch_size, batch_wait_ms, max_batch_wait_ms: see :class:`alignscope.server.batching.BatchScheduler`.
     """
 
     name: str
@@ -83,7 +83,8 @@ class ServedModel:
     audit: GuardAuditLog
     max_queue: int = 256
     max_batch_size: int = 32
-    batch_wait_ms: float = 10.0
+    batch_wait_ms: float = 5.0
+    max_batch_wait_ms: float = 100.0
     enabled: bool = True
     disabled_reason: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
@@ -96,6 +97,7 @@ class ServedModel:
             max_queue=self.max_queue,
             max_batch_size=self.max_batch_size,
             batch_wait_ms=self.batch_wait_ms,
+            max_batch_wait_ms=self.max_batch_wait_ms,
         )
 
     def info(self) -> dict[str, Any]:
