@@ -173,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="smollm2", help="a model spec, or 'tiny' (a tiny random model)")
     ap.add_argument("--probes", default="test.Test", help="garak probes (default: its test probe, 8 prompts)")
     ap.add_argument("--generations", type=int, default=1, help="garak's generations per prompt")
-    ap.add_argument("--threads", type=int, default=2, help="the server's torch threads")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="the server's torch threads (1 suits a shared CPU)"
+    )
     ap.add_argument("--venv", default=str(cache_root() / "venvs" / "garak"))
     ap.add_argument("--keep", default=None, help="keep the run folder (audit log, garak report) here")
     ap.add_argument("--startup-timeout", type=float, default=600.0)
