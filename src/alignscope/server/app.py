@@ -54,7 +54,6 @@ import json
 import logging
 import os
 import secrets
-import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -66,7 +65,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from alignscope.models.base import ChatModel, Conversation, GenerationConfig, ModelError
+from alignscope.models.base import ChatModel, Conversation, GenerationConfig
 from alignscope.models.local import LocalModel
 from alignscope.server.access import (
     ADMIN_TOKEN_ENV,
@@ -78,15 +77,13 @@ from alignscope.server.access import (
 )
 from alignscope.server.batching import QueueFull
 from alignscope.server.decoding import Decoding
-from alignscope.server.engine import Generated, LogprobEntry
+from alignscope.server.engine import LogprobEntry
 from alignscope.server.guards import AudioGuard, Guard, GuardAuditLog, InputGuard, OutputGuard
 from alignscope.server.pipeline import Job, Outcome, ServedModel, check_serving
+from alignscope.server.responses import Piece, completion, generation_error, model_card, stream_events
 from alignscope.server.schemas import APIError, ChatCompletionRequest, validation_error
 
 log = logging.getLogger("alignscope.server")
-
-Piece = tuple[int, str, list[LogprobEntry] | None]
-"""A streamed piece: choice index, text, log-prob entries."""
 
 __all__ = ["ADMIN_TOKEN_ENV", "ServerSettings", "create_app"]
 
@@ -206,12 +203,12 @@ def create_app(
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
         check_api_key(request, settings.api_key)
-        return {"object": "list", "data": [_model_card(s) for s in served.values()]}
+        return {"object": "list", "data": [model_card(s) for s in served.values()]}
 
     @app.get("/v1/models/{model_name:path}")
     async def get_model(model_name: str, request: Request) -> dict[str, Any]:
         check_api_key(request, settings.api_key)
-        return _model_card(_lookup(served, model_name))
+        return model_card(_lookup(served, model_name))
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
@@ -233,14 +230,14 @@ def create_app(
             task = _queue(target, job)  # before the response starts, so a full queue is a real 429
             task.add_done_callback(lambda _t: feed.put_nowait(None))
             return StreamingResponse(
-                _stream(request, target, req, decoding, job, task, feed),
+                stream_events(request, target, req, decoding, job, task, feed),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         job = Job(request_id, conversation, prefill, decoding)
         outcome = await _submit(target, job)
         note(request, finish_reasons=[a.finish_reason for a in outcome.answers])
-        return JSONResponse(_completion(target, request_id, outcome, decoding))
+        return JSONResponse(completion(target, request_id, outcome, decoding))
 
     @app.get("/admin/models")
     async def admin_models(request: Request) -> dict[str, Any]:
@@ -397,16 +394,6 @@ def _queue(target: ServedModel, job: Job) -> asyncio.Future[Outcome]:
         ) from None
 
 
-def _generation_error(target: ServedModel, e: BaseException) -> APIError:
-    if isinstance(e, APIError):
-        return e
-    if isinstance(e, ModelError):
-        log.warning("generation failed on %s: %s", target.name, e)
-        return APIError(500, f"generation failed: {e}", type="server_error", code="model_error")
-    log.error("unexpected error on %s", target.name, exc_info=e)
-    return APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error")
-
-
 async def _submit(target: ServedModel, job: Job) -> Outcome:
     waiting = _queue(target, job)
     try:
@@ -415,132 +402,4 @@ async def _submit(target: ServedModel, job: Job) -> Outcome:
         job.cancelled.set()  # the client went away: stop generating its rows
         raise
     except Exception as e:  # a broken request must not take the server down
-        raise _generation_error(target, e) from None
-
-
-# -- responses -----------------------------------------------------------------------------------------------
-
-
-def _model_card(s: ServedModel) -> dict[str, Any]:
-    return {
-        "id": s.name,
-        "object": "model",
-        "created": s.created,
-        "owned_by": "alignscope",
-        "alignscope": s.info(),
-    }
-
-
-def _meta(request_id: str, outcome: Outcome | None, decoding: Decoding) -> dict[str, Any]:
-    return {
-        "request_id": request_id,
-        "guards": [d.to_dict() for d in outcome.decisions] if outcome else [],
-        "blocked": outcome.blocked if outcome else False,
-        "flagged": outcome.flagged if outcome else False,
-        "generated": outcome.generated if outcome else False,
-        "decoding": decoding.describe(),
-        "seed": decoding.config.seed,
-        "batch_rows": outcome.batch_rows if outcome else 0,
-        "timing_ms": {
-            "guards": round(sum(d.ms or 0.0 for d in outcome.decisions), 3) if outcome else 0.0,
-            "generate": round(outcome.generate_ms, 3) if outcome else 0.0,
-        },
-    }
-
-
-def _usage(answers: list[Generated]) -> dict[str, int]:
-    prompt = answers[0].prompt_tokens if answers else 0
-    completion = sum(a.completion_tokens for a in answers)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def _logprobs(entries: list[LogprobEntry] | None) -> dict[str, Any] | None:
-    return None if entries is None else {"content": entries, "refusal": None}
-
-
-def _completion(target: ServedModel, request_id: str, outcome: Outcome, decoding: Decoding) -> dict[str, Any]:
-    return {
-        "id": request_id,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": target.name,
-        "choices": [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": a.text},
-                "finish_reason": a.finish_reason,
-                "logprobs": _logprobs(a.logprobs) if decoding.logprobs else None,
-            }
-            for i, a in enumerate(outcome.answers)
-        ],
-        "usage": _usage(outcome.answers),
-        "alignscope": _meta(request_id, outcome, decoding),
-    }
-
-
-async def _stream(
-    request: Request,
-    target: ServedModel,
-    req: ChatCompletionRequest,
-    decoding: Decoding,
-    job: Job,
-    task: asyncio.Future[Outcome],
-    feed: asyncio.Queue[Piece | None],
-) -> AsyncIterator[str]:
-    """Server-sent events: a role chunk per choice, content chunks as text is generated, a final chunk per
-    choice with its ``finish_reason`` (the last one with the ``alignscope`` field), a usage chunk on request,
-    then ``[DONE]``."""
-    created = int(time.time())
-
-    def chunk(
-        choice: int,
-        delta: dict[str, Any],
-        finish: str | None = None,
-        logprobs: dict[str, Any] | None = None,
-        **extra: Any,
-    ) -> str:
-        body = {
-            "id": job.request_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": target.name,
-            "choices": [{"index": choice, "delta": delta, "finish_reason": finish, "logprobs": logprobs}],
-            **extra,
-        }
-        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
-
-    try:
-        for choice in range(decoding.n):
-            yield chunk(choice, {"role": "assistant", "content": ""})
-        while (piece := await feed.get()) is not None:
-            choice, text, logprobs = piece
-            if text or logprobs:
-                yield chunk(
-                    choice, {"content": text}, logprobs=_logprobs(logprobs) if decoding.logprobs else None
-                )
-        try:
-            outcome = await task
-        except Exception as e:
-            err = _generation_error(target, e)
-            note(request, error=err.message[:500])
-            yield f"data: {json.dumps(err.body())}\n\n"
-            yield "data: [DONE]\n\n"
-            return
-        note(request, finish_reasons=[a.finish_reason for a in outcome.answers])
-        last = len(outcome.answers) - 1
-        for choice, answer in enumerate(outcome.answers):
-            extra = {"alignscope": _meta(job.request_id, outcome, decoding)} if choice == last else {}
-            yield chunk(choice, {}, answer.finish_reason, **extra)
-        if req.stream_options is not None and req.stream_options.include_usage:
-            usage = {
-                "id": job.request_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": target.name,
-                "choices": [],
-                "usage": _usage(outcome.answers),
-            }
-            yield f"data: {json.dumps(usage)}\n\n"
-        yield "data: [DONE]\n\n"
-    finally:
-        job.cancelled.set()  # the client went away (or we are done): stop generating
+        raise generation_error(target, e) from None
