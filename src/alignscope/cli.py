@@ -769,6 +769,18 @@ def serve(
         int | None, typer.Option(help="Largest max_tokens a request may ask.")
     ] = None,
     max_queue: Annotated[int | None, typer.Option(help="Requests waiting before 429.")] = None,
+    max_batch_size: Annotated[
+        int | None,
+        typer.Option(min=1, help="Sequences generated together (default 32; 1: one request at a time)."),
+    ] = None,
+    batch_wait_ms: Annotated[
+        float | None,
+        typer.Option(min=0, help="A batch closes once no request has joined it for this long (default 5)."),
+    ] = None,
+    max_batch_wait_ms: Annotated[
+        float | None,
+        typer.Option(min=0, help="...or this long after its first request (default 100)."),
+    ] = None,
     api_key_env: Annotated[
         str | None, typer.Option(help="Env var holding the API key clients must send.")
     ] = None,
@@ -788,6 +800,9 @@ def serve(
             "max_input_chars": max_input_chars,
             "max_tokens_limit": max_tokens_limit,
             "max_queue": max_queue,
+            "max_batch_size": max_batch_size,
+            "batch_wait_ms": batch_wait_ms,
+            "max_batch_wait_ms": max_batch_wait_ms,
         }.items()
         if v is not None
     }

@@ -1,6 +1,7 @@
-"""An OpenAI-compatible chat-completions server for any alignscope model, with guards, an audit log of every
-guard decision and an operator switch (see :mod:`alignscope.server.app` for the endpoints and the response's
-``alignscope`` field, :mod:`alignscope.server.guards` for guards and policies).
+"""An OpenAI-compatible chat-completions server for any alignscope model, with batched generation, guards, an
+audit log of every guard decision and request, and an operator switch (see :mod:`alignscope.server.app` for the
+endpoints, parameters and the response's ``alignscope`` field, :mod:`alignscope.server.batching` for batching,
+:mod:`alignscope.server.guards` for guards and policies).
 
     from alignscope.server import BackgroundServer, ProbeInputGuard, create_app
     app = create_app(model, [ProbeInputGuard(probe, "block")], audit_log="guard_log.jsonl")

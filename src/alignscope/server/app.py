@@ -1,16 +1,27 @@
-"""The OpenAI-compatible chat-completions server (FastAPI): guards, audit log, operator switch, streaming.
+"""The OpenAI-compatible chat-completions server (FastAPI): batching, guards, audit log, operator switch, streaming.
 
 Endpoints:
 
 * ``POST /v1/chat/completions``: OpenAI chat completions, non-streaming and ``stream: true`` (server-sent
-  events in the ``chat.completion.chunk`` format, ending with ``data: [DONE]``). Extensions: ``top_k``, and
-  the assistant prefill: a trailing assistant message with ``continue_final_message: true`` is continued
-  (the answer holds the continuation only), as in vLLM.
-* ``GET /v1/models``, ``GET /v1/models/{name}``, ``GET /health``.
+  events in the ``chat.completion.chunk`` format, ending with ``data: [DONE]``). Honoured: ``max_tokens`` /
+  ``max_completion_tokens``, ``temperature``, ``top_p``, ``seed``, ``n`` (up to 8; greedy choices are
+  identical), ``stop`` (a string or a list: the answer is cut before it, ``finish_reason: "stop"``),
+  ``presence_penalty`` / ``frequency_penalty`` (as OpenAI defines them, on the tokens generated so far),
+  ``logprobs`` / ``top_logprobs`` (the model's log-probabilities before penalties and temperature),
+  ``stream_options.include_usage``, ``response_format`` of type ``text``, and ``user`` (written to the audit
+  log). Extensions: ``top_k``, and the assistant prefill: a trailing assistant message with
+  ``continue_final_message: true`` is continued (the answer holds the continuation only), as in vLLM.
+  Penalties and log-probs need a local model.
+* ``GET /v1/models``, ``GET /v1/models/{name}``, ``GET /health`` (``{"status": "ok"}``; the models' state only
+  with the API key or the admin token).
 * ``POST /admin/models/{name}/disable`` and ``/enable`` (body optional: ``{"reason": "..."}``),
   ``GET /admin/models``: the operator switch, authorised by ``Authorization: Bearer <token>`` with the token
   from ``$ALIGNSCOPE_ADMIN_TOKEN`` (the admin endpoints answer 403 when no token is configured). A disabled
-  model answers 503 (``code: "model_disabled"``) until enabled again, without a restart.
+  model answers 503 (``code: "model_disabled"``) until enabled again, without a restart. Refused attempts are
+  logged with the client's address and the path, never the credential.
+
+Requests to one model that arrive together are generated as one batch (:mod:`alignscope.server.batching`);
+``ServerSettings(max_batch_size=1)`` serves them one at a time.
 
 Every answer carries an ``alignscope`` field (in the last chunk when streaming)::
 
@@ -22,29 +33,29 @@ Every answer carries an ``alignscope`` field (in the last chunk when streaming):
       "flagged": false,       # a guard with policy "flag" fired
       "generated": false,     # false when an input guard refused before generating
       "decoding": "greedy, max_new_tokens=64", "seed": 0,
+      "batch_rows": 0,        # sequences generated together with this request's (0: none generated)
       "timing_ms": {"guards": 41.2, "generate": 0.0}   # server-side time in guard checks and generation
     }
 
-Each guard decision also carries ``ms``, the time its check took.
+Each guard decision also carries ``ms``, the time its check took. The audit log gets every guard decision,
+every operator action and refused admin attempt, and one ``request`` record per ``/v1`` request (status,
+client, ``user``, request id, finish reasons), each flushed and fsynced as it is written.
 
 Errors are OpenAI-style ``{"error": {"message", "type", "param", "code"}}``: 400 for bad JSON, wrong types,
-unsupported fields or content (including ``input_audio`` for text models), too-long input; 401 for a wrong API
-key; 404 for an unknown model; 413 for an oversized body; 429 when the model's queue is full; 503 while the
-model is disabled; 500 when generation itself fails. No request can stop the server.
+unsupported fields or content (including ``input_audio`` for text models), too-long input; 401 for a wrong or
+malformed API key; 404 for an unknown model; 413 for an oversized body; 429 when the model's queue is full; 503
+while the model is disabled; 500 when generation itself fails. No request can stop the server.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import os
 import secrets
-import threading
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -54,15 +65,27 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from alignscope.models.base import ChatModel, Conversation, GenerationConfig, ModelError
-from alignscope.server.engine import Generated, ModelWorker, QueueFull
+from alignscope.models.base import ChatModel, Conversation, GenerationConfig
+from alignscope.models.local import LocalModel
+from alignscope.server.access import (
+    ADMIN_TOKEN_ENV,
+    RequestAuditMiddleware,
+    check_admin,
+    check_api_key,
+    note,
+    token_matches,
+)
+from alignscope.server.batching import QueueFull
+from alignscope.server.decoding import Decoding
+from alignscope.server.engine import LogprobEntry
 from alignscope.server.guards import AudioGuard, Guard, GuardAuditLog, InputGuard, OutputGuard
-from alignscope.server.pipeline import Outcome, ServedModel, check_serving, run_pipeline
+from alignscope.server.pipeline import Job, Outcome, ServedModel, check_serving
+from alignscope.server.responses import Piece, completion, generation_error, model_card, stream_events
 from alignscope.server.schemas import APIError, ChatCompletionRequest, validation_error
 
 log = logging.getLogger("alignscope.server")
 
-ADMIN_TOKEN_ENV = "ALIGNSCOPE_ADMIN_TOKEN"
+__all__ = ["ADMIN_TOKEN_ENV", "ServerSettings", "create_app"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +99,10 @@ class ServerSettings:
         default_max_tokens: ``max_tokens`` when the request gives none.
         default_temperature: temperature when the request gives none (1.0, as the OpenAI API; 0 is greedy).
         max_queue: requests waiting or running per model (429 beyond, which clients retry).
+        max_batch_size: sequences generated together (a request with ``n`` sampled choices counts ``n``);
+            1 serves one request at a time.
+        batch_wait_ms: a batch is closed once no request has joined it for this long...
+        max_batch_wait_ms: ...or this long after its first request.
         admin_token: the operator token; None reads ``$ALIGNSCOPE_ADMIN_TOKEN`` when the app is created.
         api_key: if set, ``/v1`` requests must send ``Authorization: Bearer <api_key>``.
     """
@@ -86,6 +113,9 @@ class ServerSettings:
     default_max_tokens: int = 256
     default_temperature: float = 1.0
     max_queue: int = 256
+    max_batch_size: int = 32
+    batch_wait_ms: float = 5.0
+    max_batch_wait_ms: float = 100.0
     admin_token: str | None = None
     api_key: str | None = None
 
@@ -102,8 +132,8 @@ def create_app(
     """The server app for ``model``.
 
     Args:
-        model: any :class:`ChatModel` (a local model streams token by token; others stream the whole answer
-            in one chunk).
+        model: any :class:`ChatModel` (a local model is batched and streams token by token; others generate
+            one request at a time through their own ``generate`` and stream the whole answer in one chunk).
         guards: :class:`InputGuard`s (run before generation, in order) and :class:`OutputGuard`s (run on the
             answer, in order); the first that blocks decides the answer.
         settings: limits and defaults (:class:`ServerSettings`).
@@ -112,6 +142,8 @@ def create_app(
         audio_guards: applied to ``input_audio`` parts once an audio model is served (none is yet).
     """
     settings = settings or ServerSettings()
+    if settings.api_key is not None and not settings.api_key:
+        raise ValueError("api_key is empty: give a key, or None for no key")
     admin_token = settings.admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None
     audit = audit_log if isinstance(audit_log, GuardAuditLog) else GuardAuditLog(audit_log)
     name = served_name or model.name
@@ -122,7 +154,16 @@ def create_app(
         raise TypeError(f"not a guard (needs check_input or check_output): {unknown!r}")
     served = {
         name: ServedModel(
-            name, model, inputs, outputs, list(audio_guards), ModelWorker(name, settings.max_queue)
+            name,
+            model,
+            inputs,
+            outputs,
+            list(audio_guards),
+            audit,
+            max_queue=settings.max_queue,
+            max_batch_size=settings.max_batch_size,
+            batch_wait_ms=settings.batch_wait_ms,
+            max_batch_wait_ms=settings.max_batch_wait_ms,
         )
     }
 
@@ -130,60 +171,77 @@ def create_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         for s in served.values():
-            s.worker.shutdown()
+            s.scheduler.shutdown()
 
     app = FastAPI(
         title="alignscope", summary="OpenAI-compatible chat completions with guards", lifespan=lifespan
     )
+    app.add_middleware(RequestAuditMiddleware, audit=audit)
     app.state.served = served
     app.state.audit = audit
     app.state.settings = settings
 
     @app.exception_handler(APIError)
-    async def _api_error(_request: Request, e: APIError) -> JSONResponse:
+    async def _api_error(request: Request, e: APIError) -> JSONResponse:
+        note(request, error=e.message[:500])
         return JSONResponse(e.body(), status_code=e.status)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, e: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
         code = "not_found" if e.status_code == 404 else "http_error"
+        note(request, error=str(e.detail)[:500])
         return JSONResponse(APIError(e.status_code, str(e.detail), code=code).body(), e.status_code)
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
+    async def health(request: Request) -> dict[str, Any]:
+        # without a credential: only that the server is up (no model names, no configuration)
+        keys = [k for k in (settings.api_key, admin_token) if k]
+        if not any(token_matches(request, k) for k in keys):
+            return {"status": "ok"}
         return {"status": "ok", "models": {n: s.info() for n, s in served.items()}}
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
-        _check_key(request, settings)
-        return {"object": "list", "data": [_model_card(s) for s in served.values()]}
+        check_api_key(request, settings.api_key)
+        return {"object": "list", "data": [model_card(s) for s in served.values()]}
 
     @app.get("/v1/models/{model_name:path}")
     async def get_model(model_name: str, request: Request) -> dict[str, Any]:
-        _check_key(request, settings)
-        return _model_card(_lookup(served, model_name))
+        check_api_key(request, settings.api_key)
+        return model_card(_lookup(served, model_name))
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
-        _check_key(request, settings)
+        check_api_key(request, settings.api_key)
         req = await _parse(request, settings)
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        note(request, request_id=request_id, model=req.model, user=req.user, n=req.n, stream=req.stream)
         target = _lookup(served, req.model)
         check_serving(target)
-        conversation, prefill, gen = _prepare(req, target, settings)
-        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        conversation, prefill, decoding = _prepare(req, target, settings)
         if req.stream:
+            loop = asyncio.get_running_loop()
+            feed: asyncio.Queue[Piece | None] = asyncio.Queue()
+
+            def emit(choice: int, text: str, logprobs: list[LogprobEntry] | None) -> None:
+                loop.call_soon_threadsafe(feed.put_nowait, (choice, text, logprobs))
+
+            job = Job(request_id, conversation, prefill, decoding, emit=emit)
+            task = _queue(target, job)  # before the response starts, so a full queue is a real 429
+            task.add_done_callback(lambda _t: feed.put_nowait(None))
             return StreamingResponse(
-                _stream(target, audit, req, conversation, prefill, gen, request_id),
+                stream_events(request, target, req, decoding, job, task, feed),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        outcome = await _submit(
-            target, lambda: run_pipeline(target, audit, request_id, conversation, prefill, gen, req.n)
-        )
-        return JSONResponse(_completion(target, request_id, outcome, gen))
+        job = Job(request_id, conversation, prefill, decoding)
+        outcome = await _submit(target, job)
+        note(request, finish_reasons=[a.finish_reason for a in outcome.answers])
+        return JSONResponse(completion(target, request_id, outcome, decoding))
 
     @app.get("/admin/models")
     async def admin_models(request: Request) -> dict[str, Any]:
-        _check_admin(request, admin_token)
+        check_admin(request, admin_token, audit)
         return {"models": {n: s.info() for n, s in served.items()}}
 
     @app.post("/admin/models/{model_name:path}/disable")
@@ -195,7 +253,7 @@ def create_app(
         return await _switch(request, model_name, True)
 
     async def _switch(request: Request, model_name: str, on: bool) -> dict[str, Any]:
-        _check_admin(request, admin_token)
+        check_admin(request, admin_token, audit)
         target = _lookup(served, model_name)
         reason = ""
         raw = await request.body()
@@ -219,32 +277,6 @@ def create_app(
 # -- request handling ----------------------------------------------------------------------------------------
 
 
-def _check_key(request: Request, settings: ServerSettings) -> None:
-    if settings.api_key is None:
-        return
-    if not hmac.compare_digest(_bearer(request), settings.api_key):
-        raise APIError(401, "invalid or missing API key", type="authentication_error", code="invalid_api_key")
-
-
-def _check_admin(request: Request, token: str | None) -> None:
-    if not token:
-        raise APIError(
-            403,
-            f"admin endpoints are off: start the server with ${ADMIN_TOKEN_ENV} set",
-            type="permission_error",
-            code="admin_disabled",
-        )
-    if not hmac.compare_digest(_bearer(request), token):
-        raise APIError(
-            401, "invalid or missing admin token", type="authentication_error", code="invalid_token"
-        )
-
-
-def _bearer(request: Request) -> str:
-    value = request.headers.get("authorization", "")
-    return value[7:].strip() if value.lower().startswith("bearer ") else ""
-
-
 async def _parse(request: Request, settings: ServerSettings) -> ChatCompletionRequest:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
@@ -263,6 +295,8 @@ async def _parse(request: Request, settings: ServerSettings) -> ChatCompletionRe
         raise APIError(400, f"invalid JSON{where}: {e}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+    # noted before validation, so a rejected request is attributed too
+    note(request, **{k: data[k][:200] for k in ("model", "user") if isinstance(data.get(k), str)})
     try:
         return ChatCompletionRequest.model_validate(data)
     except ValidationError as e:
@@ -282,7 +316,7 @@ def _lookup(served: dict[str, ServedModel], name: str) -> ServedModel:
 
 def _prepare(
     req: ChatCompletionRequest, target: ServedModel, settings: ServerSettings
-) -> tuple[Conversation, str | None, GenerationConfig]:
+) -> tuple[Conversation, str | None, Decoding]:
     for i, m in enumerate(req.messages):
         if m.audio_parts():
             if not getattr(target.model, "accepts_audio", False):
@@ -323,10 +357,14 @@ def _prepare(
         )
     if target.output_guards and req.n > 1:
         raise APIError(400, "n > 1 is not supported when output guards are on", param="n")
+    if not isinstance(target.model, LocalModel):
+        for name in ("presence_penalty", "frequency_penalty", "logprobs"):
+            if getattr(req, name):
+                raise APIError(400, f"{name!r} needs a local model; {target.name} is not one", param=name)
     temperature = settings.default_temperature if req.temperature is None else req.temperature
     sample = temperature > 0
     seed = req.seed if req.seed is not None else (secrets.randbelow(2**31) if sample else 0)
-    gen = GenerationConfig(
+    config = GenerationConfig(
         max_new_tokens=budget,
         do_sample=sample,
         temperature=temperature if sample else 1.0,
@@ -335,152 +373,33 @@ def _prepare(
         seed=seed,
         batch_size=req.n,
     )
-    return conversation, prefill or None, gen
+    decoding = Decoding(
+        config,
+        n=req.n,
+        stop=req.stop_strings,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        logprobs=bool(req.logprobs),
+        top_logprobs=req.top_logprobs or 0,
+    )
+    return conversation, prefill or None, decoding
 
 
-async def _submit(target: ServedModel, fn: Callable[[], Outcome]) -> Outcome:
+def _queue(target: ServedModel, job: Job) -> asyncio.Future[Outcome]:
     try:
-        future = target.worker.submit(fn)
+        return asyncio.wrap_future(target.scheduler.submit(job))
     except QueueFull as e:
         raise APIError(
             429, f"server busy: {e}; retry later", type="rate_limit_error", code="server_busy"
         ) from None
+
+
+async def _submit(target: ServedModel, job: Job) -> Outcome:
+    waiting = _queue(target, job)
     try:
-        return await asyncio.wrap_future(future)
-    except APIError:
+        return await waiting
+    except asyncio.CancelledError:
+        job.cancelled.set()  # the client went away: stop generating its rows
         raise
-    except ModelError as e:
-        log.warning("generation failed on %s: %s", target.name, e)
-        raise APIError(500, f"generation failed: {e}", type="server_error", code="model_error") from None
     except Exception as e:  # a broken request must not take the server down
-        log.exception("unexpected error on %s", target.name)
-        raise APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error") from None
-
-
-# -- responses -----------------------------------------------------------------------------------------------
-
-
-def _model_card(s: ServedModel) -> dict[str, Any]:
-    return {
-        "id": s.name,
-        "object": "model",
-        "created": s.created,
-        "owned_by": "alignscope",
-        "alignscope": s.info(),
-    }
-
-
-def _meta(request_id: str, outcome: Outcome | None, gen: GenerationConfig) -> dict[str, Any]:
-    return {
-        "request_id": request_id,
-        "guards": [d.to_dict() for d in outcome.decisions] if outcome else [],
-        "blocked": outcome.blocked if outcome else False,
-        "flagged": outcome.flagged if outcome else False,
-        "generated": outcome.generated if outcome else False,
-        "decoding": gen.describe(),
-        "seed": gen.seed,
-        "timing_ms": {
-            "guards": round(sum(d.ms or 0.0 for d in outcome.decisions), 3) if outcome else 0.0,
-            "generate": round(outcome.generate_ms, 3) if outcome else 0.0,
-        },
-    }
-
-
-def _usage(answers: list[Generated]) -> dict[str, int]:
-    prompt = answers[0].prompt_tokens if answers else 0
-    completion = sum(a.completion_tokens for a in answers)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def _completion(
-    target: ServedModel, request_id: str, outcome: Outcome, gen: GenerationConfig
-) -> dict[str, Any]:
-    return {
-        "id": request_id,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": target.name,
-        "choices": [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": a.text},
-                "finish_reason": a.finish_reason,
-                "logprobs": None,
-            }
-            for i, a in enumerate(outcome.answers)
-        ],
-        "usage": _usage(outcome.answers),
-        "alignscope": _meta(request_id, outcome, gen),
-    }
-
-
-async def _stream(
-    target: ServedModel,
-    audit: GuardAuditLog,
-    req: ChatCompletionRequest,
-    conversation: Conversation,
-    prefill: str | None,
-    gen: GenerationConfig,
-    request_id: str,
-) -> AsyncIterator[str]:
-    """Server-sent events: a role chunk, content chunks as text is generated, a final chunk with the
-    ``finish_reason`` and the ``alignscope`` field, a usage chunk on request, then ``[DONE]``."""
-    loop = asyncio.get_running_loop()
-    pieces: asyncio.Queue[str | None] = asyncio.Queue()
-    cancelled = threading.Event()
-    created = int(time.time())
-
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-        body = {
-            "id": request_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": target.name,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
-            **extra,
-        }
-        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
-
-    def emit(text: str) -> None:
-        loop.call_soon_threadsafe(pieces.put_nowait, text)
-
-    try:
-        future = target.worker.submit(
-            lambda: run_pipeline(target, audit, request_id, conversation, prefill, gen, 1, emit, cancelled)
-        )
-    except QueueFull as e:
-        err = APIError(429, f"server busy: {e}; retry later", type="rate_limit_error", code="server_busy")
-        yield f"data: {json.dumps(err.body())}\n\n"
-        yield "data: [DONE]\n\n"
-        return
-    task = asyncio.wrap_future(future)
-    task.add_done_callback(lambda _t: pieces.put_nowait(None))
-    try:
-        yield chunk({"role": "assistant", "content": ""})
-        while (piece := await pieces.get()) is not None:
-            if piece:
-                yield chunk({"content": piece})
-        try:
-            outcome = await task
-        except Exception as e:
-            if not isinstance(e, APIError | ModelError):
-                log.exception("streaming failed on %s", target.name)
-            message = e.message if isinstance(e, APIError) else f"generation failed: {e}"
-            yield f"data: {json.dumps(APIError(500, message, type='server_error').body())}\n\n"
-            yield "data: [DONE]\n\n"
-            return
-        answer = outcome.answers[0]
-        yield chunk({}, answer.finish_reason, alignscope=_meta(request_id, outcome, gen))
-        if req.stream_options is not None and req.stream_options.include_usage:
-            usage = {
-                "id": request_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": target.name,
-                "choices": [],
-                "usage": _usage(outcome.answers),
-            }
-            yield f"data: {json.dumps(usage)}\n\n"
-        yield "data: [DONE]\n\n"
-    finally:
-        cancelled.set()  # the client went away (or we are done): stop generating
+        raise generation_error(target, e) from None

@@ -255,8 +255,9 @@ def build_guard(spec: str, model: ChatModel) -> Guard:
 class GuardAuditLog:
     """Append-only JSONL of guard decisions and operator actions; safe to share between threads.
 
-    Each line has ``time`` (UTC ISO 8601), ``event`` (``"guard"`` or ``"admin"``) and the event's fields. The
-    file is opened in append mode for every write, so nothing already logged is ever rewritten.
+    Each line has ``time`` (UTC ISO 8601), ``event`` (``"guard"``, ``"admin"``, ``"admin_denied"`` or
+    ``"request"``) and the event's fields. The file is opened in append mode for every write, so nothing already
+    logged is ever rewritten, and each record is flushed and fsynced before the write returns.
 
     Args:
         path: the JSONL file (parent directories are created); None logs to the ``alignscope.server`` logger
@@ -283,6 +284,8 @@ class GuardAuditLog:
         line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
         with self._lock, self.path.open("a", encoding="utf-8") as f:
             f.write(line)
+            f.flush()
+            os.fsync(f.fileno())  # a crash loses at most the record being written
 
     def guard(
         self, decision: GuardDecision, request_id: str, model: str, prompt: str, response: str | None = None

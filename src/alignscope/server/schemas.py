@@ -1,9 +1,10 @@
 """Request validation and OpenAI-style errors for the chat-completions server.
 
-The request schema accepts what the official ``openai`` client sends and rejects, with a 400 naming the field,
-what alignscope cannot honour (``stop``, ``logprobs``, tools, penalties...) rather than silently ignoring it.
-Types are strict (``"10"`` is not an integer, ``"yes"`` not a boolean). Unknown extra fields are ignored, as
-most OpenAI-compatible servers do.
+The request schema accepts what OpenAI clients send (``stop``, ``n``, ``seed``, the penalties, ``logprobs`` /
+``top_logprobs``, ``user``, ``stream_options``, ``response_format`` of type ``text``) and rejects, with a 400
+naming the field, what alignscope cannot honour (tools, ``logit_bias``, JSON response formats, audio output...)
+rather than silently ignoring it. Types are strict (``"10"`` is not an integer, ``"yes"`` not a boolean).
+Other unknown fields are ignored, as most OpenAI-compatible servers do.
 """
 
 from __future__ import annotations
@@ -103,8 +104,22 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-_UNSUPPORTED = ("stop", "logprobs", "top_logprobs", "tools", "functions", "tool_choice", "logit_bias")
-_UNSUPPORTED_NONZERO = ("presence_penalty", "frequency_penalty")
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    type: str
+
+
+_UNSUPPORTED = (
+    "tools",
+    "functions",
+    "tool_choice",
+    "function_call",
+    "logit_bias",
+    "audio",
+    "prediction",
+    "web_search_options",
+)
+MAX_STOP = 16
 
 
 class ChatCompletionRequest(BaseModel):
@@ -112,7 +127,7 @@ class ChatCompletionRequest(BaseModel):
 
     Extensions (as in vLLM): ``top_k``; ``continue_final_message`` (continue the trailing assistant message
     instead of opening a new turn: the assistant-prefill the prefilling attack needs) with
-    ``add_generation_prompt`` (must then be false or absent).
+    ``add_generation_prompt`` (must then be false or absent); up to 16 ``stop`` strings (OpenAI allows 4).
     """
 
     model_config = ConfigDict(extra="allow", strict=True)
@@ -126,6 +141,13 @@ class ChatCompletionRequest(BaseModel):
     top_k: int | None = Field(default=None, ge=0)
     seed: int | None = None
     n: int = Field(default=1, ge=1, le=8)
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    user: str | None = None
+    response_format: ResponseFormat | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     continue_final_message: bool = False
@@ -137,17 +159,35 @@ class ChatCompletionRequest(BaseModel):
         for name in _UNSUPPORTED:
             if extra.get(name) not in (None, False, [], {}, ""):
                 raise ValueError(f"{name!r} is not supported by alignscope serve")
-        for name in _UNSUPPORTED_NONZERO:
-            if extra.get(name) not in (None, 0, 0.0):
-                raise ValueError(f"{name!r} other than 0 is not supported by alignscope serve")
+        modalities = extra.get("modalities")
+        if modalities not in (None, [], ["text"]):
+            raise ValueError(
+                f"modalities {modalities!r} are not supported by alignscope serve (only ['text'])"
+            )
+        if self.response_format is not None and self.response_format.type != "text":
+            raise ValueError(
+                f"response_format type {self.response_format.type!r} is not supported by alignscope serve "
+                "(only 'text')"
+            )
+        if isinstance(self.stop, list):
+            if len(self.stop) > MAX_STOP:
+                raise ValueError(f"stop takes at most {MAX_STOP} strings (got {len(self.stop)})")
+            if any(not s for s in self.stop):
+                raise ValueError("stop strings must not be empty")
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
         if self.continue_final_message:
             if self.messages[-1].role != "assistant":
                 raise ValueError("continue_final_message needs a trailing assistant message to continue")
             if self.add_generation_prompt:
                 raise ValueError("continue_final_message and add_generation_prompt cannot both be true")
-        if self.stream and self.n > 1:
-            raise ValueError("stream with n > 1 is not supported")
         return self
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        if self.stop is None or self.stop == "":
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
     @property
     def token_budget(self) -> int | None:
