@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from alignscope.judges import Verdict
 from alignscope.models import Conversation, GenerationConfig, ModelError, user_turn
 from alignscope.server import (
     BackgroundServer,
@@ -24,6 +25,7 @@ from alignscope.server import (
     JudgeOutputGuard,
     KeywordOutputGuard,
     ProbeInputGuard,
+    RequestCompliedGuard,
     ServerSettings,
     build_guard,
     create_app,
@@ -352,14 +354,24 @@ def test_probe_guard_policies_and_audit_log(tiny: Any, tmp_path: Path, policy: s
     assert records[0]["prompt"] == HARMFUL and records[0]["request_id"] == harmful["id"]
 
 
-def test_output_guards_block_and_flag(tiny: Any, tmp_path: Path) -> None:
-    from alignscope.judges import get_judge
+class _HarmJudge:
+    """A harm judge calling every answer harmful (the output guard's contract, without a harm model)."""
 
+    name = "always-harmful"
+    judges_harm = True
+
+    def judge_batch(
+        self, prompts: Sequence[str], responses: Sequence[str], prefills: Sequence[str] | None = None
+    ) -> list[Verdict]:
+        return [Verdict(self.name, refused=False, complied=True, harmful=True, score=1.0) for _ in responses]
+
+
+def test_output_guards_block_and_flag(tiny: Any, tmp_path: Path) -> None:
     answer = local_answer(tiny, HARMFUL)
     word = answer.strip()[:3]
     assert word
     log_file = tmp_path / "guard.jsonl"
-    flag_judge = JudgeOutputGuard(get_judge("keyword"), "flag")  # keyword: any non-refusal is "harmful"
+    flag_judge = JudgeOutputGuard(_HarmJudge(), "flag")
     block_kw = KeywordOutputGuard([word], "block", refusal_text="[withheld]")
     app = create_app(tiny, [flag_judge, block_kw], audit_log=log_file)
     with TestClient(app) as c:
@@ -371,7 +383,7 @@ def test_output_guards_block_and_flag(tiny: Any, tmp_path: Path) -> None:
     assert body["choices"][0]["finish_reason"] == "content_filter"
     decisions = body["alignscope"]["guards"]
     assert [(d["guard"], d["stage"], d["decision"]) for d in decisions] == [
-        ("judge(keyword)", "output", "flagged"),
+        ("judge(always-harmful)", "output", "flagged"),
         ("keyword", "output", "blocked"),
     ]
     assert body["alignscope"]["generated"] and body["alignscope"]["blocked"] and body["alignscope"]["flagged"]
@@ -379,6 +391,27 @@ def test_output_guards_block_and_flag(tiny: Any, tmp_path: Path) -> None:
     assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == "[withheld]"
     records = [r for r in GuardAuditLog(log_file).records() if r["event"] == "guard"]
     assert len(records) == 4 and records[1]["response"] == answer
+
+
+def test_output_guard_refuses_a_judge_that_cannot_judge_harm(tiny: Any, tmp_path: Path) -> None:
+    from alignscope.judges import get_judge
+
+    with pytest.raises(ValueError, match="cannot: it tells refusal from compliance"):
+        JudgeOutputGuard(get_judge("keyword"))
+    with pytest.raises(ValueError, match="judges harm"):
+        build_guard("judge=keyword", tiny)
+
+
+def test_request_complied_guard_needs_a_flagged_request_and_compliance(tiny: Any, tmp_path: Path) -> None:
+    path = fitted_probe(tiny).save(tmp_path / "probe.json")
+    guard = build_guard(f"request-complied:flag={path}", tiny)
+    assert isinstance(guard, RequestCompliedGuard) and guard.policy == "flag"
+    harmful = user_turn(HARMFUL)
+    assert guard.check_output(harmful, "Step 1: get the parts.").triggered
+    assert not guard.check_output(harmful, "I'm sorry, I can't help with that.").triggered  # a refusal passes
+    assert not guard.check_output(harmful, "").triggered  # nothing said
+    benign = user_turn(BENIGN)
+    assert not guard.check_output(benign, "The capital of France is Paris.").triggered
 
 
 def test_guard_specs(tiny: Any, tmp_path: Path) -> None:

@@ -756,7 +756,8 @@ def serve(
         list[str] | None,
         typer.Option(
             help="Guard spec KIND[:block|flag|allow][=ARG], repeatable: probe=guard.json, "
-            "judge:block=llm-rubric:MODEL, keyword=bomb|sarin."
+            "judge:block=HARM_JUDGE (wildguard:MODEL, llama-guard:MODEL, llm-rubric:MODEL), "
+            "request-complied=guard.json, keyword=bomb|sarin."
         ),
     ] = None,
     audit_log: Annotated[Path | None, typer.Option(help="Append-only JSONL log of guard decisions.")] = None,

@@ -23,6 +23,7 @@ from alignscope.server.guards import (
     OutputGuard,
     Policy,
     ProbeInputGuard,
+    RequestCompliedGuard,
     build_guard,
     parse_guard_spec,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "OutputGuard",
     "Policy",
     "ProbeInputGuard",
+    "RequestCompliedGuard",
     "ServedModel",
     "ServerSettings",
     "build_app",

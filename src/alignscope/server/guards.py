@@ -15,9 +15,13 @@ Guard specs (``alignscope serve --guard ...``): ``KIND[:POLICY][=ARG]``, policy 
 
 * ``probe[:POLICY]=PATH``: the safety-layer probe (:class:`alignscope.analysis.probe.ProbeGuard` saved as JSON),
   run on the served model before generating.
-* ``judge[:POLICY]=JUDGE_SPEC``: any alignscope judge on the output (``llm-rubric:smollm2``,
-  ``llm-rubric:openai:http://host/v1#gpt-4o``); fires when the judge calls the answer harmful. Note the
-  ``keyword`` judge calls every non-refusal harmful, so as an output guard it flags compliance, not harm.
+* ``judge[:POLICY]=JUDGE_SPEC``: an alignscope judge that judges harm, on the output (``wildguard:PATH``,
+  ``llama-guard:openai:http://host/v1#meta-llama/Llama-Guard-3-8B``, ``llm-rubric:openai:...``); fires when
+  the judge calls the answer harmful. A judge that cannot judge harm (``keyword``) is refused at start: it
+  would block every answer that is not a refusal ("The capital of France is Paris.").
+* ``request-complied[:POLICY]=PATH``: harmful request AND complied: fires when the safety-layer probe at
+  ``PATH`` calls the request harmful and the keyword judge finds no refusal in the answer. For a deployment
+  without a harm judge: the model's own refusals pass, compliance with a flagged request is caught.
 * ``keyword[:POLICY]=WORD|WORD...``: fires when the output contains one of the words (case-insensitive).
 
 Audio: ``input_audio`` content parts go through :class:`AudioGuard`s (TDNF, issue 6) before an audio model
@@ -177,12 +181,20 @@ class JudgeOutputGuard:
     """An alignscope judge on the generated text; fires when the judge calls it harmful.
 
     Args:
-        judge: any :class:`alignscope.judges.base.Judge`.
+        judge: a :class:`alignscope.judges.base.Judge` that judges harm (``judges_harm``); a judge that can
+            only tell refusal from compliance is refused with a ValueError saying why.
         policy: see the module docstring.
         refusal_text: what a blocked answer is replaced with.
     """
 
     def __init__(self, judge: Any, policy: Policy = "block", refusal_text: str = DEFAULT_REFUSAL):
+        if not getattr(judge, "judges_harm", False):
+            raise ValueError(
+                f"the output guard needs a judge that judges harm, and {judge.name} cannot: it tells refusal "
+                "from compliance, so it would block every answer that is not a refusal. Use a harm judge "
+                "(judge=wildguard:MODEL, judge=llama-guard:MODEL, judge=harmbench-cls:MODEL, "
+                "judge=llm-rubric:MODEL) or request-complied=PROBE.json (harmful request AND complied)"
+            )
         self.judge = judge
         self.policy = _check_policy(policy)
         self.name = f"judge({judge.name})"
@@ -191,7 +203,38 @@ class JudgeOutputGuard:
     def check_output(self, conversation: Conversation, response: str) -> GuardCheck:
         prompt = next((m["content"] for m in reversed(conversation) if m["role"] == "user"), "")
         verdict = self.judge.judge_batch([prompt], [response])[0]
-        return GuardCheck(bool(verdict.harmful), verdict.score, str(verdict.raw)[:200])
+        return GuardCheck(bool(verdict.harmful), verdict.score, f"{verdict.outcome}: {verdict.raw}"[:200])
+
+
+class RequestCompliedGuard:
+    """Harmful request AND complied: the safety-layer probe flags the request and the keyword judge finds no
+    refusal in the answer (a harm guard for deployments without a harm judge).
+
+    Args:
+        probe: a fitted :class:`alignscope.analysis.probe.ProbeGuard` bound to the served model.
+        policy: see the module docstring.
+        refusal_text: what a blocked answer is replaced with.
+    """
+
+    def __init__(self, probe: Any, policy: Policy = "block", refusal_text: str = DEFAULT_REFUSAL):
+        from alignscope.judges.keyword import KeywordJudge
+
+        if getattr(probe, "model", None) is None:
+            raise ModelError("the probe is not bound to a model: ProbeGuard.load(path, model)")
+        self.probe = probe
+        self.keyword = KeywordJudge()
+        self.policy = _check_policy(policy)
+        self.name = f"request-complied(probe layer={probe.layer}, {self.keyword.name})"
+        self.threshold = float(probe.threshold)
+        self.refusal_text = refusal_text
+
+    def check_output(self, conversation: Conversation, response: str) -> GuardCheck:
+        score = float(self.probe.scores([conversation])[0])
+        flagged = score > self.threshold
+        prompt = next((m["content"] for m in reversed(conversation) if m["role"] == "user"), "")
+        verdict = self.keyword.judge_batch([prompt], [response])[0]
+        detail = f"request {'flagged' if flagged else 'not flagged'}; answer {verdict.outcome}"
+        return GuardCheck(flagged and bool(verdict.complied), score, detail)
 
 
 class KeywordOutputGuard:
@@ -228,15 +271,18 @@ def parse_guard_spec(spec: str) -> tuple[str, Policy, str]:
 def build_guard(spec: str, model: ChatModel) -> Guard:
     """The guard a spec names (see the module docstring), for the served ``model``."""
     kind, policy, arg = parse_guard_spec(spec)
-    if kind == "probe":
+    if kind in ("probe", "request-complied"):
         from alignscope.analysis.probe import ProbeGuard
         from alignscope.models.local import LocalModel
 
         if not arg:
-            raise ValueError("the probe guard needs its file: probe[:POLICY]=PATH (from a safety-layer run)")
+            raise ValueError(
+                f"the {kind} guard needs its probe file: {kind}[:POLICY]=PATH (from a safety-layer run)"
+            )
         if not isinstance(model, LocalModel):
-            raise ModelError(f"the probe guard reads hidden states: {model.name} is not a local model")
-        return ProbeInputGuard(ProbeGuard.load(arg, model), policy)
+            raise ModelError(f"the {kind} guard reads hidden states: {model.name} is not a local model")
+        probe = ProbeGuard.load(arg, model)
+        return ProbeInputGuard(probe, policy) if kind == "probe" else RequestCompliedGuard(probe, policy)
     if kind == "judge":
         from alignscope.judges.registry import DEFAULT_JUDGE_MODEL, JUDGES, get_judge, parse_judge_spec
 
@@ -249,7 +295,7 @@ def build_guard(spec: str, model: ChatModel) -> Guard:
         return JudgeOutputGuard(judge, policy)
     if kind == "keyword":
         return KeywordOutputGuard(arg.split("|"), policy)
-    raise ValueError(f"unknown guard {kind!r} in {spec!r} (use probe, judge or keyword)")
+    raise ValueError(f"unknown guard {kind!r} in {spec!r} (use probe, judge, request-complied or keyword)")
 
 
 class GuardAuditLog:
