@@ -118,7 +118,7 @@ def load_judge_for(
     entry = JUDGES.get(name)
     if entry is None or not entry.uses_model:
         return get_judge(spec)
-    target = model_spec or DEFAULT_JUDGE_MODEL
+    target = model_spec or entry.default_model or DEFAULT_JUDGE_MODEL
     if target.startswith("openai:"):
         return get_judge(spec)
     if model is not None and model.name == target:
