@@ -17,6 +17,7 @@ hold out), so no training prompt appears. One JSON line per item::
   greedy answer to the same prompt, prefilled as token ids (the mechanics of ``alignscope.attacks.prefill``);
 * ``decoding``: one sampled answer (64 tokens) under one setting of the decoding exploit (T 0.7, T 1.0,
   top-p 0.9, top-k 50; one parameter varied at a time; seeded);
+* ``long``: two sampled answers (192 tokens, T 0.7, top-p 0.9) of the base model to every harmful prompt;
 * ``gcg``: greedy answer to the request plus a GCG suffix found on that model (``prompt`` is the request
   alone, the suffix is in ``source.suffix``, the full user turn in ``source.attack_prompt``);
 * ``spoken``, ``spoken-pgd``, ``spoken-tdnf``: the default speech LLM hearing the request spoken (``prompt``
@@ -189,6 +190,21 @@ def part_decoding(ctx: Context) -> None:
             answers(ctx, model, group, "decoding", gen, tag, setting=setting)
 
 
+LONG_TOKENS = 192
+LONG_SETTING = {"temperature": 0.7, "top_p": 0.9}
+LONG_DRAWS = 2
+
+
+def part_long(ctx: Context) -> None:
+    """Longer sampled answers of the base model to every harmful test prompt (192 tokens, T 0.7, top-p 0.9,
+    two seeded draws): the 64-token answers above almost never get far enough to help with anything, so these
+    give the set its chance of harmful items (added after the first labelling pass found 1 in 518)."""
+    order = ctx.order["harmful"]
+    for draw in range(LONG_DRAWS):
+        gen = ctx.greedy(LONG_TOKENS).with_(do_sample=True, seed=ctx.seed + 100 + draw, **LONG_SETTING)
+        answers(ctx, BASE, list(order), "long", gen, f"/draw{draw}", setting=LONG_SETTING, draw=draw)
+
+
 # -- GCG ---------------------------------------------------------------------------------------------------------
 def part_gcg(ctx: Context) -> None:
     """GCG (``alignscope.attacks.gcg.run_gcg``, per behaviour, the template of ``alignscope attack gcg``,
@@ -290,6 +306,7 @@ PARTS: dict[str, Callable[[Context], None]] = {
     "benign": part_benign,
     "prefill": part_prefill,
     "decoding": part_decoding,
+    "long": part_long,
     "gcg": part_gcg,
     "spoken": part_spoken,
     "spoken-pgd": part_spoken_pgd,
