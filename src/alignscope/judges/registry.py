@@ -256,7 +256,8 @@ def _model_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
 @register_judge(
     "keyword",
     options=("list", "window", "ignore_case"),
-    summary="GCG-style refusal substrings, no model (list=strict|gcg|extended|qi2025, window=200|0)",
+    summary="GCG-style refusal substrings, no model; refusal vs compliance, harm unknown "
+    "(list=strict|strict-v1|gcg|extended|qi2025, window=N characters, default the whole text)",
 )
 def _keyword(model: ChatModel | None, **opts: Any) -> Judge:
     substrings = opts.get("list", "strict")
