@@ -38,7 +38,6 @@ from alignscope.judges.classifiers import (
 from alignscope.judges.keyword import DEFAULT_WINDOW, KeywordJudge
 from alignscope.judges.preference import PreferenceJudge
 from alignscope.judges.rubric import LLMRubricJudge, StrongRejectJudge
-from alignscope.judges.smol_harm import SmolHarmHead, SmolHarmJudge
 from alignscope.models.base import ChatModel, ModelError
 
 DEFAULT_JUDGE_MODEL = "smollm2"
@@ -371,18 +370,3 @@ def _strongreject_ft(model: ChatModel, **opts: Any) -> Judge:
     if "bos_quirk" in opts:
         kwargs["bos_quirk"] = _bool("bos_quirk", opts["bos_quirk"])
     return StrongRejectFinetunedJudge(model, **kwargs)
-
-
-@register_judge(
-    "smol-harm",
-    uses_model=True,
-    options=("threshold", "batch_size", "head"),
-    summary="CPU harm judge: a linear head on SmolLM2-135M's hidden states (refusal / harmful / neither); "
-    "harmful = P(harmful) >= the head's threshold",
-    default_model="smollm2",
-)
-def _smol_harm(model: ChatModel, **opts: Any) -> Judge:
-    head = SmolHarmHead.load(opts["head"]) if opts.get("head") else None
-    threshold = _float("threshold", opts["threshold"]) if "threshold" in opts else None
-    batch_size = _int("batch_size", opts["batch_size"]) if "batch_size" in opts else 16
-    return SmolHarmJudge(model, head=head, threshold=threshold, batch_size=batch_size)
