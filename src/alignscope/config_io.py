@@ -1,0 +1,122 @@
+"""One way to turn experiment configs (frozen dataclasses) into JSON and back, name them, and set them.
+
+Every experiment, recipe and build config inherits :class:`ConfigIO`:
+
+* ``to_dict()``: JSON-ready (tuples as lists, paths as strings), so a recorded config compares equal to the live
+  one on resume;
+* ``from_dict(d)``: rebuilds the config, turning lists back into tuples and rejecting unknown keys with a
+  message naming them;
+* ``replace(**changes)`` and ``digest(exclude)``: a copy with changes, and a short stable hash of the settings
+  (for cache keys and run identities).
+
+:func:`parse_assignments` and :func:`load_config_file` implement the CLI's ``--set KEY=VALUE`` and
+``--config FILE`` for any config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+C = TypeVar("C", bound="ConfigIO")
+
+
+class ConfigError(ValueError):
+    """A config file, a ``--set`` assignment or a config dict that cannot make the config."""
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with tuples as lists and paths as strings, recursively (dicts, lists)."""
+    if isinstance(value, tuple | list):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _tuple_field(annotation: Any) -> bool:
+    """Whether a field's type is a tuple (or an optional tuple)."""
+    if typing.get_origin(annotation) is tuple:
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_tuple_field(a) for a in typing.get_args(annotation))
+    return False
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+class ConfigIO:
+    """Mixin for frozen config dataclasses: ``to_dict``, ``from_dict``, ``replace``, ``digest``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls: type[C], d: Mapping[str, Any]) -> C:
+        """Build the config from a dict (JSON), lists becoming tuples where the field is a tuple."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(d) - set(fields))
+        if unknown:
+            raise ConfigError(
+                f"unknown {cls.__name__} field(s): {', '.join(unknown)} (known: {', '.join(sorted(fields))})"
+            )
+        hints = typing.get_type_hints(cls)
+        values = {k: _tuples(v) if _tuple_field(hints.get(k)) else v for k, v in d.items()}
+        try:
+            return cls(**values)
+        except TypeError as e:
+            raise ConfigError(f"{cls.__name__}: {e}") from e
+
+    def replace(self: C, **changes: Any) -> C:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    def digest(self, exclude: Iterable[str] = ()) -> str:
+        """12 hex digits of the SHA-256 of the settings (minus ``exclude``), stable across runs."""
+        skip = set(exclude)
+        data = {k: v for k, v in self.to_dict().items() if k not in skip}
+        return digest_of(data)
+
+
+def digest_of(data: Mapping[str, Any]) -> str:
+    """12 hex digits of the SHA-256 of ``data`` as sorted JSON."""
+    blob = json.dumps(jsonable(dict(data)), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def parse_assignments(items: Iterable[str]) -> dict[str, Any]:
+    """``["epochs=3", "suite=harmful", "ks=[5,10]"]`` -> ``{"epochs": 3, "suite": "harmful", "ks": [5, 10]}``:
+    each value is read as JSON when it is JSON, else kept as the string."""
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            values[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key.strip()] = raw
+    return values
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """A JSON object from ``path`` (``--config FILE``); errors name the file."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"--config {p}: no such file") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--config {p}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {p}: expected a JSON object, got {type(data).__name__}")
+    return data
