@@ -1,9 +1,12 @@
 """Every numeric and structural option is checked when a command is parsed: a bad value exits 2 with a
 message naming the option and its allowed range, before any model loads and before a run directory exists;
-the configs behind the commands give Python users the same checks."""
+the configs behind the commands give Python users the same checks. A resumed run may change only options that
+do not change finished samples."""
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +18,10 @@ from alignscope.attacks.prefill import PrefillConfig
 from alignscope.audit import AuditConfig
 from alignscope.cli import app
 from alignscope.models.base import GenerationConfig
+from alignscope.runs import RunDir, RunError
 from alignscope.speech.attack_eval import SpokenAttackConfig
 from alignscope.speech.errors import SpeechError
+from alignscope.testing import tiny_local_model
 from alignscope.training.config import DeepAlignConfig, SafetySFTConfig
 from alignscope.validation import OptionError, at_least, each_at_least, finite, in_range
 
@@ -228,3 +233,59 @@ def test_check_functions() -> None:
         finite("snr", float("nan"))
     with pytest.raises(OptionError, match=r"needs values >= 0, got \[1, -2\]"):
         each_at_least("ks", (1, -2), 0)
+
+
+# -- resume ---------------------------------------------------------------------------------------------------
+def test_resume_accepts_batch_size_and_refuses_judge_and_suite(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    base = AuditConfig(batch_size=16).to_dict()
+    gcg = {"model": "m", "gcg": GCGConfig().to_dict(), "judge": "keyword"}
+    RunDir.create("audit", base, out=tmp_path / "a")
+    RunDir.create("attack gcg", gcg, out=tmp_path / "g")
+
+    with caplog.at_level(logging.WARNING, logger="alignscope.runs"):
+        RunDir.create("audit", {**base, "batch_size": 4, "device": "cpu"}, out=tmp_path / "a", resume=True)
+    assert "batch_size (16 -> 4)" in caplog.text and "device (None -> 'cpu')" in caplog.text
+    recorded = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert recorded["batch_size"] == 16  # the original settings stay; the change is recorded
+    assert recorded["resumed_with"] == [{"batch_size": [16, 4], "device": [None, "cpu"]}]
+    # nested: GCG's candidate batch size and progress bars
+    changed = {**gcg, "gcg": {**gcg["gcg"], "batch_size": 64, "progress": True}}
+    RunDir.create("attack gcg", changed, out=tmp_path / "g", resume=True)
+
+    for key, value in [
+        ("judge", "keyword:list=gcg"),
+        ("harmful_suite", "advbench:x.csv"),
+        ("dtype", "bfloat16"),
+    ]:
+        with pytest.raises(RunError, match=rf"differs in {key} \(a resumed run may change only batch_size"):
+            RunDir.create("audit", {**base, key: value}, out=tmp_path / "a", resume=True)
+    with pytest.raises(RunError, match=r"differs in gcg.num_steps"):
+        RunDir.create(
+            "attack gcg", {**gcg, "gcg": {**gcg["gcg"], "num_steps": 3}}, out=tmp_path / "g", resume=True
+        )
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "tiny"
+    m = tiny_local_model(seed=0)
+    m.model.save_pretrained(path)
+    m.tokenizer.save_pretrained(path)
+    return path
+
+
+def test_cli_resume_with_another_batch_size_regenerates_nothing(tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["audit", "--model", str(tiny_dir), "--prefill-source", str(tiny_dir), "--n-harmful", "3"]
+    args += ["--n-borderline", "2", "--n-prefill", "2", "--ks", "0,2", "--max-new-tokens", "3"]
+    args += ["--attack-tokens", "2", "--decoding", "off", "--no-safety-layers", "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    lines = (out / "samples.jsonl").read_text().splitlines()
+    res = runner.invoke(app, [*args, "--resume", "--batch-size", "2"])
+    assert res.exit_code == 0, res.output
+    assert (out / "samples.jsonl").read_text().splitlines() == lines
+    assert json.loads((out / "config.json").read_text())["resumed_with"] == [{"batch_size": [16, 2]}]
+    res = runner.invoke(app, [*args, "--resume", "--judge", "keyword:list=gcg"])
+    assert res.exit_code == 2 and "differs in judge" in res.output

@@ -33,6 +33,14 @@ SAMPLES = "samples.jsonl"
 CONFIG = "config.json"
 METRICS = "metrics.json"
 
+RESUME_COMPATIBLE: frozenset[str] = frozenset({"batch_size", "gen_batch_size", "device", "progress"})
+"""Config keys (at any depth: ``batch_size`` also matches ``gcg.batch_size``) a resumed run may change: they
+decide how samples are computed (prompts per forward pass, the device, progress bars), not which samples a run
+holds or what they are, so finished samples stay valid. Any other difference refuses the resume. ``dtype`` is
+not among them: another precision changes the numbers the remaining samples would be computed with."""
+
+_NOT_SETTINGS = frozenset({"resume", "command", "resumed_with"})
+
 
 class RunError(RuntimeError):
     """A run directory is missing, clashes with an existing run, or holds a malformed file."""
@@ -55,8 +63,9 @@ class RunDir:
         """Make (or, with ``resume``, reopen) the run directory for ``command``.
 
         Without ``out`` a fresh ``<root>/<command>-<timestamp>`` is made. An existing non-empty ``out`` is only
-        reused with ``resume=True``, and then its recorded config must match ``config`` (apart from the
-        ``resume`` flag itself), so a resumed run cannot silently mix settings.
+        reused with ``resume=True``, and then its recorded config must match ``config`` apart from the keys in
+        :data:`RESUME_COMPATIBLE` (and the ``resume`` flag itself), so a resumed run cannot silently mix
+        settings. Accepted differences are logged and recorded under ``resumed_with`` in ``config.json``.
         """
         if out is None:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -75,11 +84,22 @@ class RunDir:
                     f"run directory {path} already holds a run; pass --resume to continue it or choose another --out"
                 )
             old = run.config()
-            if _comparable(old) != _comparable(config):
-                diff = sorted(
-                    k for k in set(old) | set(config) if old.get(k) != config.get(k) and k != "resume"
+            new = json.loads(json.dumps(config, default=_json_default))  # tuples as lists, as recorded
+            diff = _differences(old, new)
+            refused = [k for k in diff if k.rsplit(".", 1)[-1] not in RESUME_COMPATIBLE]
+            if refused:
+                raise RunError(
+                    f"cannot resume {path}: its config differs in {', '.join(refused)} (a resumed run may "
+                    f"change only {', '.join(sorted(RESUME_COMPATIBLE))})"
                 )
-                raise RunError(f"cannot resume {path}: its config differs in {', '.join(diff)}")
+            if diff:
+                changes = {k: [_lookup(old, k), _lookup(new, k)] for k in diff}
+                log.warning(
+                    "resuming %s with changed %s: accepted, as these do not change finished samples",
+                    path,
+                    ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in changes.items()),
+                )
+                run._write_json(CONFIG, {**old, "resumed_with": [*old.get("resumed_with", []), changes]})
             return run
         path.mkdir(parents=True, exist_ok=True)
         (path / "plots").mkdir(exist_ok=True)
@@ -279,8 +299,28 @@ def _read_at(f: IO[bytes], pos: int, n: int) -> bytes:
     return f.read(n)
 
 
-def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in cfg.items() if k not in {"resume", "command"}}
+_ABSENT = object()
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two configs (nested dicts compared key by key)."""
+    out: list[str] = []
+    for k in sorted(set(old) | set(new)):
+        if not prefix and k in _NOT_SETTINGS:
+            continue
+        a, b = old.get(k, _ABSENT), new.get(k, _ABSENT)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def _lookup(cfg: dict[str, Any], dotted: str) -> Any:
+    value: Any = cfg
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def _json_default(o: Any) -> Any:
