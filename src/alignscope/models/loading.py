@@ -161,7 +161,13 @@ def _load_adapter(path: Path, device: torch.device, dtype: torch.dtype) -> tuple
     base_spec = cfg.get("base_model_name_or_path")
     if not base_spec:
         raise ModelError(f"adapter {path} does not name its base model (base_model_name_or_path)")
-    base, tokenizer = _load_hf(str(base_spec), device, dtype)
+    try:
+        base, tokenizer = _load_hf(str(base_spec), device, dtype)
+    except ModelError as e:
+        raise ModelError(
+            f"the base model of adapter {path} could not be loaded: its adapter_config.json names "
+            f"base_model_name_or_path {base_spec!r} ({e}); point it at the base model's spec or directory"
+        ) from e
     model = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
     return model.to(device), tokenizer
 
