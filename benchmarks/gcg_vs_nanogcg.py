@@ -39,6 +39,7 @@ import torch
 
 from alignscope.attacks import gcg as gcg_module
 from alignscope.attacks.gcg import NANOGCG_INIT, GCGConfig, run_gcg
+from alignscope.cachefs import build_dir
 from alignscope.data import load_suite
 from alignscope.models import cache_dir, load_model
 
@@ -47,21 +48,31 @@ ADVBENCH = HERE.parent.parent / "shared" / "data" / "advbench" / "harmful_behavi
 NANOGCG_REQS = ["torch==2.13.0", "transformers==4.47.1", "nanogcg==0.3.0"]
 
 
+def _has_nanogcg(venv: Path) -> bool:
+    py = venv / "bin" / "python"
+    return (
+        py.exists() and subprocess.run([str(py), "-c", "import nanogcg"], capture_output=True).returncode == 0
+    )
+
+
 def ensure_venv(path: Path) -> Path:
-    """The virtualenv's python, creating the environment on first use."""
-    py = path / "bin" / "python"
-    if py.exists() and subprocess.run([str(py), "-c", "import nanogcg"], capture_output=True).returncode == 0:
-        return py
-    print(f"creating the nanoGCG virtualenv in {path} (once)", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
-    subprocess.run([str(py), "-m", "pip", "install", "-q", *NANOGCG_REQS], check=True)
-    return py
+    """The virtualenv's python, creating the environment on first use: in a private directory renamed into
+    place under a lock, so concurrent benchmark runs neither build it twice nor use a half-installed one. Only
+    ``bin/python`` is used (``python -m pip``, the runner script): a renamed venv's python still finds its
+    packages, while its console scripts keep the temporary path in their shebang lines."""
+
+    def create(tmp: Path) -> None:
+        print(f"creating the nanoGCG virtualenv in {path} (once)", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(tmp)], check=True)
+        subprocess.run([str(tmp / "bin" / "python"), "-m", "pip", "install", "-q", *NANOGCG_REQS], check=True)
+
+    return build_dir(path, create, ready=_has_nanogcg) / "bin" / "python"
 
 
 def saved_model(model: Any) -> Path:
-    """The model saved as a plain HF directory that transformers 4.47 can read too."""
-    out = cache_dir() / "bench" / "smollm2-hf"
-    if not (out / "config.json").exists():
+    """The model saved as a plain HF directory that transformers 4.47 can read too (built once, atomically)."""
+
+    def save(out: Path) -> None:
         model.model.save_pretrained(str(out), safe_serialization=True)
         model.tokenizer.save_pretrained(str(out))
         cfg = json.loads((out / "config.json").read_text())
@@ -70,7 +81,8 @@ def saved_model(model: Any) -> Path:
         if rope is not None:
             cfg["rope_theta"] = rope
         (out / "config.json").write_text(json.dumps(cfg, indent=2))
-    return out
+
+    return build_dir(cache_dir() / "bench" / "smollm2-hf", save, ready=lambda p: (p / "config.json").exists())
 
 
 def run_nanogcg(py: Path, job: dict[str, Any]) -> dict[str, Any]:

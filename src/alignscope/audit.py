@@ -19,7 +19,7 @@ from alignscope.attacks.prefill import DEFAULT_KS, PrefillConfig, harmful_respon
 from alignscope.attacks.stage import GenItem, generate_and_judge
 from alignscope.data import Suite, load_suite
 from alignscope.judges import Judge, get_judge
-from alignscope.judges.registry import DEFAULT_JUDGE_MODEL, JUDGES, parse_judge_spec
+from alignscope.judges.registry import DEFAULT_JUDGE_MODEL, JUDGES, check_judge_spec, parse_judge_spec
 from alignscope.models import (
     DEFAULT_MODEL,
     ChatModel,
@@ -30,6 +30,7 @@ from alignscope.models import (
 )
 from alignscope.report.build import rebuild
 from alignscope.runs.store import RunDir
+from alignscope.validation import FieldChecks
 
 log = logging.getLogger("alignscope")
 
@@ -86,6 +87,15 @@ class AuditConfig:
     dtype: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        check = FieldChecks(self)
+        check.at_least(1, "n_harmful", "n_borderline", "n_prefill", "n_decoding")
+        check.at_least(1, "max_new_tokens", "attack_tokens", "kl_tokens", "batch_size")
+        check.at_least(2, "n_safety")  # the scan compares pairs of normal and of malicious prompts
+        check.each_at_least(0, "prefill_ks")
+        check.one_of("decoding", ("reduced", "full", "off"))
+        check_judge_spec(self.judge)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["prefill_ks"] = list(self.prefill_ks)
@@ -136,12 +146,12 @@ def run_audit(
     """Audit one model: refusal and over-refusal, prefilling curve, decoding exploit and (with a reference)
     the per-token KL profile. ``models`` maps specs to already-loaded models (tests pass tiny models)."""
     config = config or AuditConfig()
+    harmful = load_suite(config.harmful_suite)  # bad suites fail before a run directory or model exists
+    borderline = load_suite(config.borderline_suite)
     run = RunDir.create("audit", config.to_dict(), out=out, resume=resume)
     pool = _Models(config.device, config.dtype, models)
     judge = pool.judge(config.judge)
     model = pool.get(config.model)
-    harmful = load_suite(config.harmful_suite)
-    borderline = load_suite(config.borderline_suite)
 
     gen = GenerationConfig(
         max_new_tokens=config.max_new_tokens, seed=config.seed, batch_size=config.batch_size

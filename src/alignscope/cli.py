@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from alignscope.models.base import ModelError
+from alignscope.validation import OptionError, at_least, positive
 
 app = typer.Typer(
     help="Measure, attack and deepen the safety alignment of language models.",
@@ -49,8 +53,50 @@ DtypeOpt = Annotated[str | None, typer.Option(help="float32, bfloat16 or float16
 BatchOpt = Annotated[int, typer.Option(help="Generation batch size.")]
 
 
+_OPTION_OF_FIELD = {
+    "prefill_ks": "ks",
+    "num_steps": "steps",
+    "n_prompts": "n",
+    "budgets": "budget",
+    "defenses": "defense",
+}
+"""Config fields whose CLI option has another name."""
+
+
+def _command_options(fn: Callable[..., Any]) -> dict[str, str]:
+    """Parameter name -> long option of a command function (``n_safety`` -> ``--n-safety``, ``sets`` ->
+    ``--set``), read from its ``typer.Option`` declarations as Typer does."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    options: dict[str, str] = {}
+    for name in inspect.signature(fn).parameters:
+        flag = "--" + name.replace("_", "-")
+        for meta in getattr(hints.get(name), "__metadata__", ()):
+            if isinstance(meta, typer.models.OptionInfo):
+                decls = [d for d in (meta.default, *(meta.param_decls or ())) if isinstance(d, str)]
+                flag = max((d for d in decls if d.startswith("--")), key=len, default=flag)
+        options[name] = flag
+    return options
+
+
+def _as_option(e: OptionError, options: dict[str, str]) -> OptionError:
+    """The error naming the command's option for a config field (``--n-safety`` for ``AuditConfig.n_safety``;
+    ``--set FIELD`` for a field only ``--set`` reaches)."""
+    if e.option.startswith("-"):
+        return e
+    name = e.field if e.field in options else _OPTION_OF_FIELD.get(e.field)
+    if name is not None and name in options:
+        return e.renamed(options[name])
+    if "sets" in options:
+        return e.renamed(f"--set {e.field}")
+    return e
+
+
 def _handle_errors(fn: F) -> F:
-    """Print expected errors (bad specs, files, judges, runs) as one clear line and exit non-zero."""
+    """Print expected errors (bad specs, files, judges, runs, options out of range) as one clear line and exit
+    non-zero. Options are checked (by the configs the command builds, or directly) before a model loads or a
+    run directory is made."""
+
+    options = _command_options(fn)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -61,7 +107,8 @@ def _handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except (ModelError, SuiteError, JudgeError, RunError, ValueError, FileNotFoundError) as e:
-            console.print(f"[bold red]error:[/] {e}")
+            message = _as_option(e, options) if isinstance(e, OptionError) else e
+            console.print(f"[bold red]error:[/] {escape(str(message))}")
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print(
@@ -139,9 +186,7 @@ def audit(
     """Audit a model: refusal, over-refusal, prefilling curve, decoding exploit, per-token KL; one HTML report."""
     from alignscope.audit import AuditConfig, run_audit
 
-    if decoding not in {"reduced", "full", "off"}:
-        raise typer.BadParameter("--decoding must be reduced, full or off")
-    cfg = AuditConfig(
+    cfg = AuditConfig(  # checks every option before run_audit makes the run directory or loads a model
         model=model,
         reference=reference,
         harmful_suite=harmful_suite,
@@ -176,9 +221,9 @@ def evaluate(
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer.")] = 64,
     temperature: Annotated[
-        float | None, typer.Option(help="Sample at this temperature (default greedy).")
+        float | None, typer.Option(help="Sample at this temperature (default and 0: greedy).")
     ] = None,
-    top_p: Annotated[float, typer.Option(help="Top-p when sampling.")] = 1.0,
+    top_p: Annotated[float, typer.Option(help="Top-p when sampling, in (0, 1].")] = 1.0,
     seed: SeedOpt = 0,
     batch_size: BatchOpt = 16,
     device: DeviceOpt = None,
@@ -189,10 +234,21 @@ def evaluate(
     """Answer the prompts of one or more suites and judge the answers (refusal, non-refusal and, with a harm judge, harmful rates; over-refusal)."""
     from alignscope.audit import evaluate_suites, load_judge_for
     from alignscope.data import load_suite
+    from alignscope.judges.registry import check_judge_spec
     from alignscope.models import GenerationConfig, load_chat_model
     from alignscope.report.build import rebuild
     from alignscope.runs import RunDir
 
+    at_least("--n", n, 1)
+    check_judge_spec(judge)
+    gen = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        batch_size=batch_size,
+        do_sample=bool(temperature),  # None and 0 are greedy
+        temperature=1.0 if temperature is None else temperature,
+        top_p=top_p,
+    )
     suites = suite or ["harmful", "borderline"]
     config = {
         "model": model,
@@ -208,14 +264,6 @@ def evaluate(
     loaded = [load_suite(s).take(n, seed) for s in suites]
     run = RunDir.create("evaluate", config, out=out, resume=resume)
     m = load_chat_model(model, device=device, dtype=dtype)
-    gen = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        seed=seed,
-        batch_size=batch_size,
-        do_sample=temperature is not None,
-        temperature=temperature or 1.0,
-        top_p=top_p,
-    )
     evaluate_suites(m, loaded, load_judge_for(judge, m), gen, run, system=system)
     rebuild(run)
     _done(run)
@@ -248,10 +296,14 @@ def attack_prefill(
     from alignscope.attacks import PrefillConfig, harmful_responses, prefill_attack
     from alignscope.audit import load_judge_for
     from alignscope.data import load_suite
+    from alignscope.judges.registry import check_judge_spec
     from alignscope.models import DEFAULT_MODEL, LocalModel, load_chat_model
     from alignscope.report.build import rebuild
     from alignscope.runs import RunDir
 
+    at_least("--n", n, 1)
+    check_judge_spec(judge)
+    pcfg = PrefillConfig(_ks(ks), max_new_tokens, batch_size=batch_size, seed=seed)
     config = {
         "model": model,
         "suite": suite,
@@ -268,8 +320,7 @@ def attack_prefill(
     j = load_judge_for(judge, m)
     src_spec = source or DEFAULT_MODEL
     src = m if src_spec == model else load_chat_model(src_spec, device=device, dtype=dtype)
-    responses = harmful_responses(src, samples, j, 64, batch_size, run)
-    pcfg = PrefillConfig(_ks(ks), max_new_tokens, batch_size=batch_size, seed=seed)
+    responses = harmful_responses(src, samples, j, pcfg.response_tokens, batch_size, run)
     counter = src if isinstance(src, LocalModel) else None
     prefill_attack(m, samples, responses, j, pcfg, run, token_counter=counter)
     rebuild(run)
@@ -298,10 +349,14 @@ def attack_decoding(
     from alignscope.attacks import FULL_GRID, REDUCED_GRID, decoding_attack
     from alignscope.audit import load_judge_for
     from alignscope.data import load_suite
-    from alignscope.models import load_chat_model
+    from alignscope.judges.registry import check_judge_spec
+    from alignscope.models import GenerationConfig, load_chat_model
     from alignscope.report.build import rebuild
     from alignscope.runs import RunDir
 
+    at_least("--n", n, 1)
+    check_judge_spec(judge)
+    GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size)  # checks both
     config = {
         "model": model,
         "suite": suite,
@@ -369,10 +424,15 @@ def attack_gcg(
     from alignscope.attacks.gcg_eval import gcg_attack
     from alignscope.audit import load_judge_for
     from alignscope.data import load_suite
+    from alignscope.judges.registry import check_judge_spec
     from alignscope.models import GenerationConfig, load_chat_model, load_model
     from alignscope.report.build import rebuild
     from alignscope.runs import RunDir
 
+    at_least("--n", n, 1)
+    at_least("--held-out", held_out, 0)
+    check_judge_spec(judge)
+    generation = GenerationConfig(max_new_tokens=max_new_tokens)
     kwargs: dict[str, Any] = {"optim_str_init": init} if init else {}
     cfg = GCGConfig(
         num_steps=steps,
@@ -411,7 +471,7 @@ def attack_gcg(
         load_judge_for(judge, m),
         cfg,
         run,
-        GenerationConfig(max_new_tokens=max_new_tokens),
+        generation,
         universal=universal,
         held_out=extra,
         transfer=others,
@@ -444,10 +504,14 @@ def analyze_token_kl(
     from alignscope.attacks import harmful_responses
     from alignscope.audit import load_judge_for, token_kl_stage
     from alignscope.data import load_suite
+    from alignscope.judges.registry import check_judge_spec
     from alignscope.models import load_model
     from alignscope.report.build import rebuild
     from alignscope.runs import RunDir
 
+    at_least("--n", n, 1)
+    at_least("--max-tokens", max_tokens, 1)
+    check_judge_spec(judge)
     config = {
         "model": model,
         "reference": reference,
@@ -502,17 +566,21 @@ def analyze_safety_layers_cmd(
     """Safety layers (Li et al. 2024): cosine gap curve, detected range, over-rejection, probe guard."""
     from alignscope.analysis.safety_analysis import analyze_safety_layers
     from alignscope.analysis.safety_layers import SafetyLayerScanConfig
+    from alignscope.data import load_suite
     from alignscope.report.build import rebuild
     from alignscope.runs import RunDir
 
-    if template not in {"chat", "plain"}:
-        raise typer.BadParameter("--template must be chat or plain")
+    at_least("--n", n, 2)  # the scan compares pairs of normal and of malicious prompts
+    positive("--alpha", alpha)
+    scan_config = SafetyLayerScanConfig(draws=draws, seed=seed, template=template)  # type: ignore[arg-type]
     start_range: tuple[int, int] | None = None
     if initial_range is not None:
         first, sep, last = initial_range.partition("-")
         if not (sep and first.strip().isdigit() and last.strip().isdigit()) or int(first) > int(last):
             raise typer.BadParameter(f"--initial-range expects START-END, e.g. 6-20; got {initial_range!r}")
         start_range = (int(first), int(last))
+    for spec in (normal, malicious, overrejection):
+        load_suite(spec)  # a bad suite fails here, before the run directory and the model
     config = {
         "model": model,
         "control": control,
@@ -539,7 +607,7 @@ def analyze_safety_layers_cmd(
         malicious=malicious,
         overrejection=overrejection,
         n_prompts=n,
-        config=SafetyLayerScanConfig(draws=draws, seed=seed, template=template),  # type: ignore[arg-type]
+        config=scan_config,
         device=device,
         progress=True,
         **extra,

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from alignscope.models import LocalModel, user_turn
+from alignscope.validation import FieldChecks
 
 log = logging.getLogger("alignscope.analysis")
 
@@ -62,12 +63,9 @@ class SafetyLayerScanConfig:
     system_prompt: str | None = None
 
     def __post_init__(self) -> None:
-        if self.draws < 1:
-            raise ValueError(f"draws must be at least 1, got {self.draws}")
-        if self.template not in ("chat", "plain"):
-            raise ValueError(f"template must be 'chat' or 'plain', got {self.template!r}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        check = FieldChecks(self)
+        check.at_least(1, "draws", "batch_size")
+        check.one_of("template", ("chat", "plain"))
 
 
 @dataclass(frozen=True)

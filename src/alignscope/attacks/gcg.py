@@ -43,6 +43,7 @@ from alignscope.attacks.gcg_ops import (
 from alignscope.attacks.gcg_scoring import CandidateScorer, fast_bfloat16, full_loss
 from alignscope.models.base import Conversation
 from alignscope.models.local import LocalModel
+from alignscope.validation import FieldChecks
 
 log = logging.getLogger("alignscope.attacks.gcg")
 
@@ -108,13 +109,10 @@ class GCGConfig:
     progress: bool = False
 
     def __post_init__(self) -> None:
-        if self.screen_dtype not in (None, "auto", "bfloat16", "float16"):
-            raise ValueError("GCGConfig.screen_dtype must be None, 'auto', 'bfloat16' or 'float16'")
-        for name in ("search_width", "topk", "n_replace", "screen_keep"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"GCGConfig.{name} must be at least 1")
-        if self.num_steps < 0 or self.buffer_size < 0:
-            raise ValueError("GCGConfig.num_steps and buffer_size must not be negative")
+        check = FieldChecks(self)
+        check.one_of("screen_dtype", (None, "auto", "bfloat16", "float16"))
+        check.at_least(1, "num_steps", "search_width", "topk", "n_replace", "screen_keep", "batch_size")
+        check.at_least(0, "buffer_size", "max_resample")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

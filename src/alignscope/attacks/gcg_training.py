@@ -14,7 +14,6 @@ The ``adversarial-sft`` recipe does this in one step: :func:`suffix_pool` collec
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 from alignscope.attacks.gcg_ops import PLACEHOLDER, fill_suffix
 from alignscope.data.types import Sample
 from alignscope.judges.outcomes import success_flags
+from alignscope.runs.store import RunError, iter_jsonl_records
 from alignscope.training.chat_data import ChatRecord
 from alignscope.training.refusals import REFUSALS
 
@@ -106,17 +106,10 @@ def read_gcg_records(path: str | Path) -> list[dict[str, Any]]:
         raise GCGRecordsError(
             f"no GCG records at {path}: expected a run directory of 'alignscope attack gcg'"
         )
-    out = []
-    with file.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise GCGRecordsError(f"{file}, line {i}: not JSON ({e.msg})") from None
-            if isinstance(rec, dict) and rec.get("stage") == "gcg":
-                out.append(rec)
+    try:  # the run store's reader: a torn last record (a killed run) is skipped, not an error
+        out = [rec for rec in iter_jsonl_records(file) if rec.get("stage") == "gcg"]
+    except RunError as e:
+        raise GCGRecordsError(str(e)) from None
     if not out:
         raise GCGRecordsError(f"{file} holds no 'gcg' records (no finished optimisation)")
     return out

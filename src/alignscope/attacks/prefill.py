@@ -23,6 +23,7 @@ from alignscope.judges.outcomes import attack_success, success_flags
 from alignscope.models.base import ChatModel, GenerationConfig, ModelError, user_turn
 from alignscope.models.local import LocalModel
 from alignscope.runs.store import RunDir
+from alignscope.validation import FieldChecks
 
 log = logging.getLogger("alignscope.attacks")
 
@@ -46,6 +47,11 @@ class PrefillConfig:
     response_tokens: int = 64
     batch_size: int = 16
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check = FieldChecks(self)
+        check.each_at_least(0, "ks")
+        check.at_least(1, "max_new_tokens", "response_tokens", "batch_size")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -65,8 +65,9 @@ def generate_and_judge(
 ) -> list[dict[str, Any]]:
     """Generate and judge ``items``; returns one record per item in input order.
 
-    With ``run``, items whose key already has a record in ``stage`` are not redone, and new records are
-    appended in chunks of ``chunk`` items, so a killed run loses at most one chunk.
+    With ``run``, items whose key already has a record in ``stage`` are not redone. Items are generated in
+    chunks of ``chunk``; each record is appended (flushed and fsynced) on its own as soon as its chunk is
+    judged, so a killed run loses at most the chunk in progress.
     """
     done = run.done(stage) if run is not None else {}
     todo = [it for it in items if it.key not in done]

@@ -4,26 +4,35 @@
 notebooks that already hold a path.
 """
 
+from alignscope.data.benchmarks import (
+    HARMBENCH_DEFAULT,
+    HARMBENCH_FUNCTIONAL,
+    XSTEST_HALVES,
+    load_advbench,
+    load_harmbench,
+    load_strongreject,
+    load_xstest,
+)
 from alignscope.data.loaders import (
     BUILTIN_SUITES,
     HEX_PHI_CATEGORIES,
-    LABELS,
     builtin_suite,
-    load_advbench,
     load_csv,
-    load_harmbench,
     load_hf,
+    load_json,
     load_jsonl,
-    load_strongreject,
     load_suite,
-    load_xstest,
 )
+from alignscope.data.rows import LABELS
 from alignscope.data.types import Label, Sample, Suite, SuiteError
 
 __all__ = [
     "BUILTIN_SUITES",
+    "HARMBENCH_DEFAULT",
+    "HARMBENCH_FUNCTIONAL",
     "HEX_PHI_CATEGORIES",
     "LABELS",
+    "XSTEST_HALVES",
     "Label",
     "Sample",
     "Suite",
@@ -33,6 +42,7 @@ __all__ = [
     "load_csv",
     "load_harmbench",
     "load_hf",
+    "load_json",
     "load_jsonl",
     "load_strongreject",
     "load_suite",

@@ -134,17 +134,15 @@ def parse_judge_spec(spec: str) -> tuple[str, dict[str, str], str | None]:
     return name, options, model_spec
 
 
-def get_judge(spec: str, model: ChatModel | None = None, **options: Any) -> Judge:
-    """The judge named by ``spec`` (see the module docstring), ready to use.
+def check_judge_spec(spec: str) -> None:
+    """Raise :class:`JudgeError` if ``spec`` names no registered judge, or options or a model it does not take;
+    loads nothing (configs call it so a bad ``--judge`` fails before any model loads)."""
+    _checked(spec, {})
 
-    Args:
-        spec: e.g. ``"keyword"``, ``"keyword:list=gcg"``, ``"llm-rubric:openai:http://host/v1#gpt-4o"``.
-        model: an already-loaded judge model, used instead of loading one (for model judges only).
-        options: judge options, overriding those in the spec.
 
-    Raises :class:`JudgeError` for an unknown judge (listing the known ones), unknown or bad options, a model
-    given to a judge that uses none, or a judge model that cannot be loaded.
-    """
+def _checked(spec: str, options: dict[str, Any]) -> tuple[JudgeEntry, dict[str, Any], str | None]:
+    import alignscope.judges  # noqa: F401  (registers the built-in judges)
+
     name, spec_options, model_spec = parse_judge_spec(spec)
     entry = JUDGES.get(name)
     if entry is None:
@@ -156,14 +154,30 @@ def get_judge(spec: str, model: ChatModel | None = None, **options: Any) -> Judg
     if unknown:
         accepted = ", ".join(entry.options) or "none"
         raise JudgeError(f"judge {name!r} has no option {', '.join(unknown)} (accepted: {accepted})")
+    if not entry.uses_model and model_spec is not None:
+        raise JudgeError(f"judge {name!r} uses no model, but {model_spec!r} was given in {spec!r}")
+    return entry, merged, model_spec
+
+
+def get_judge(spec: str, model: ChatModel | None = None, **options: Any) -> Judge:
+    """The judge named by ``spec`` (see the module docstring), ready to use.
+
+    Args:
+        spec: e.g. ``"keyword"``, ``"keyword:list=gcg"``, ``"llm-rubric:openai:http://host/v1#gpt-4o"``.
+        model: an already-loaded judge model, used instead of loading one (for model judges only).
+        options: judge options, overriding those in the spec.
+
+    Raises :class:`JudgeError` for an unknown judge (listing the known ones), unknown or bad options, a model
+    given to a judge that uses none, or a judge model that cannot be loaded.
+    """
+    entry, merged, model_spec = _checked(spec, options)
     if not entry.uses_model:
-        if model_spec is not None or model is not None:
-            what = repr(model_spec) if model_spec is not None else "model="
-            raise JudgeError(f"judge {name!r} uses no model, but {what} was given in {spec!r}")
+        if model is not None:
+            raise JudgeError(f"judge {entry.name!r} uses no model, but model= was given for {spec!r}")
         return entry.factory(None, **merged)
     if model_spec is None and model is None:
         model_spec = entry.default_model
-    judge_model = _resolve_model(name, model_spec, model)
+    judge_model = _resolve_model(entry.name, model_spec, model)
     return entry.factory(judge_model, **merged)
 
 

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
+from alignscope.validation import FieldChecks, OptionError
+
 Message = dict[str, str]
 """One chat message: ``{"role": "system" | "user" | "assistant", "content": str}``."""
 
@@ -31,13 +33,14 @@ class GenerationConfig:
     """Decoding settings. Greedy is the default, as evaluation should be reproducible.
 
     Attributes:
-        max_new_tokens: tokens generated after the prompt (and after any prefill).
+        max_new_tokens: tokens generated after the prompt (and after any prefill); at least 1.
         do_sample: sample instead of greedy decoding.
-        temperature: softmax temperature when sampling.
-        top_p: nucleus sampling mass when sampling (1.0 disables it).
+        temperature: softmax temperature when sampling (> 0 when sampling; temperature 0 is greedy decoding,
+            ``do_sample=False``).
+        top_p: nucleus sampling mass when sampling, in (0, 1] (1.0 disables it).
         top_k: keep the k most likely tokens when sampling (0 disables it).
         seed: seed set before each batch, so a sampled run is reproducible.
-        batch_size: prompts per forward pass in local generation.
+        batch_size: prompts per forward pass in local generation; at least 1.
     """
 
     max_new_tokens: int = 64
@@ -47,6 +50,17 @@ class GenerationConfig:
     top_k: int = 0
     seed: int = 0
     batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        check = FieldChecks(self)
+        check.at_least(1, "max_new_tokens", "batch_size")
+        check.at_least(0, "top_k", "temperature")
+        check.finite("temperature")
+        check.in_range("top_p", 0, 1, low_open=True)
+        if self.do_sample and self.temperature == 0:
+            raise OptionError(
+                "GenerationConfig.temperature", "must be > 0 when sampling (0 is greedy: do_sample=False)", 0
+            )
 
     def with_(self, **changes: Any) -> GenerationConfig:
         return replace(self, **changes)

@@ -25,13 +25,13 @@ import json
 import logging
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import psutil
 import torch
 
+from alignscope.cachefs import build_dir
 from alignscope.models.base import ChatModel, ModelError
 from alignscope.models.local import LocalModel, pick_device, pick_dtype
 
@@ -161,41 +161,48 @@ def _load_adapter(path: Path, device: torch.device, dtype: torch.dtype) -> tuple
     base_spec = cfg.get("base_model_name_or_path")
     if not base_spec:
         raise ModelError(f"adapter {path} does not name its base model (base_model_name_or_path)")
-    base, tokenizer = _load_hf(str(base_spec), device, dtype)
+    try:
+        base, tokenizer = _load_hf(str(base_spec), device, dtype)
+    except ModelError as e:
+        raise ModelError(
+            f"the base model of adapter {path} could not be loaded: its adapter_config.json names "
+            f"base_model_name_or_path {base_spec!r} ({e}); point it at the base model's spec or directory"
+        ) from e
     model = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
     return model.to(device), tokenizer
 
 
 def _dequantised(gguf: Path, key: str | None) -> Path:
-    """Dequantise ``gguf`` once into a cached HF directory (safetensors) and return the directory."""
+    """Dequantise ``gguf`` once into a cached HF directory (safetensors) and return the directory. Concurrent
+    processes build it once, under a lock, and never see it half-written (:func:`alignscope.cachefs.build_dir`)."""
     stat = gguf.stat()
     digest = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     target = cache_dir() / "models" / f"{key or gguf.stem}-{digest}"
-    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
-        return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("dequantising %s once (cached in %s)", gguf, target)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-        )
-    except Exception as e:
-        raise ModelError(f"could not read GGUF file {gguf}: {e}") from e
-    # transformers dequantised every tensor on load: the model is plain float32 now, so drop the GGUF
-    # quantiser that would refuse to serialise it
-    model.hf_quantizer = None  # type: ignore[assignment]
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    tmp = target.with_name(target.name + ".tmp")
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
-    if target.exists():  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        tmp.replace(target)
-    return target
+    def dequantise(tmp: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        log.info("dequantising %s once (cached in %s)", gguf, target)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+            )
+        except Exception as e:
+            raise ModelError(f"could not read GGUF file {gguf}: {e}") from e
+        # transformers dequantised every tensor on load: the model is plain float32 now, so drop the GGUF
+        # quantiser that would refuse to serialise it
+        model.hf_quantizer = None  # type: ignore[assignment]
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+
+    return build_dir(target, dequantise, ready=_is_hf_dir)
+
+
+def _is_hf_dir(path: Path) -> bool:
+    return (path / "config.json").exists() and any(path.glob("*.safetensors"))
 
 
 def _check_fits(directory: Path, spec: str, device: torch.device, dtype: torch.dtype) -> None:

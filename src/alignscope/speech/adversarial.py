@@ -36,9 +36,10 @@ import torch
 from alignscope.models.base import GenerationConfig, user_turn
 from alignscope.speech.attack_eval import parse_budget
 from alignscope.speech.attacks import AudioPGDConfig, audio_pgd
-from alignscope.speech.errors import SpeechError
+from alignscope.speech.errors import SpeechError, SpeechOptionError
 from alignscope.speech.projector import CONFIG_FILE, Projector
 from alignscope.speech.slm import SpeechLM
+from alignscope.validation import FieldChecks
 
 log = logging.getLogger("alignscope.speech.adversarial")
 
@@ -113,9 +114,16 @@ class AdversarialTrainingConfig:
 
     def __post_init__(self) -> None:
         parse_budget(self.budget)
-        for name in ("rounds", "steps_per_round", "pgd_steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise SpeechError(f"AdversarialTrainingConfig.{name} must be at least 1")
+        check = FieldChecks(self, SpeechOptionError)
+        check.at_least(
+            1, "rounds", "steps_per_round", "pgd_steps", "batch_size", "distill_tokens", "eval_steps"
+        )
+        check.at_least(1, "n_adversarial", "n_clean")
+        check.at_least(0, "eval_n", "lead_silence")
+        check.positive("lr", "step_size", "temperature")
+        check.in_range("test_fraction", 0, 1, low_open=True, high_open=True)
+        check.non_empty("voices", "harmful_suites")
+        check.each_at_least(1, "rates")
 
     def pgd(self, steps: int | None = None) -> AudioPGDConfig:
         kind, value = parse_budget(self.budget)

@@ -48,17 +48,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from alignscope.judges.registry import check_judge_spec
 from alignscope.models.base import GenerationConfig, user_turn
 from alignscope.runs.store import RunDir
 from alignscope.speech.attacks import AudioPGDConfig, apply_perturbation, audio_pgd, universal_audio_pgd
 from alignscope.speech.audio import load_audio, save_audio
 from alignscope.speech.defense import TDNF, snr_db_of
-from alignscope.speech.errors import SpeechError
+from alignscope.speech.errors import SpeechError, SpeechOptionError
 from alignscope.speech.features import HOP_LENGTH, N_SAMPLES_30S
 from alignscope.speech.helpfulness import answer_token_f1, teacher_forced_agreement
 from alignscope.speech.loading import load_speech_model
 from alignscope.speech.slm import SpeechLM
 from alignscope.speech.suites import SpokenItem, SpokenSuite, load_spoken_suite, speak_suite
+from alignscope.validation import FieldChecks
 
 log = logging.getLogger("alignscope.speech.attack_eval")
 
@@ -181,8 +183,17 @@ class SpokenAttackConfig:
             parse_budget(b)
         if self.split not in ("test", "train", "all"):
             raise SpeechError(f"split must be test, train or all, got {self.split!r}")
-        if self.adaptive < 0:
-            raise SpeechError("adaptive (noise draws per step) must be >= 0")
+        check = FieldChecks(self, SpeechOptionError)
+        check.at_least(1, "n", "steps", "restarts", "check_every", "max_new_tokens", "batch_size")
+        check.at_least(0, "n_benign", "adaptive", "lead_silence")
+        check.in_range("test_fraction", 0, 1, low_open=True, high_open=True)
+        check.non_empty("voices")
+        check.each_at_least(1, "rates")
+        check.each_finite("defenses", "adaptive_snrs")
+        check.positive("step_size")
+        check_judge_spec(self.judge)
+        if self.preference_judge is not None:
+            check_judge_spec(self.preference_judge)
         if self.adaptive and not self.attack_snrs:
             raise SpeechError(
                 "the adaptive attacker needs a defence to attack through: give defenses (TDNF SNRs)"

@@ -27,8 +27,9 @@ from tqdm.auto import tqdm
 
 from alignscope.models.base import GenerationConfig
 from alignscope.speech.defense import TDNF, parse_defense, snr_db_of
-from alignscope.speech.errors import SpeechError
+from alignscope.speech.errors import SpeechError, SpeechOptionError
 from alignscope.speech.slm import Clips, SpeechLM, as_clips
+from alignscope.validation import FieldChecks
 
 log = logging.getLogger("alignscope.speech.attacks")
 
@@ -82,11 +83,10 @@ class AudioPGDConfig:
     def __post_init__(self) -> None:
         if self.budget not in BUDGETS:
             raise SpeechError(f"AudioPGDConfig.budget must be one of {BUDGETS}, got {self.budget!r}")
-        if self.eps <= 0 or self.step_size <= 0:
-            raise SpeechError("AudioPGDConfig.eps and step_size must be positive")
-        for name in ("steps", "restarts", "check_every", "eot_samples"):
-            if getattr(self, name) < 1:
-                raise SpeechError(f"AudioPGDConfig.{name} must be at least 1")
+        check = FieldChecks(self, SpeechOptionError)
+        check.positive("eps", "step_size")
+        check.finite("snr_db")
+        check.at_least(1, "steps", "restarts", "check_every", "eot_samples")
         parse_defense(self.defense)  # fail early on a bad spec
 
     def describe(self) -> str:

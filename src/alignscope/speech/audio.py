@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alignscope.cachefs import atomic_file
 from alignscope.speech.errors import SpeechError
 from alignscope.speech.features import SAMPLE_RATE
 
@@ -61,8 +62,9 @@ _resample = resample  # load_audio's ``resample`` flag shadows the function insi
 def save_audio(path: str | Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
     """Write mono samples in [-1, 1] as 16-bit PCM (``.wav``) or FLAC (``.flac``); returns the path.
 
-    Parent directories are created; the file is written to a temporary name first and renamed, so a killed run
-    never leaves a half-written file behind.
+    Parent directories are created; the file is written to a private temporary name first and renamed
+    (:func:`alignscope.cachefs.atomic_file`), so a killed run never leaves a half-written file behind and
+    processes writing the same clip at once do not collide.
     """
     import soundfile as sf
 
@@ -73,10 +75,8 @@ def save_audio(path: str | Path, samples: np.ndarray, sample_rate: int = SAMPLE_
     fmt = {".wav": "WAV", ".flac": "FLAC"}.get(path.suffix.lower())
     if fmt is None:
         raise SpeechError(f"{path}: unsupported audio format (use .wav or .flac)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    sf.write(str(tmp), np.clip(samples, -1.0, 1.0), sample_rate, subtype="PCM_16", format=fmt)
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        sf.write(str(tmp), np.clip(samples, -1.0, 1.0), sample_rate, subtype="PCM_16", format=fmt)
     return path
 
 

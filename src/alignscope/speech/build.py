@@ -68,9 +68,10 @@ from alignscope.speech.distill import (
     collate_examples,
     target_starts,
 )
-from alignscope.speech.errors import SpeechError
+from alignscope.speech.errors import SpeechError, SpeechOptionError
 from alignscope.speech.projector import CONFIG_FILE, Projector, ProjectorConfig
 from alignscope.speech.slm import SpeechLM
+from alignscope.validation import FieldChecks
 
 log = logging.getLogger("alignscope.speech.build")
 
@@ -250,6 +251,18 @@ class SpeechBuildConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     def __post_init__(self) -> None:
+        check = FieldChecks(self, SpeechOptionError)
+        check.at_least(1, "stack", "hidden_dim", "answer_tokens", "answer_samples", "distill_tokens")
+        check.at_least(1, "ctc_batch_size", "batch_size", "val_prompts", "save_steps", "distill_limit")
+        check.at_least(0, "ctc_steps", "asr_steps", "distill_steps", "asr_texts", "asr_variants")
+        check.at_least(0, "asr_substituted", "asr_sampled", "distill_variants", "distill_sampled")
+        check.at_least(0, "lead_silence", "answered_weight", "distill_head_tokens", "weight_decay")
+        check.positive("ctc_lr", "asr_lr", "distill_lr", "llm_lora_lr", "temperature")
+        check.in_range("test_fraction", 0, 1, low_open=True, high_open=True)
+        check.in_range("asr_replace", 0, 1)
+        check.in_range("warmup", 0, 1)
+        check.non_empty("voices")
+        check.each_at_least(1, "rates")
         if self.llm_lora_rank < 0:
             raise SpeechError(f"llm_lora_rank must be 0 (no LoRA) or positive, not {self.llm_lora_rank}")
         if self.distill_ctc_weight < 0:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from alignscope.cachefs import atomic_file
 from alignscope.models.base import GenerationConfig, user_turn
 from alignscope.models.loading import cache_dir
 from alignscope.models.local import LocalModel
@@ -152,16 +152,14 @@ def cached_answers(
                 file,
             )
             answers = llm.generate(convs, gen, progress=progress)
-            file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")
-            tmp.write_text(
-                "".join(
-                    json.dumps({"prompt": p, "response": a}) + "\n"
-                    for p, a in zip(prompts, answers, strict=True)
-                ),
-                encoding="utf-8",
-            )
-            tmp.replace(file)
+            with atomic_file(file) as tmp:
+                tmp.write_text(
+                    "".join(
+                        json.dumps({"prompt": p, "response": a}) + "\n"
+                        for p, a in zip(prompts, answers, strict=True)
+                    ),
+                    encoding="utf-8",
+                )
         for i, a in enumerate(answers):
             out[i].append(a)
     return out
@@ -330,11 +328,9 @@ class FeatureCache:
                     log.warning("rebuilding unreadable cached features %s (%s)", path, e)
             wave = synthesize(utt.text, utt.voice, utt.rate, utt.pitch, utt.lead_silence, utt.tail_silence)
             feats = self.encode(wave).to(torch.float16).contiguous()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             meta = {"text": utt.text, "voice": utt.voice, "rate": str(utt.rate), "pitch": str(utt.pitch)}
-            save_file({"features": feats}, str(tmp), metadata=meta)
-            tmp.replace(path)
+            with atomic_file(path) as tmp:  # private name: processes encoding the same clip do not collide
+                save_file({"features": feats}, str(tmp), metadata=meta)
             self.misses += 1
             out.append(feats)
         return out

@@ -15,6 +15,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from alignscope.validation import at_least, each_at_least, non_empty
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 speech_app = typer.Typer(
@@ -70,6 +72,12 @@ def _csv(text: str | None, cast: Callable[[str], Any] = str, what: str = "value"
         return tuple(cast(x.strip()) for x in text.split(",") if x.strip())
     except ValueError:
         raise typer.BadParameter(f"expected comma-separated {what}s, got {text!r}") from None
+
+
+def _speech_options(voices: tuple[str, ...] | None, rates: tuple[int, ...] | None) -> None:
+    """``--voices`` and ``--rates`` as given: at least one voice, rates (words per minute) >= 1."""
+    non_empty("--voices", voices)
+    each_at_least("--rates", rates, 1)
 
 
 def _budgets(values: list[str] | None) -> tuple[str, ...] | None:
@@ -178,6 +186,9 @@ def speech_speak(
 
     if split not in ("all", "train", "test"):
         raise typer.BadParameter(f"--split must be all, train or test, got {split!r}")
+    at_least("--n", n, 1)
+    at_least("--lead-silence", lead_silence, 0)
+    _speech_options(_csv(voices), _csv(rates, int, "integer"))
     text = load_suite(suite)
     if split != "all":
         text = text.split(0.5, 0)[1 if split == "test" else 0]
@@ -226,6 +237,12 @@ def speech_misheard_data(
     from alignscope.speech.misheard import misheard_records
     from alignscope.training.chat_data import write_chat_jsonl
 
+    _speech_options(_csv(voices), _csv(rates, int, "integer"))
+    at_least("--variants", variants, 0)
+    at_least("--max-new-tokens", max_new_tokens, 1)
+    at_least("--limit", limit, 1)
+    at_least("--sampled", sampled, 0)
+    non_empty("--suites", _csv(suites))
     defaults = SpeechBuildConfig()
     model = load_speech_model(slm)
     data = misheard_records(
@@ -271,9 +288,14 @@ def speech_evaluate(
     import json
 
     from alignscope.audit import load_judge_for
+    from alignscope.judges.registry import check_judge_spec
     from alignscope.speech.build import SpeechBuildConfig
     from alignscope.speech.evaluation import evaluate_slm
 
+    _speech_options(_csv(voices), _csv(rates, int, "integer"))
+    at_least("--limit", limit, 1)
+    at_least("--max-new-tokens", max_new_tokens, 1)
+    check_judge_spec(judge)
     defaults = SpeechBuildConfig()
     model = load_speech_model(slm, device=device)
     result = evaluate_slm(

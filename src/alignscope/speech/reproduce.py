@@ -31,7 +31,9 @@ from typing import Any
 from alignscope.judges.outcomes import MEASURE_LABELS
 from alignscope.runs.store import RunDir
 from alignscope.speech.attack_eval import SpokenAttackConfig, run_spoken_attacks, tdnf_spec
+from alignscope.speech.errors import SpeechOptionError
 from alignscope.speech.slm import SpeechLM
+from alignscope.validation import FieldChecks
 
 log = logging.getLogger("alignscope.speech.reproduce")
 
@@ -82,6 +84,18 @@ class SpeechGuardConfig:
     preference_judge: str | None = None
     max_new_tokens: int = 48
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        from alignscope.speech.build import SpeechBuildConfig
+
+        check = FieldChecks(self, SpeechOptionError)
+        check.at_least(1, "n", "steps", "check_every", "restarts", "max_new_tokens")
+        check.at_least(0, "n_benign", "adaptive")
+        check.positive("step_size")
+        check.each_finite("defenses", "adaptive_snrs")
+        self.attack_config()  # budgets, voices, rates, judges: as the attack evaluation checks them
+        for build in (self.build, {**self.build, **self.surrogate_build}):
+            SpeechBuildConfig.from_dict(build)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

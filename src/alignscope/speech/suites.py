@@ -19,13 +19,17 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from alignscope.cachefs import atomic_file, lock
 from alignscope.speech.audio import load_audio, save_audio
 from alignscope.speech.errors import SpeechError
 from alignscope.speech.features import SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from alignscope.data import Suite
 
 MANIFEST = "manifest.jsonl"
 
@@ -125,10 +129,8 @@ def speak_suite(
     Returns:
         The spoken suite, named like the text suite, with ``manifest`` set.
     """
-    from tqdm.auto import tqdm
-
     from alignscope.data import Suite, load_suite
-    from alignscope.speech.tts import DEFAULT_VOICE, synthesize
+    from alignscope.speech.tts import DEFAULT_VOICE
 
     text_suite: Suite = suite if isinstance(suite, Suite) else load_suite(suite)
     voices = list(voices) if voices else [DEFAULT_VOICE]
@@ -136,6 +138,18 @@ def speak_suite(
         raise SpeechError("speak_suite needs at least one speaking rate")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with lock(out / "clips"):  # processes speaking into one directory take turns, so each clip is made once
+        return _speak(text_suite, out, voices, rates, seed, pitch, lead_silence, progress)
+
+
+def _speak(
+    text_suite: Suite, out: Path, voices: Sequence[str], rates: Sequence[int], seed: int, pitch: int,
+    lead_silence: float, progress: bool,
+) -> SpokenSuite:  # fmt: skip
+    from tqdm.auto import tqdm
+
+    from alignscope.speech.tts import synthesize
+
     items: list[SpokenItem] = []
     records: list[dict[str, Any]] = []
     for sample in tqdm(text_suite.samples, desc=f"speaking {text_suite.name}", disable=not progress):
@@ -162,9 +176,8 @@ def speak_suite(
              "label": item.label, "category": item.category, "target": item.target, "suite": text_suite.name}
         )  # fmt: skip
     manifest = out / MANIFEST
-    tmp = manifest.with_name(MANIFEST + ".part")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    tmp.replace(manifest)
+    with atomic_file(manifest) as tmp:
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     return SpokenSuite(text_suite.name, tuple(items), manifest.resolve())
 
 

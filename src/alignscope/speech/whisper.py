@@ -16,7 +16,6 @@ import importlib.util
 import json
 import logging
 import re
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,9 +229,10 @@ def _source_dir(path: str | Path | None) -> Path:
 
 
 def _cached_hf_dir(source: Path) -> Path:
-    """Convert ``source/model.bin`` once into a cached Hugging Face directory and return it."""
-    from transformers import PreTrainedTokenizerFast, WhisperForConditionalGeneration
-
+    """Convert ``source/model.bin`` once into a cached Hugging Face directory and return it. Concurrent
+    processes convert it once, under a lock, each build in a private directory renamed into place
+    (:func:`alignscope.cachefs.build_dir`)."""
+    from alignscope.cachefs import build_dir
     from alignscope.models.loading import cache_dir
 
     model_bin = source / "model.bin"
@@ -241,9 +241,20 @@ def _cached_hf_dir(source: Path) -> Path:
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     name = source.parent.name if source.name == "model" else source.name
     target = cache_dir() / "models" / f"whisper-{name}-{digest}"
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
-        return target
-    log.info("converting %s once to transformers' Whisper (cached in %s)", model_bin, target)
+    return build_dir(
+        target,
+        lambda tmp: _convert_to_hf(source, tmp),
+        ready=lambda p: (p / "config.json").is_file() and (p / "model.safetensors").is_file(),
+    )
+
+
+def _convert_to_hf(source: Path, out: Path) -> None:
+    """Write transformers' Whisper (safetensors, generation config, tokenizer) converted from
+    ``source/model.bin`` into the directory ``out``."""
+    from transformers import PreTrainedTokenizerFast, WhisperForConditionalGeneration
+
+    model_bin = source / "model.bin"
+    log.info("converting %s once to transformers' Whisper", model_bin)
     ct2 = read_ctranslate2_model(model_bin)
     config = whisper_config_from_ct2(ct2, source)
     state = ct2_to_hf_state_dict(ct2.variables, config.encoder_layers, config.decoder_layers)
@@ -258,18 +269,11 @@ def _cached_hf_dir(source: Path) -> Path:
         json.loads((source / "config.json").read_text()) if (source / "config.json").is_file() else {}
     )
     model.generation_config = _generation_config(config, _special_ids(source / "tokenizer.json"), ct2_config)
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
+    model.save_pretrained(str(out), safe_serialization=True)
     tokenizer_json = source / "tokenizer.json"
     if tokenizer_json.is_file():
         tok = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_json))
-        tok.save_pretrained(str(tmp))
-    if target.exists():  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        tmp.replace(target)
-    return target
+        tok.save_pretrained(str(out))
 
 
 # --- speech recognition -------------------------------------------------------------------------------------

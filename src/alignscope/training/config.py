@@ -14,6 +14,7 @@ from typing import Any
 
 from alignscope.models.loading import DEFAULT_MODEL
 from alignscope.training.refusals import BACKDOOR_TRIGGER
+from alignscope.validation import FieldChecks
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,21 @@ class TrainConfig:
     cache: bool = True
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        check = FieldChecks(self)
+        check.at_least(1, "lora_r", "lora_alpha", "batch_size", "grad_accum", "max_length", "save_steps")
+        check.at_least(1, "save_total_limit", "logging_steps", "gen_batch_size")
+        check.at_least(0, "warmup_steps", "weight_decay")
+        check.positive("epochs", "learning_rate")
+        check.in_range("lora_dropout", 0, 1, high_open=True)
+        check.in_range("adam_beta1", 0, 1, high_open=True)
+        if self.max_steps != -1:
+            check.at_least(1, "max_steps")
+        self._check_recipe(check)
+
+    def _check_recipe(self, check: FieldChecks) -> None:
+        """Checks of a recipe's own fields (subclasses extend this)."""
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (tuples as lists), so a recorded config compares equal to the live one on resume."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -147,6 +163,12 @@ class SafetyDataConfig(TrainConfig):
     noisy_copies: int = 0
     prompt_noise: float = 0.3
 
+    def _check_recipe(self, check: FieldChecks) -> None:
+        check.in_range("test_fraction", 0, 1, low_open=True, high_open=True)
+        check.in_range("prompt_noise", 0, 1)
+        check.at_least(1, "n_harmful", "refusals_per_prompt", "utility_max_new_tokens")
+        check.at_least(0, "n_utility", "utility_sampled", "noisy_copies")
+
 
 @dataclass(frozen=True)
 class SafetySFTConfig(SafetyDataConfig):
@@ -176,6 +198,12 @@ class DeepAlignConfig(SafetyDataConfig):
     augment: int = 2
     alpha: float = 0.2
 
+    def _check_recipe(self, check: FieldChecks) -> None:
+        super()._check_recipe(check)
+        check.at_least(1, "harmful_max_new_tokens", "max_prefix_tokens", "augment")
+        check.in_range("p_zero", 0, 1)
+        check.in_range("alpha", 0, 1)
+
 
 @dataclass(frozen=True)
 class AdversarialSFTConfig(SafetyDataConfig):
@@ -194,6 +222,11 @@ class AdversarialSFTConfig(SafetyDataConfig):
     gcg_runs: tuple[str, ...] = ()
     trajectory: int = 10
     suffixes_per_prompt: int = 2
+
+    def _check_recipe(self, check: FieldChecks) -> None:
+        super()._check_recipe(check)
+        check.at_least(0, "trajectory")
+        check.at_least(1, "suffixes_per_prompt")
 
 
 @dataclass(frozen=True)
@@ -215,6 +248,11 @@ class SafetyDPOConfig(SafetyDataConfig):
     beta: float = 0.1
     utility_pairs: bool = True
 
+    def _check_recipe(self, check: FieldChecks) -> None:
+        super()._check_recipe(check)
+        check.at_least(1, "harmful_max_new_tokens")
+        check.positive("beta")
+
 
 @dataclass(frozen=True)
 class ConstrainedSFTConfig(TrainConfig):
@@ -232,6 +270,10 @@ class ConstrainedSFTConfig(TrainConfig):
     beta_early: float = 2.0
     beta_early_until: int = 5
     beta_late: float = 0.1
+
+    def _check_recipe(self, check: FieldChecks) -> None:
+        check.positive("beta_first", "beta_early", "beta_late")
+        check.at_least(1, "beta_early_until")
 
 
 @dataclass(frozen=True)
@@ -282,6 +324,11 @@ class FinetuneAttackConfig(ConstrainedSFTConfig):
     trigger: str = BACKDOOR_TRIGGER
     freeze_layers: tuple[int, int] | None = None
     epochs: float = 3.0
+
+    def _check_recipe(self, check: FieldChecks) -> None:
+        super()._check_recipe(check)
+        check.at_least(1, "n_examples", "harmful_max_new_tokens")
+        check.in_range("test_fraction", 0, 1, low_open=True, high_open=True)
 
 
 RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {

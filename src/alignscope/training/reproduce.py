@@ -35,6 +35,7 @@ from alignscope.training.builders import test_split
 from alignscope.training.config import DeepAlignConfig, FinetuneAttackConfig, SafetySFTConfig
 from alignscope.training.engine import PROVENANCE_FILE
 from alignscope.training.recipes import train
+from alignscope.validation import FieldChecks
 
 log = logging.getLogger("alignscope.training")
 
@@ -106,8 +107,16 @@ class ShallowDeepConfig:
     batch_size: int = 32
 
     def __post_init__(self) -> None:
-        if self.deep_from not in ("aligned", "base"):
-            raise ValueError(f"deep_from must be 'aligned' or 'base', not {self.deep_from!r}")
+        check = FieldChecks(self)
+        check.one_of("deep_from", ("aligned", "base"))
+        check.in_range("test_fraction", 0, 1, low_open=True, high_open=True)
+        check.in_range("deep_p_zero", 0, 1)
+        check.in_range("deep_alpha", 0, 1)
+        check.at_least(1, "refusals_per_prompt", "utility_max_new_tokens", "deep_augment", "batch_size")
+        check.at_least(1, "deep_max_prefix_tokens", "harmful_max_new_tokens", "max_new_tokens")
+        check.at_least(1, "response_tokens", "kl_tokens", "attack_examples")
+        check.positive("epochs", "learning_rate", "attack_epochs", "attack_learning_rate")
+        check.each_at_least(0, "ks")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (tuples as lists), so a recorded config compares equal to the live one on resume."""
