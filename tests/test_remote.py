@@ -287,8 +287,10 @@ def test_rubric_judge_through_the_served_model(served_tiny: tuple[Any, str]) -> 
     remote_verdicts = remote_judge.judge_batch(*pairs)
     local_verdicts = [local_judge.judge_batch([p], [r])[0] for p, r in zip(*pairs, strict=True)]
     assert [v.raw for v in remote_verdicts] == [v.raw for v in local_verdicts]  # the same judge text
-    # the local judge scores its score digit after that text; alignscope serve gives no log-probs, so the
-    # served judge can only read the text, which a random tiny model does not write in the rubric's format
+    # the local judge scores its score digit after that text; alignscope serve returns log-probs, so the served
+    # judge scores the digits too (from the endpoint's top log-probs) instead of reading free text that a random
+    # tiny model does not write in the rubric's format
     for remote, local_v in zip(remote_verdicts, local_verdicts, strict=True):
         assert local_v.score is not None and sum(local_v.probs.values()) == pytest.approx(1.0)
-        assert (remote.score, remote.harmful, remote.outcome) == (None, None, "unknown")
+        assert remote.score in {1.0, 2.0, 3.0, 4.0, 5.0} and remote.probs
+        assert remote.harmful is (remote.score >= 5) and remote.outcome != "unknown"
