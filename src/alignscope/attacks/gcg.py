@@ -37,10 +37,11 @@ from alignscope.attacks.gcg_ops import (
     retokenisation_filter,
     sample_candidates,
     suffix_ids_in_context,
+    suffix_kv,
     token_gradient,
     unique_candidates,
 )
-from alignscope.attacks.gcg_scoring import CandidateScorer, fast_bfloat16, full_loss
+from alignscope.attacks.gcg_scoring import CandidateScorer, fast_bfloat16, full_loss, low_precision_copy
 from alignscope.models.base import Conversation
 from alignscope.models.local import LocalModel
 
@@ -85,6 +86,11 @@ class GCGConfig:
             candidate exactly.
         screen_keep: candidates re-scored exactly after screening (8: on SmolLM2 the exact argmin ranked
             first in bfloat16 in every step we checked, and the benchmark's trajectories equal nanoGCG's).
+        gradient_dtype: dtype of the token-gradient pass. ``"auto"`` follows the screening dtype (bfloat16
+            where candidates are screened in bfloat16, else the model's own); ``"bfloat16"``/``"float16"``
+            force one; None keeps the model's dtype. The gradient only ranks each position's ``topk``
+            tokens; in bfloat16 ~96% of SmolLM2's top-256 are the same, so the trajectory can differ from
+            the full-precision one while every reported loss stays exact.
         max_resample: times to redraw candidates when the filter rejects them all before giving up.
         progress: show a progress bar.
     """
@@ -104,12 +110,14 @@ class GCGConfig:
     share_suffix: bool = True
     screen_dtype: str | None = "auto"
     screen_keep: int = 8
+    gradient_dtype: str | None = "auto"
     max_resample: int = 3
     progress: bool = False
 
     def __post_init__(self) -> None:
-        if self.screen_dtype not in (None, "auto", "bfloat16", "float16"):
-            raise ValueError("GCGConfig.screen_dtype must be None, 'auto', 'bfloat16' or 'float16'")
+        for name in ("screen_dtype", "gradient_dtype"):
+            if getattr(self, name) not in (None, "auto", "bfloat16", "float16"):
+                raise ValueError(f"GCGConfig.{name} must be None, 'auto', 'bfloat16' or 'float16'")
         for name in ("search_width", "topk", "n_replace", "screen_keep"):
             if getattr(self, name) < 1:
                 raise ValueError(f"GCGConfig.{name} must be at least 1")
@@ -118,6 +126,12 @@ class GCGConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def exact(cls, **overrides: Any) -> GCGConfig:
+        """Settings that compute every candidate loss and the gradient in the model's own dtype: the
+        trajectory nanoGCG would take with the same seed (``screen_dtype=None``, ``gradient_dtype=None``)."""
+        return cls(**{"screen_dtype": None, "gradient_dtype": None, **overrides})
 
 
 @dataclass(frozen=True)
@@ -132,12 +146,14 @@ class GCGResult:
         best_ids: its token ids.
         losses: per step, the loss of the suffix the step moved to.
         strings: per step, that suffix.
-        step_times: per step, seconds (gradient, sampling, filtering and candidate losses).
+        step_times: per step, wall-clock seconds (gradient, sampling, filtering and candidate losses).
         init_loss: loss of the initial suffix.
         n_candidates: per step, candidates actually scored (after de-duplication and filtering).
         early_stopped: stopped because the target was produced greedily.
         messages: the chat(s) with the placeholder, one per prompt.
         targets: the target string(s).
+        step_cpu_times: per step, CPU seconds of this process (``time.process_time``; steadier than wall
+            time on a shared machine, and summed over threads).
     """
 
     best_string: str
@@ -151,6 +167,7 @@ class GCGResult:
     early_stopped: bool = False
     messages: list[Conversation] = field(default_factory=list)
     targets: list[str] = field(default_factory=list)
+    step_cpu_times: list[float] = field(default_factory=list)
 
     def attack_messages(self, i: int = 0) -> Conversation:
         """Prompt ``i`` with the best suffix in place."""
@@ -223,16 +240,22 @@ def _optimise(
         if screen_dtype
         else None
     )
+    grad_dtype = gradient_dtype(model, config.gradient_dtype, screen_dtype)
+    grad_net = low_precision_copy(model, grad_dtype) if grad_dtype else None
     decode = model.tokenizer.decode
     dev = model.device
 
     def score(
-        cands: torch.Tensor, cur: torch.Tensor, kvs: list[Any], by: CandidateScorer = scorer
+        cands: torch.Tensor,
+        cur: torch.Tensor,
+        kvs: Sequence[Any],
+        by: CandidateScorer = scorer,
+        hits: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         total = torch.zeros(cands.shape[0])
         hit_all = torch.ones(cands.shape[0], dtype=torch.bool)
         for s, kv in zip(slots, kvs, strict=True):
-            res = by.losses(s, cur, cands, kv)
+            res = by.losses(s, cur, cands, kv, hits)
             total += res.losses
             hit_all &= res.hits
         return total / len(slots), hit_all
@@ -243,12 +266,13 @@ def _optimise(
     losses: list[float] = []
     strings: list[str] = []
     times: list[float] = []
+    cpu_times: list[float] = []
     counts: list[int] = []
     stopped = False
     bar = tqdm(range(config.num_steps), desc="gcg", disable=not config.progress, leave=False)
     for _ in bar:
-        t0 = time.perf_counter()
-        grads = [token_gradient(model, s, current) for s in slots]
+        t0, c0 = time.perf_counter(), time.process_time()
+        grads = [token_gradient(model, s, current, grad_net) for s in slots]
         grad = grads[0].grad
         if len(grads) > 1:
             grad = sum(g.grad / g.grad.norm(dim=-1, keepdim=True).clamp_min(1e-12) for g in grads)
@@ -271,7 +295,9 @@ def _optimise(
         if screener is not None and len(cands) > config.screen_keep:
             approx, _ = score(cands, current, kvs, screener)
             cands = cands[approx.argsort()[: config.screen_keep]]
-        cand_losses, hit = score(cands, current, kvs)
+        if grad_net is not None and config.share_suffix:  # exact scoring shares a full-precision KV
+            kvs = [suffix_kv(model, s, current) for s in slots]
+        cand_losses, hit = score(cands, current, kvs, hits=config.early_stop)
         j = int(cand_losses.argmin())
         step_loss, step_ids = float(cand_losses[j]), cands[j].tolist()
         if config.buffer_size == 0:
@@ -284,6 +310,7 @@ def _optimise(
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
         losses.append(step_loss)
         strings.append(decode(step_ids))
         bar.set_postfix(loss=f"{step_loss:.3f}")
@@ -291,7 +318,7 @@ def _optimise(
             "step %d loss %.4f (%d candidates, %.2fs): %r",
             len(losses),
             step_loss,
-            len(cands),
+            counts[-1],
             times[-1],
             strings[-1],
         )
@@ -310,6 +337,7 @@ def _optimise(
         stopped,
         messages,
         targets,
+        cpu_times,
     )
 
 
@@ -321,6 +349,17 @@ def screening_dtype(model: LocalModel, setting: str | None) -> torch.dtype | Non
         if model.dtype != torch.float32 or not fast_bfloat16(model.device):
             return None
         return torch.bfloat16
+    dtype = getattr(torch, setting)
+    return None if dtype == model.dtype else dtype
+
+
+def gradient_dtype(model: LocalModel, setting: str | None, screen: torch.dtype | None) -> torch.dtype | None:
+    """The dtype of the gradient pass when it differs from the model's (see
+    :attr:`GCGConfig.gradient_dtype`), else None."""
+    if setting is None:
+        return None
+    if setting == "auto":
+        return screen
     dtype = getattr(torch, setting)
     return None if dtype == model.dtype else dtype
 
