@@ -43,6 +43,8 @@ from alignscope.attacks.gcg_ops import (
 )
 from alignscope.attacks.gcg_scoring import CandidateScorer, fast_bfloat16, full_loss, low_precision_copy
 from alignscope.models.base import Conversation
+from alignscope.models.fast_linear import MODES as FP32_LINEAR_MODES
+from alignscope.models.fast_linear import fp32_linears
 from alignscope.models.local import LocalModel
 
 log = logging.getLogger("alignscope.attacks.gcg")
@@ -84,13 +86,19 @@ class GCGConfig:
             with native bf16 matmuls, and re-scores the best ``screen_keep`` in the model's dtype (reported
             losses stay exact); ``"bfloat16"``/``"float16"`` force a screening dtype; None scores every
             candidate exactly.
-        screen_keep: candidates re-scored exactly after screening (8: on SmolLM2 the exact argmin ranked
-            first in bfloat16 in every step we checked, and the benchmark's trajectories equal nanoGCG's).
-        gradient_dtype: dtype of the token-gradient pass. ``"auto"`` follows the screening dtype (bfloat16
-            where candidates are screened in bfloat16, else the model's own); ``"bfloat16"``/``"float16"``
-            force one; None keeps the model's dtype. The gradient only ranks each position's ``topk``
-            tokens; in bfloat16 ~96% of SmolLM2's top-256 are the same, so the trajectory can differ from
-            the full-precision one while every reported loss stays exact.
+        screen_keep: candidates re-scored exactly after screening (8: on SmolLM2, over 36 steps of 3 AdvBench
+            behaviours, the float32 argmin ranked first in bfloat16 in 23 steps and never below 8th, so the
+            trajectory is the exact one; bf16 moves a candidate's loss by ~0.005 (std), the gap between the
+            best two is often < 0.001).
+        gradient_dtype: dtype of the token-gradient pass; None (default) is the model's own.
+            ``"bfloat16"``/``"float16"`` run it on the screening copy (~0.2 instead of ~0.36 CPU-s per SmolLM2
+            step): the gradient only ranks each position's ``topk`` tokens and ~96% of SmolLM2's top-256 stay
+            the same, but the trajectory then leaves the exact one, and over 30 steps on 3 behaviours it
+            ended neither better nor worse on balance (two worse, one better), so it is off by default.
+        fp32_linear: how float32 linear layers run outside the gradient: ``"auto"`` through oneDNN where
+            it is measurably faster than torch's BLAS (AMD CPUs: ~1.9x on exact candidate scoring; same
+            float32 precision, losses differ from torch's by ~1e-6), ``"onednn"`` always, ``"torch"`` never
+            (bit-for-bit torch's numbers). See :mod:`alignscope.models.fast_linear`.
         max_resample: times to redraw candidates when the filter rejects them all before giving up.
         progress: show a progress bar.
     """
@@ -110,14 +118,18 @@ class GCGConfig:
     share_suffix: bool = True
     screen_dtype: str | None = "auto"
     screen_keep: int = 8
-    gradient_dtype: str | None = "auto"
+    gradient_dtype: str | None = None
+    fp32_linear: str = "auto"
     max_resample: int = 3
     progress: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("screen_dtype", "gradient_dtype"):
-            if getattr(self, name) not in (None, "auto", "bfloat16", "float16"):
-                raise ValueError(f"GCGConfig.{name} must be None, 'auto', 'bfloat16' or 'float16'")
+        if self.screen_dtype not in (None, "auto", "bfloat16", "float16"):
+            raise ValueError("GCGConfig.screen_dtype must be None, 'auto', 'bfloat16' or 'float16'")
+        if self.gradient_dtype not in (None, "bfloat16", "float16"):
+            raise ValueError("GCGConfig.gradient_dtype must be None, 'bfloat16' or 'float16'")
+        if self.fp32_linear not in FP32_LINEAR_MODES:
+            raise ValueError(f"GCGConfig.fp32_linear must be one of {', '.join(FP32_LINEAR_MODES)}")
         for name in ("search_width", "topk", "n_replace", "screen_keep"):
             if getattr(self, name) < 1:
                 raise ValueError(f"GCGConfig.{name} must be at least 1")
@@ -129,9 +141,10 @@ class GCGConfig:
 
     @classmethod
     def exact(cls, **overrides: Any) -> GCGConfig:
-        """Settings that compute every candidate loss and the gradient in the model's own dtype: the
-        trajectory nanoGCG would take with the same seed (``screen_dtype=None``, ``gradient_dtype=None``)."""
-        return cls(**{"screen_dtype": None, "gradient_dtype": None, **overrides})
+        """Settings that compute every candidate loss and the gradient in the model's own dtype with torch's
+        own kernels: the trajectory nanoGCG would take with the same seed, bit for bit what alignscope computed
+        before its speed options (``screen_dtype=None``, ``gradient_dtype=None``, ``fp32_linear="torch"``)."""
+        return cls(**{"screen_dtype": None, "gradient_dtype": None, "fp32_linear": "torch", **overrides})
 
 
 @dataclass(frozen=True)
@@ -220,7 +233,8 @@ def run_universal_gcg(
     if any(ids != ids_per_prompt[0] for ids in ids_per_prompt):
         raise GCGError(f"the initial suffix {init_text!r} tokenises differently in different prompts")
     current = torch.tensor(ids_per_prompt[0], dtype=torch.long)
-    return _optimise(model, slots, current, config, messages, list(targets))
+    with fp32_linears(model.model, config.fp32_linear):
+        return _optimise(model, slots, current, config, messages, list(targets))
 
 
 def _optimise(
@@ -240,7 +254,7 @@ def _optimise(
         if screen_dtype
         else None
     )
-    grad_dtype = gradient_dtype(model, config.gradient_dtype, screen_dtype)
+    grad_dtype = gradient_dtype(model, config.gradient_dtype)
     grad_net = low_precision_copy(model, grad_dtype) if grad_dtype else None
     decode = model.tokenizer.decode
     dev = model.device
@@ -353,13 +367,11 @@ def screening_dtype(model: LocalModel, setting: str | None) -> torch.dtype | Non
     return None if dtype == model.dtype else dtype
 
 
-def gradient_dtype(model: LocalModel, setting: str | None, screen: torch.dtype | None) -> torch.dtype | None:
+def gradient_dtype(model: LocalModel, setting: str | None) -> torch.dtype | None:
     """The dtype of the gradient pass when it differs from the model's (see
     :attr:`GCGConfig.gradient_dtype`), else None."""
     if setting is None:
         return None
-    if setting == "auto":
-        return screen
     dtype = getattr(torch, setting)
     return None if dtype == model.dtype else dtype
 
