@@ -1,6 +1,6 @@
 """alignscope's GCG against nanoGCG (the fastest public implementation) on the embedded default, in one run.
 
-    python benchmarks/gcg_vs_nanogcg.py            # 3 AdvBench behaviours x 50 steps (+ 6 exact steps each)
+    python benchmarks/gcg_vs_nanogcg.py            # 3 AdvBench behaviours x 50 steps (+ 4 exact steps each)
     python benchmarks/gcg_vs_nanogcg.py --quick    # 3 behaviours x 15 steps (+ 3 exact steps each)
         [--behaviours N] [--steps N] [--exact-steps N] [--search-width 64] [--topk 256] [--jobs 2]
         [--data PATH] [--venv PATH] [--out DIR]
@@ -27,11 +27,13 @@ handed to nanoGCG as text), same initial suffix (20 x's), search width, top-k, s
 transformers<=4.47.1, so it runs in its own virtualenv (created once under ``$ALIGNSCOPE_CACHE/venvs/nanogcg``).
 
 Every run is its own single-threaded process and the runs are spread over ``--jobs`` worker slots (default 2,
-one per core on the 2-core reference machine), longest first, so at any time each run shares the machine
-with one other run; CPU seconds are those of the run's own process. The machine, the load average before and
+one per core on the 2-core reference machine): the first nanoGCG run beside alignscope's default runs, then
+the other nanoGCG runs beside each other, then the short exact runs, so every run shares the machine with one
+other run; CPU seconds are those of the run's own process. The machine, the load average before and
 after, and each run's load and CPU share are printed, and a ratio whose two sides ran under different load is
-refused (the rule is in ``benchmarks/_machine.py``). Expected duration on an idle 2-core machine: about 2 x
-50 nanoGCG steps (~13-15 min at ~8 CPU-s per nanoGCG step) for the defaults, ~5 min for ``--quick``.
+refused (the rule is in ``benchmarks/_machine.py``). Expected duration on an idle 2-core machine: about two
+50-step nanoGCG runs back to back plus ~1 min (~14-15 min at ~8 CPU-s per nanoGCG step) for the defaults,
+~5 min for ``--quick``.
 """
 
 from __future__ import annotations
@@ -276,7 +278,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="3 behaviours x 15 steps, 3 exact steps")
     ap.add_argument("--behaviours", type=int, default=3)
     ap.add_argument("--steps", type=int, default=None, help="steps of the curves (default 50; quick 15)")
-    ap.add_argument("--exact-steps", type=int, default=None, help="exact-variant steps (default 6; quick 3)")
+    ap.add_argument("--exact-steps", type=int, default=None, help="exact-variant steps (default 4; quick 3)")
     ap.add_argument("--search-width", type=int, default=64)
     ap.add_argument("--topk", type=int, default=256)
     ap.add_argument("--jobs", type=int, default=2, help="runs at once (one per core)")
@@ -290,7 +292,7 @@ def main() -> int:
         Path(args.job[1]).write_text(json.dumps(alignscope_job(job)))
         return 0
     steps = args.steps or (15 if args.quick else 50)
-    exact_steps = min(steps, args.exact_steps or (3 if args.quick else 6))
+    exact_steps = min(steps, args.exact_steps or (3 if args.quick else 4))
     if not Path(args.data).is_file():
         print(
             f"skipped: AdvBench not found at {args.data} (the public data directory ../shared/data is not "
@@ -306,18 +308,24 @@ def main() -> int:
     model_dir = saved_model(model)
     behaviours = list(load_suite(f"advbench:{args.data}"))[1 : 1 + args.behaviours]
     common = {"search_width": args.search_width, "topk": args.topk, "seed": 0, "threads": 1}
-    jobs: list[dict[str, Any]] = []
+    nano: dict[str, dict[str, Any]] = {}
+    mine: dict[str, list[dict[str, Any]]] = {DEFAULT: [], EXACT: [], EXACT_ONEDNN: []}
     for b in behaviours:
         # nanoGCG gets "{prompt}{optim_str}" with init " x x ...": the same tokens as alignscope's
         # "{prompt} {optim_str}" with init "x x ...", whose leading space belongs to the suffix
         text = model.format_chat([{"role": "user", "content": b.prompt + "{optim_str}"}])
-        nano = {"model_dir": str(model_dir), "prompt": text, "init": " " + NANOGCG_INIT}
-        jobs.append(
-            {"variant": NANOGCG, "id": b.id, "target": str(b.target), "steps": steps, **nano, **common}
-        )
-    for b in behaviours:  # longest first: the nanoGCG runs, then alignscope's, each behaviour together
+        nano[b.id] = {
+            "variant": NANOGCG,
+            "id": b.id,
+            "model_dir": str(model_dir),
+            "prompt": text,
+            "init": " " + NANOGCG_INIT,
+            "target": str(b.target),
+            "steps": steps,
+            **common,
+        }
         for variant, n in ((DEFAULT, steps), (EXACT, exact_steps), (EXACT_ONEDNN, exact_steps)):
-            jobs.append(
+            mine[variant].append(
                 {
                     "variant": variant,
                     "id": b.id,
@@ -327,6 +335,11 @@ def main() -> int:
                     **common,
                 }
             )
+    # Two slots, taken in this order: the first nanoGCG run beside all of alignscope's default runs (about as
+    # long together), then the other nanoGCG runs beside each other, then the short exact runs. Every run
+    # shares the machine with one other run, and the two slots finish close together.
+    ids = list(nano)
+    jobs = [nano[ids[0]], *mine[DEFAULT], *(nano[i] for i in ids[1:]), *mine[EXACT], *mine[EXACT_ONEDNN]]
     del model
     print(machine_line(info), flush=True)
     print(
