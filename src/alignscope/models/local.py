@@ -248,7 +248,8 @@ class LocalModel:
         prefix = torch.tensor([batch[0][:shared]], device=self.device)
         with fp32_linears(self.model, self.fp32_linear):
             out = self.model(input_ids=prefix, use_cache=True, **_keep_last(self.model))
-        cache = getattr(out, "cache", None) or out.past_key_values
+        cache = getattr(out, "cache", None)
+        cache = cache if cache is not None else out.past_key_values
         cache.batch_repeat_interleave(len(batch))
         ids = torch.cat([prefix.expand(len(batch), -1), rest], dim=1)
         mask = torch.cat([torch.ones_like(prefix).expand(len(batch), -1), mask_rest], dim=1)
