@@ -3,15 +3,25 @@
 Usage: python _nanogcg_runner.py JOB.json OUT.json. The job names the saved model directory, the formatted
 prompt (chat template already applied, with ``{optim_str}``), the target and nanoGCG's settings. The output
 holds nanoGCG's per-step losses, wall and CPU seconds per step, and the initial suffix's loss from a plain
-forward pass (to check both sides optimise the same problem).
+forward pass (to check both sides optimise the same problem), the CPU seconds nanoGCG spent before its first
+step (``setup_cpu``) and the whole run as a ``benchmarks/_machine.py`` side (wall, CPU, load average at start
+and end).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
 import sys
 import time
+
+
+def load1() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
 
 
 def main() -> None:
@@ -59,15 +69,28 @@ def main() -> None:
         seed=job["seed"],
         verbosity="WARNING",
     )
+    l0, w0, c0 = load1(), time.perf_counter(), time.process_time()
     res = nanogcg.run(model, tok, job["prompt"], job["target"], config)
     marks.append((time.perf_counter(), time.process_time()))
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     out = {
         "version": nanogcg.__version__ if hasattr(nanogcg, "__version__") else "",
         "losses": [float(x) for x in res.losses],
         "best_loss": float(res.best_loss),
         "best_string": res.best_string,
-        "step_times": [b[0] - a[0] for a, b in itertools.pairwise(marks)],
+        "step_wall": [b[0] - a[0] for a, b in itertools.pairwise(marks)],
         "step_cpu": [b[1] - a[1] for a, b in itertools.pairwise(marks)],
+        "setup_cpu": marks[0][1] - c0,
+        "side": {
+            "name": "nanoGCG",
+            "wall": wall,
+            "cpu": cpu,
+            "threads": int(job["threads"]),
+            "load_start": l0,
+            "load_end": load1(),
+            "load": (l0 + load1()) / 2,
+            "share": cpu / max(wall * int(job["threads"]), 1e-9),
+        },
         "init_loss": float(init_loss),
         "before_tokens": len(tok(before, add_special_tokens=False)["input_ids"]),
     }

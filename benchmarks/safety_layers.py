@@ -1,16 +1,25 @@
-"""Wall time and peak memory of the safety-layer cosine scan: cached (alignscope) vs one forward pass per pair.
+"""Time and peak memory of the safety-layer cosine scan: alignscope against one forward pass per pair, at several
+sizes.
 
 Li et al. (ICLR 2025, arXiv 2408.17003) compute, for each of r random pairs of prompts, the last-prompt-token
-hidden states of both prompts in a forward pass and their cosine at every layer. alignscope reads each
-prompt's hidden states once and forms every pair from the cache (a Gram matrix per layer). Both runs here use
-the same prompts and the same pairs (same seed), and the script checks that they give the same cosines.
+hidden states of both prompts in a forward pass and their cosine at every layer ("naive" here: one forward per
+pair, the two prompts batched, torch's kernels, what the authors' code and a user without alignscope do).
+alignscope (``scan_safety_layers``) reads each prompt's hidden states once, in length-sorted batches, runs the
+start all prompts share (the chat template's system turn) once, and forms every pair from the cache (a Gram
+matrix per layer). Both use the same prompts and pairs (same seed); the script checks that the cosines agree
+(max |difference| over the pairs both computed; tolerance 1e-4, float32 rounding).
 
-Each implementation runs in a fresh process. The model is warmed up first (one forward pass: safetensors
-weights are memory-mapped and only count as resident once touched), then a thread samples the resident set
-size every 5 ms while the scan runs; the table shows that peak and its increase over the warmed-up model.
+Each size and side runs in a fresh process with ``--threads`` torch threads (default 1: on a shared 2-core
+machine more threads spend their time waiting at OpenMP barriers). Times are CPU seconds of that process
+(wall seconds are printed too). The model is warmed up first; a thread samples the resident set size every 5
+ms while the scan runs. **The naive side is bounded**: it runs the first ``--naive-pairs`` pairs of each kind
+and its time is scaled to all 3 r pairs (pairs are independent and drawn alike, so the cost is linear in r);
+the table says how many it ran. Prints the machine, the load average before and after, and refuses a
+speed-up whose two sides ran under different load (rule in ``benchmarks/_machine.py``). About 3 minutes on an
+idle 2-core machine with the defaults.
 
-    PYTHONPATH=src python benchmarks/safety_layers.py [--model smollm2] [--prompts 32] [--draws 100]
-        [--batch-sizes 16,2] [--no-naive]
+    PYTHONPATH=src python benchmarks/safety_layers.py [--model smollm2] [--sizes 8:25,16:50,32:100]
+        [--naive-pairs 15] [--batch-size 16] [--threads 1] [--seed 0]
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from _machine import RULE, Side, load1, load_line, machine_line, refusal
 
 
 def _rss_mib() -> float:
@@ -66,7 +77,8 @@ def _prompts(n: int) -> tuple[list[str], list[str]]:
 
 
 def naive_cosines(model: Any, first: list[str], second: list[str], pairs: np.ndarray) -> np.ndarray:
-    """One forward pass per pair (the two prompts batched, left-padded): ``(draws, n_layers)`` cosines."""
+    """One forward pass per pair (the two prompts batched, left-padded, torch's kernels): ``(pairs,
+    n_layers)`` cosines."""
     from alignscope.models import user_turn
 
     out = np.zeros((len(pairs), model.num_layers))
@@ -76,44 +88,45 @@ def naive_cosines(model: Any, first: list[str], second: list[str], pairs: np.nda
     return out
 
 
-def _run(method: str, spec: str, n: int, draws: int, seed: int, batch: int, queue: Any) -> None:
+def _run(job: dict[str, Any], queue: Any) -> None:
     from alignscope.analysis.safety_layers import SafetyLayerScanConfig, draw_pairs, scan_safety_layers
     from alignscope.models import load_model, user_turn
 
-    model = load_model(spec)
-    normal, malicious = _prompts(n)
+    torch.set_num_threads(job["threads"])
+    model = load_model(job["model"])
+    model.fp32_linear = "torch" if job["method"] == "naive" else "auto"
+    normal, malicious = _prompts(job["n"])
     model.last_token_hidden_states([user_turn("warm-up")])
+    l0 = load1()
     with PeakRSS() as mem:
-        start = time.perf_counter()
-        if method == "cached":
-            config = SafetyLayerScanConfig(draws=draws, seed=seed, batch_size=batch)
-            scan = scan_safety_layers(model, normal, malicious, config)
-            cos = scan.cosines
-            passes = -(-len(normal) // batch) + -(-len(malicious) // batch)
+        w0, c0 = time.perf_counter(), time.process_time()
+        if job["method"] == "cached":
+            config = SafetyLayerScanConfig(draws=job["draws"], seed=job["seed"], batch_size=job["batch"])
+            cos = scan_safety_layers(model, normal, malicious, config).cosines
+            pairs_run = 3 * job["draws"]
         else:
-            pairs = draw_pairs(len(normal), len(malicious), draws, seed)
+            pairs = draw_pairs(len(normal), len(malicious), job["draws"], job["seed"])
             groups = {"N-N": (normal, normal), "N-M": (normal, malicious), "M-M": (malicious, malicious)}
-            cos = {k: naive_cosines(model, *groups[k], pairs[k]) for k in groups}
-            passes = 3 * draws
-        seconds = time.perf_counter() - start
+            k = min(job["naive_pairs"], job["draws"])
+            cos = {g: naive_cosines(model, *groups[g], pairs[g][:k]) for g in groups}
+            pairs_run = 3 * k
+        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    side = Side(job["method"], wall, cpu, torch.get_num_threads(), l0, load1())
     queue.put(
         {
-            "method": method,
-            "batch": batch if method == "cached" else 2,
-            "seconds": seconds,
+            "side": side.to_dict(),
+            "pairs_run": pairs_run,
             "peak_mib": mem.peak,
             "extra_mib": mem.peak - mem.before,
-            "forward_passes": passes,
             "cosines": {k: v.tolist() for k, v in cos.items()},
-            "threads": torch.get_num_threads(),
         }
     )
 
 
-def measure(method: str, spec: str, n: int, draws: int, seed: int, batch: int = 16) -> dict[str, Any]:
+def measure(job: dict[str, Any]) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_run, args=(method, spec, n, draws, seed, batch, queue))
+    proc = ctx.Process(target=_run, args=(job, queue))
     proc.start()
     result = queue.get()
     proc.join()
@@ -123,52 +136,59 @@ def measure(method: str, spec: str, n: int, draws: int, seed: int, batch: int = 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--prompts", type=int, default=32, help="normal and malicious prompts, each")
-    ap.add_argument("--draws", type=int, default=100, help="pairs of each kind (r)")
+    ap.add_argument("--sizes", default="8:25,16:50,32:100", help="prompts:draws, comma-separated")
+    ap.add_argument("--naive-pairs", type=int, default=15, help="pairs of each kind the naive side runs")
+    ap.add_argument("--batch-size", type=int, default=16, help="batch size of the cached scan")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch-sizes", default="16", help="comma-separated batch sizes of the cached scan")
-    ap.add_argument("--no-naive", action="store_true", help="time only the cached scan")
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    load_before = load1()
+    print(machine_line(), flush=True)
+    rows = []
+    for size in args.sizes.split(","):
+        n, draws = (int(x) for x in size.split(":"))
+        common = {"model": args.model, "n": n, "draws": draws, "seed": args.seed, "threads": args.threads}
+        cached = measure({**common, "method": "cached", "batch": args.batch_size, "naive_pairs": 0})
+        naive = measure({**common, "method": "naive", "batch": 2, "naive_pairs": args.naive_pairs})
+        rows.append((n, draws, cached, naive))
+        print(f"  done: {n}+{n} prompts, r={draws}", file=sys.stderr, flush=True)
+    load_after = load1()
 
-    runs = [
-        (
-            f"alignscope (cached, batch {b})",
-            measure("cached", args.model, args.prompts, args.draws, args.seed, b),
-        )
-        for b in (int(x) for x in args.batch_sizes.split(","))
-    ]
-    cached = runs[0][1]
-    naive = None
-    if not args.no_naive:
-        naive = measure("naive", args.model, args.prompts, args.draws, args.seed)
-        runs.append(("naive (1 pass per pair)", naive))
     print(
-        f"safety-layer scan, model={args.model}, {args.prompts}+{args.prompts} prompts (builtin benign/harmful), "
-        f"r={args.draws} pairs per kind (N-N, N-M, M-M), seed={args.seed}, torch threads={cached['threads']}, "
-        f"CPU"
+        f"\nsafety-layer scan, model={args.model}, built-in benign (N) / harmful (M) prompts, pairs of each kind "
+        f"(N-N, N-M, M-M), seed={args.seed}, {args.threads} torch thread(s), CPU seconds of each side's process"
     )
-    header = (
-        f"{'implementation':<28}{'forward passes':>16}{'wall s':>10}{'peak RSS MiB':>14}{'+ over model':>14}"
+    print(load_line(load_before, load_after))
+    print(RULE + "\n")
+    print(
+        "| prompts (N+M) | r | alignscope CPU s | naive pairs run | naive CPU s (scaled to 3r pairs) "
+        "| speed-up (CPU) | speed-up (wall) | peak RSS MiB (alignscope / naive) | max abs cosine difference |"
     )
-    print(header)
-    print("-" * len(header))
-    for name, r in runs:
-        print(
-            f"{name:<28}{r['forward_passes']:>16}{r['seconds']:>10.1f}{r['peak_mib']:>14.0f}{r['extra_mib']:>14.0f}"
-        )
-    if naive is None:
-        return 0
-    for name, r in runs[:-1]:
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for n, draws, cached, naive in rows:
+        a, b = Side.from_dict(cached["side"]), Side.from_dict(naive["side"])
+        scale = 3 * draws / naive["pairs_run"]
+        k = naive["pairs_run"] // 3
         diff = max(
-            float(np.max(np.abs(np.asarray(r["cosines"][k]) - np.asarray(naive["cosines"][k]))))
-            for k in r["cosines"]
+            float(np.max(np.abs(np.asarray(cached["cosines"][g][:k]) - np.asarray(naive["cosines"][g]))))
+            for g in naive["cosines"]
         )
+        why = refusal(a, b)
+        speed = f"refused: {why}" if why else f"{b.cpu * scale / a.cpu:.1f}x"
+        speed_wall = "refused" if why else f"{b.wall * scale / a.wall:.1f}x"
         print(
-            f"{name}: speed-up (naive / cached wall time) {naive['seconds'] / r['seconds']:.1f}x; "
-            f"peak-RSS ratio (naive / cached) {naive['peak_mib'] / r['peak_mib']:.2f}; increase over the "
-            f"model (naive / cached) {naive['extra_mib'] / max(r['extra_mib'], 1e-9):.2f}; "
-            f"max |cosine difference| over all pairs and layers {diff:.2e}"
+            f"| {n}+{n} | {draws} | {a.cpu:.1f} | {naive['pairs_run']} of {3 * draws} | {b.cpu * scale:.1f} "
+            f"| {speed} | {speed_wall} | {cached['peak_mib']:.0f} / {naive['peak_mib']:.0f} | {diff:.1e} |"
         )
+    print("\nsides (load = mean 1-minute load average; share = CPU-s / (wall-s x threads)):")
+    for n, draws, cached, naive in rows:
+        for name, r in (("alignscope", cached), ("naive", naive)):
+            sd = r["side"]
+            print(
+                f"  {n}+{n}, r={draws}, {name:<10} CPU {sd['cpu']:6.1f} s, wall {sd['wall']:6.1f} s, "
+                f"load {sd['load']:.2f}, share {sd['share']:.2f}"
+            )
     return 0
 
 

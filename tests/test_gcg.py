@@ -308,3 +308,67 @@ def test_early_stop_when_the_target_is_produced_greedily():
     assert out[0].startswith(target)
     full = run_gcg(model, PROMPT, target, GCGConfig(num_steps=5, search_width=8, topk=4, optim_str_init=INIT))
     assert not full.early_stopped and len(full.losses) == 5
+
+
+SPEED_OPTIONS = {
+    "bf16 screen, bf16 gradient, oneDNN": {
+        "screen_dtype": "bfloat16",
+        "screen_keep": 3,
+        "fp32_linear": "onednn",
+    },
+    "bf16 gradient only": {"screen_dtype": None, "gradient_dtype": "bfloat16", "fp32_linear": "torch"},
+    "oneDNN only": {"screen_dtype": None, "gradient_dtype": None, "fp32_linear": "onednn"},
+}
+
+
+@pytest.mark.parametrize("options", SPEED_OPTIONS.values(), ids=SPEED_OPTIONS.keys())
+def test_speed_options_report_exact_losses(tiny, options):
+    """Whatever the speed options, every step's reported loss is the exact (torch float32) loss of the suffix
+    it chose, within 1e-4 (float32 summation order)."""
+    from alignscope.models.fast_linear import onednn_linear_available
+
+    if options.get("fp32_linear") == "onednn" and not onednn_linear_available():
+        pytest.skip("torch built without oneDNN's linear")
+    cfg = GCGConfig(num_steps=3, search_width=24, topk=16, optim_str_init=INIT, seed=0, **options)
+    res = run_gcg(tiny, PROMPT, TARGET, cfg)
+    for text, loss in zip(res.strings, res.losses, strict=True):
+        assert suffix_loss(tiny, PROMPT, TARGET, text) == pytest.approx(loss, abs=1e-4)
+    assert len(res.step_cpu_times) == 3 and all(t > 0 for t in res.step_cpu_times)
+
+
+def test_exact_mode_and_onednn_take_the_same_steps(tiny):
+    """``GCGConfig.exact()`` is torch's float32 throughout; float32 through oneDNN differs only in rounding, so
+    it chooses the same suffixes with losses within 1e-5."""
+    from alignscope.models.fast_linear import onednn_linear_available
+
+    if not onednn_linear_available():
+        pytest.skip("torch built without oneDNN's linear")
+    exact = GCGConfig.exact(num_steps=3, search_width=24, topk=16, optim_str_init=INIT, seed=0)
+    assert (exact.screen_dtype, exact.gradient_dtype, exact.fp32_linear) == (None, None, "torch")
+    a = run_gcg(tiny, PROMPT, TARGET, exact)
+    b = run_gcg(tiny, PROMPT, TARGET, GCGConfig.exact(**{**exact.to_dict(), "fp32_linear": "onednn"}))
+    assert a.strings == b.strings
+    torch.testing.assert_close(torch.tensor(a.losses), torch.tensor(b.losses), atol=1e-5, rtol=0)
+
+
+def test_low_precision_copy_is_reused_until_the_weights_change(tiny):
+    from alignscope.attacks.gcg_scoring import low_precision_copy
+
+    first = low_precision_copy(tiny, torch.bfloat16)
+    assert low_precision_copy(tiny, torch.bfloat16) is first
+    assert first.lm_head.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        tiny.model.lm_head.weight.add_(1.0)
+    fresh = low_precision_copy(tiny, torch.bfloat16)
+    assert fresh is not first
+    torch.testing.assert_close(fresh.lm_head.weight, tiny.model.lm_head.weight.bfloat16())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_target_cross_entropy_equals_one_call(dtype):
+    from alignscope.attacks.gcg_scoring import target_cross_entropy
+
+    logits = (torch.randn(5, 7, 300, generator=torch.Generator().manual_seed(0)) * 4).to(dtype)
+    target = torch.randint(0, 300, (7,), generator=torch.Generator().manual_seed(1))
+    ref = F.cross_entropy(logits.float().reshape(-1, 300), target.repeat(5), reduction="none").view(5, 7)
+    assert torch.equal(target_cross_entropy(logits, target), ref)

@@ -101,3 +101,45 @@ def test_hidden_states_ignore_left_padding() -> None:
     alone = model.last_token_hidden_states(convos[:1], batch_size=1)
     assert both.shape == (2, model.num_layers, model.model.config.hidden_size)
     assert torch.allclose(both[0], alone[0], atol=1e-4)
+
+
+SYSTEM = "You are a careful assistant who answers in full sentences and checks every fact twice."
+
+
+def test_shared_prompt_start_is_run_once_with_the_same_outputs() -> None:
+    """Prompts that share a system turn: its KV cache is computed once for the batch; the greedy outputs equal
+    the unshared batch and one-at-a-time generation, and the batch's first pass sees only the rest."""
+    model = tiny_local_model(seed=3)
+    convos = [user_turn(p, SYSTEM) for p in ["a", "a much longer prompt than the first", "mid length one"]]
+    cfg = GenerationConfig(max_new_tokens=8, batch_size=3)
+    encoded = [model.encode_prompt(c) for c in convos]
+    shared = model._shared_prefix(encoded)
+    assert shared >= model.min_shared_prefix
+    lengths: list[int] = []
+    hook = model.model.register_forward_pre_hook(
+        lambda _m, _a, kw: lengths.append(kw["input_ids"].shape[1]), with_kwargs=True
+    )
+    try:
+        batched = model.generate(convos, cfg)
+    finally:
+        hook.remove()
+    assert lengths[0] == shared  # the prefix pass, batch 1
+    assert lengths[1] == max(len(x) for x in encoded) - shared
+    model.min_shared_prefix = 0
+    plain = model.generate(convos, cfg)
+    single = [model.generate([c], cfg.with_(batch_size=1))[0] for c in convos]
+    assert batched == plain == single
+
+
+def test_onednn_generation_gives_torchs_greedy_outputs() -> None:
+    from alignscope.models.fast_linear import onednn_linear_available
+
+    if not onednn_linear_available():
+        pytest.skip("torch built without oneDNN's linear")
+    model = tiny_local_model(seed=8)
+    convos = [user_turn(p, SYSTEM) for p in ["one", "two words", "and three words", "four words in all"]]
+    cfg = GenerationConfig(max_new_tokens=12, batch_size=4)
+    model.fp32_linear = "onednn"
+    fast = model.generate(convos, cfg)
+    model.fp32_linear = "torch"
+    assert fast == model.generate(convos, cfg)

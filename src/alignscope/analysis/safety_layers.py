@@ -22,6 +22,8 @@ hidden state is taken after the final norm.
 
 from __future__ import annotations
 
+import copy
+import inspect
 import logging
 import math
 import os
@@ -34,6 +36,7 @@ import numpy as np
 import torch
 
 from alignscope.models import LocalModel, user_turn
+from alignscope.models.fast_linear import fp32_linears
 from alignscope.validation import FieldChecks
 
 log = logging.getLogger("alignscope.analysis")
@@ -136,10 +139,83 @@ def prompt_hidden_states(
     system_prompt: str | None = None,
 ) -> torch.Tensor:
     """Last-prompt-token hidden states of ``prompts`` (single user turns): ``(n, n_layers, hidden)``
-    float32."""
+    float32 (see :func:`last_token_states`)."""
     view = with_template(model, template)
     conversations = [user_turn(p, system_prompt) for p in prompts]
-    return view.last_token_hidden_states(conversations, batch_size=batch_size)
+    return last_token_states(view, conversations, batch_size=batch_size)
+
+
+MIN_SHARED_PREFIX = 8
+""":func:`last_token_states` runs the start all prompts share once when it is at least this many tokens."""
+
+
+@torch.inference_mode()
+def last_token_states(model: LocalModel, conversations: Sequence[Any], batch_size: int = 16) -> torch.Tensor:
+    """:meth:`LocalModel.last_token_hidden_states` for a whole prompt set, with the same numbers (to float32
+    rounding) in less time: ``(n_prompts, n_layers, hidden)`` float32 on CPU.
+
+    * prompts are batched by length, so batches hold little padding;
+    * the tokens every prompt starts with (the chat template's system turn, 24 of SmolLM2's ~35-45) run
+      once; each batch continues from a copy of their KV cache, its own tokens left-padded after them with
+      positions taken from the attention mask, so every real token keeps its position;
+    * float32 linear layers run through oneDNN where that beats torch's BLAS
+      (:mod:`alignscope.models.fast_linear`).
+    """
+    encoded = [model.encode_prompt(c) for c in conversations]
+    n_layers, hidden = model.num_layers, int(model.model.config.hidden_size)
+    out = torch.zeros((len(encoded), n_layers, hidden))
+    if not encoded:
+        return out
+    net = model.model
+    params = inspect.signature(net.forward).parameters
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    shared = _shared_start(encoded) if _plain_cache(net) else 0
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    with fp32_linears(net, model.fp32_linear):
+        prefix_cache = None
+        if shared:
+            ids = torch.tensor([encoded[0][:shared]], device=model.device)
+            prefix_cache = _cache_of(net(input_ids=ids, use_cache=True, **extra))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            ids, mask = model.left_pad([encoded[i][shared:] for i in idx])
+            kwargs: dict[str, Any] = {"attention_mask": mask}
+            if prefix_cache is not None:
+                cache = copy.deepcopy(prefix_cache)
+                cache.batch_repeat_interleave(len(idx))
+                kwargs = {
+                    "cache" if "cache" in params else "past_key_values": cache,
+                    "attention_mask": torch.cat([mask.new_ones(len(idx), shared), mask], dim=1),
+                    "position_ids": (shared + mask.cumsum(-1) - 1).clamp(min=shared),
+                }
+            hs = net(input_ids=ids, output_hidden_states=True, **kwargs, **extra).hidden_states
+            out[idx] = torch.stack([h[:, -1, :] for h in hs[1:]], dim=1).float().cpu()
+    return out
+
+
+def _shared_start(encoded: list[list[int]]) -> int:
+    """Leading tokens all prompts share (each keeps at least one of its own); 0 when below
+    :data:`MIN_SHARED_PREFIX` or for a single prompt."""
+    if len(encoded) < 2:
+        return 0
+    n = min(len(x) for x in encoded) - 1
+    first = encoded[0]
+    for x in encoded[1:]:
+        n = next((i for i in range(n) if x[i] != first[i]), n)
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+def _plain_cache(net: Any) -> bool:
+    """A plain per-layer KV cache (no sliding windows or recurrent layers) that a prefix can be copied into."""
+    cfg = getattr(net, "config", None)
+    if cfg is None or getattr(cfg, "sliding_window", None) or getattr(cfg, "use_sliding_window", False):
+        return False
+    return set(getattr(cfg, "layer_types", None) or ["full_attention"]) == {"full_attention"}
+
+
+def _cache_of(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def draw_pairs(n_normal: int, n_malicious: int, draws: int, seed: int) -> dict[str, np.ndarray]:

@@ -37,11 +37,14 @@ from alignscope.attacks.gcg_ops import (
     retokenisation_filter,
     sample_candidates,
     suffix_ids_in_context,
+    suffix_kv,
     token_gradient,
     unique_candidates,
 )
-from alignscope.attacks.gcg_scoring import CandidateScorer, fast_bfloat16, full_loss
+from alignscope.attacks.gcg_scoring import CandidateScorer, fast_bfloat16, full_loss, low_precision_copy
 from alignscope.models.base import Conversation
+from alignscope.models.fast_linear import MODES as FP32_LINEAR_MODES
+from alignscope.models.fast_linear import fp32_linears
 from alignscope.models.local import LocalModel
 from alignscope.validation import FieldChecks
 
@@ -84,8 +87,19 @@ class GCGConfig:
             with native bf16 matmuls, and re-scores the best ``screen_keep`` in the model's dtype (reported
             losses stay exact); ``"bfloat16"``/``"float16"`` force a screening dtype; None scores every
             candidate exactly.
-        screen_keep: candidates re-scored exactly after screening (8: on SmolLM2 the exact argmin ranked
-            first in bfloat16 in every step we checked, and the benchmark's trajectories equal nanoGCG's).
+        screen_keep: candidates re-scored exactly after screening (8: on SmolLM2, over 36 steps of 3 AdvBench
+            behaviours, the float32 argmin ranked first in bfloat16 in 23 steps and never below 8th, so the
+            trajectory is the exact one; bf16 moves a candidate's loss by ~0.005 (std), the gap between the
+            best two is often < 0.001).
+        gradient_dtype: dtype of the token-gradient pass; None (default) is the model's own.
+            ``"bfloat16"``/``"float16"`` run it on the screening copy (~0.2 instead of ~0.36 CPU-s per SmolLM2
+            step): the gradient only ranks each position's ``topk`` tokens and ~96% of SmolLM2's top-256 stay
+            the same, but the trajectory then leaves the exact one, and over 30 steps on 3 behaviours it
+            ended neither better nor worse on balance (two worse, one better), so it is off by default.
+        fp32_linear: how float32 linear layers run outside the gradient: ``"auto"`` through oneDNN where
+            it is measurably faster than torch's BLAS (AMD CPUs: ~1.9x on exact candidate scoring; same
+            float32 precision, losses differ from torch's by ~1e-6), ``"onednn"`` always, ``"torch"`` never
+            (bit-for-bit torch's numbers). See :mod:`alignscope.models.fast_linear`.
         max_resample: times to redraw candidates when the filter rejects them all before giving up.
         progress: show a progress bar.
     """
@@ -105,17 +119,28 @@ class GCGConfig:
     share_suffix: bool = True
     screen_dtype: str | None = "auto"
     screen_keep: int = 8
+    gradient_dtype: str | None = None
+    fp32_linear: str = "auto"
     max_resample: int = 3
     progress: bool = False
 
     def __post_init__(self) -> None:
         check = FieldChecks(self)
         check.one_of("screen_dtype", (None, "auto", "bfloat16", "float16"))
+        check.one_of("gradient_dtype", (None, "bfloat16", "float16"))
+        check.one_of("fp32_linear", tuple(FP32_LINEAR_MODES))
         check.at_least(1, "num_steps", "search_width", "topk", "n_replace", "screen_keep", "batch_size")
         check.at_least(0, "buffer_size", "max_resample")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def exact(cls, **overrides: Any) -> GCGConfig:
+        """Settings that compute every candidate loss and the gradient in the model's own dtype with torch's
+        own kernels: the trajectory nanoGCG would take with the same seed, bit for bit what alignscope computed
+        before its speed options (``screen_dtype=None``, ``gradient_dtype=None``, ``fp32_linear="torch"``)."""
+        return cls(**{"screen_dtype": None, "gradient_dtype": None, "fp32_linear": "torch", **overrides})
 
 
 @dataclass(frozen=True)
@@ -130,12 +155,14 @@ class GCGResult:
         best_ids: its token ids.
         losses: per step, the loss of the suffix the step moved to.
         strings: per step, that suffix.
-        step_times: per step, seconds (gradient, sampling, filtering and candidate losses).
+        step_times: per step, wall-clock seconds (gradient, sampling, filtering and candidate losses).
         init_loss: loss of the initial suffix.
         n_candidates: per step, candidates actually scored (after de-duplication and filtering).
         early_stopped: stopped because the target was produced greedily.
         messages: the chat(s) with the placeholder, one per prompt.
         targets: the target string(s).
+        step_cpu_times: per step, CPU seconds of this process (``time.process_time``; steadier than wall
+            time on a shared machine, and summed over threads).
     """
 
     best_string: str
@@ -149,6 +176,7 @@ class GCGResult:
     early_stopped: bool = False
     messages: list[Conversation] = field(default_factory=list)
     targets: list[str] = field(default_factory=list)
+    step_cpu_times: list[float] = field(default_factory=list)
 
     def attack_messages(self, i: int = 0) -> Conversation:
         """Prompt ``i`` with the best suffix in place."""
@@ -201,7 +229,8 @@ def run_universal_gcg(
     if any(ids != ids_per_prompt[0] for ids in ids_per_prompt):
         raise GCGError(f"the initial suffix {init_text!r} tokenises differently in different prompts")
     current = torch.tensor(ids_per_prompt[0], dtype=torch.long)
-    return _optimise(model, slots, current, config, messages, list(targets))
+    with fp32_linears(model.model, config.fp32_linear):
+        return _optimise(model, slots, current, config, messages, list(targets))
 
 
 def _optimise(
@@ -221,16 +250,22 @@ def _optimise(
         if screen_dtype
         else None
     )
+    grad_dtype = gradient_dtype(model, config.gradient_dtype)
+    grad_net = low_precision_copy(model, grad_dtype) if grad_dtype else None
     decode = model.tokenizer.decode
     dev = model.device
 
     def score(
-        cands: torch.Tensor, cur: torch.Tensor, kvs: list[Any], by: CandidateScorer = scorer
+        cands: torch.Tensor,
+        cur: torch.Tensor,
+        kvs: Sequence[Any],
+        by: CandidateScorer = scorer,
+        hits: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         total = torch.zeros(cands.shape[0])
         hit_all = torch.ones(cands.shape[0], dtype=torch.bool)
         for s, kv in zip(slots, kvs, strict=True):
-            res = by.losses(s, cur, cands, kv)
+            res = by.losses(s, cur, cands, kv, hits)
             total += res.losses
             hit_all &= res.hits
         return total / len(slots), hit_all
@@ -241,12 +276,13 @@ def _optimise(
     losses: list[float] = []
     strings: list[str] = []
     times: list[float] = []
+    cpu_times: list[float] = []
     counts: list[int] = []
     stopped = False
     bar = tqdm(range(config.num_steps), desc="gcg", disable=not config.progress, leave=False)
     for _ in bar:
-        t0 = time.perf_counter()
-        grads = [token_gradient(model, s, current) for s in slots]
+        t0, c0 = time.perf_counter(), time.process_time()
+        grads = [token_gradient(model, s, current, grad_net) for s in slots]
         grad = grads[0].grad
         if len(grads) > 1:
             grad = sum(g.grad / g.grad.norm(dim=-1, keepdim=True).clamp_min(1e-12) for g in grads)
@@ -269,7 +305,9 @@ def _optimise(
         if screener is not None and len(cands) > config.screen_keep:
             approx, _ = score(cands, current, kvs, screener)
             cands = cands[approx.argsort()[: config.screen_keep]]
-        cand_losses, hit = score(cands, current, kvs)
+        if grad_net is not None and config.share_suffix:  # exact scoring shares a full-precision KV
+            kvs = [suffix_kv(model, s, current) for s in slots]
+        cand_losses, hit = score(cands, current, kvs, hits=config.early_stop)
         j = int(cand_losses.argmin())
         step_loss, step_ids = float(cand_losses[j]), cands[j].tolist()
         if config.buffer_size == 0:
@@ -282,6 +320,7 @@ def _optimise(
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
         losses.append(step_loss)
         strings.append(decode(step_ids))
         bar.set_postfix(loss=f"{step_loss:.3f}")
@@ -289,7 +328,7 @@ def _optimise(
             "step %d loss %.4f (%d candidates, %.2fs): %r",
             len(losses),
             step_loss,
-            len(cands),
+            counts[-1],
             times[-1],
             strings[-1],
         )
@@ -308,6 +347,7 @@ def _optimise(
         stopped,
         messages,
         targets,
+        cpu_times,
     )
 
 
@@ -319,6 +359,15 @@ def screening_dtype(model: LocalModel, setting: str | None) -> torch.dtype | Non
         if model.dtype != torch.float32 or not fast_bfloat16(model.device):
             return None
         return torch.bfloat16
+    dtype = getattr(torch, setting)
+    return None if dtype == model.dtype else dtype
+
+
+def gradient_dtype(model: LocalModel, setting: str | None) -> torch.dtype | None:
+    """The dtype of the gradient pass when it differs from the model's (see
+    :attr:`GCGConfig.gradient_dtype`), else None."""
+    if setting is None:
+        return None
     dtype = getattr(torch, setting)
     return None if dtype == model.dtype else dtype
 

@@ -12,10 +12,16 @@ the embedded default, where candidate losses take > 95% of the time:
   runs from p on, over the KV of the prefix plus the current suffix (taken from the gradient pass, so it costs
   nothing). With one replaced token, a candidate runs about half the suffix instead of all of it;
 * **candidates are screened in bfloat16** when the model runs in float32 on hardware with native bf16
-  matmuls (the forward is > 85% matmul on CPU): all candidates are scored by a bf16 copy, the best
-  ``screen_keep`` are re-scored exactly, and the step moves to the exact best of those. The reported losses
-  are exact; the chosen candidate is the exact argmin unless bf16 noise pushed it out of the kept set (on
-  SmolLM2 the float32 argmin ranked first in bf16 in every check we ran). ``screen_dtype=None`` turns it off;
+  matmuls (the forward is > 85% matmul on CPU; bf16 ran ~3x faster than torch's float32 here): all
+  candidates are scored by a bf16 copy, the best ``screen_keep`` are re-scored exactly, and the step moves to
+  the exact best of those. The reported losses are exact; the chosen candidate is the exact argmin unless
+  bf16 noise pushed it out of the kept set (on SmolLM2 the float32 argmin ranked first in bf16 in 23 of 36
+  steps checked and never below 8th). ``screen_dtype=None`` turns it off;
+* **float32 linears run through oneDNN** where that beats torch's BLAS (AMD CPUs, where MKL takes its AVX2
+  path: ~1.9x on exact scoring), see :mod:`alignscope.models.fast_linear`; ``fp32_linear="torch"`` keeps
+  torch's kernels bit for bit;
+* the target cross-entropy is taken a few rows at a time, so the float32 log-softmax stays in cache, and
+  the greedy-hit check (an argmax over the vocabulary) runs only when early stopping needs it;
 * the last target token is not fed (its output predicts nothing we score);
 * duplicate candidates and the current suffix itself are dropped before scoring;
 * batches are sized from free memory (halved on out-of-memory), and the gradient is taken with respect to the
@@ -28,7 +34,7 @@ import inspect
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -73,10 +79,19 @@ class PromptSlots:
     target_ids: list[int]
     lead: str
     prefix_kv: KV | None = None
+    _kv_by_dtype: dict[torch.dtype, KV] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n_target(self) -> int:
         return len(self.target_ids)
+
+    def prefix_kv_as(self, dtype: torch.dtype) -> KV | None:
+        """``prefix_kv`` in ``dtype`` (converted once, for a lower-precision copy of the model)."""
+        if self.prefix_kv is None or self.prefix_kv[0][0].dtype == dtype:
+            return self.prefix_kv
+        if dtype not in self._kv_by_dtype:
+            self._kv_by_dtype[dtype] = [(k.to(dtype), v.to(dtype)) for k, v in self.prefix_kv]
+        return self._kv_by_dtype[dtype]
 
     def prompt_ids(self, suffix_ids: Sequence[int]) -> list[int]:
         return [*self.before_ids, *suffix_ids, *self.after_ids]
@@ -203,6 +218,7 @@ def prefix_cache(model: LocalModel, slots: PromptSlots) -> None:
     with torch.no_grad():
         out = model.model(input_ids=ids, use_cache=True, logits_to_keep=1)
     slots.prefix_kv = kv_of(cache_of(out))
+    slots._kv_by_dtype.clear()
     if slots.prefix_kv is None:
         log.warning("%s: its KV cache cannot be sliced; GCG runs without the prefix cache", model.name)
 
@@ -250,40 +266,68 @@ class GradientPass:
     kv: KV | None
 
 
-def token_gradient(model: LocalModel, slots: PromptSlots, suffix_ids: torch.Tensor) -> GradientPass:
+def token_gradient(
+    model: LocalModel, slots: PromptSlots, suffix_ids: torch.Tensor, net: Any | None = None
+) -> GradientPass:
     """One forward and backward pass over ``suffix + after + target[:-1]`` from the prefix cache.
 
     The gradient with respect to the one-hot suffix matrix is ``d loss / d embeddings @ E^T``, so it is taken
     with respect to the suffix embeddings and projected on the embedding matrix ``E`` ``(vocab, hidden)``
     once: the same numbers as nanoGCG's one-hot leaf without its ``(n, vocab) @ (vocab, hidden)`` product.
+
+    ``net`` differentiates a copy of the model in another dtype (see :func:`low_precision_copy`): the
+    gradient only ranks each position's top-k tokens, which bfloat16 leaves almost unchanged at about half
+    the cost on CPUs with native bf16. The returned ``kv`` is then in that dtype too.
     """
-    net = model.model
+    net = net if net is not None else model.model
     dev = model.device
+    dtype = next(net.parameters()).dtype
     emb = net.get_input_embeddings()
     tail = torch.tensor([*slots.after_ids, *slots.target_ids[:-1]], device=dev)
     e = emb(suffix_ids.to(dev)[None]).detach().requires_grad_(True)
-    cached = slots.prefix_kv is not None
+    prefix_kv = slots.prefix_kv_as(dtype)
     parts = [e, emb(tail[None])]
-    if not cached and slots.before_ids:
+    if prefix_kv is None and slots.before_ids:
         parts.insert(0, emb(torch.tensor([slots.before_ids], device=dev)))
     inputs = torch.cat(parts, dim=1)
     kwargs: dict[str, Any] = {"inputs_embeds": inputs, "use_cache": True, "logits_to_keep": slots.n_target}
-    if cached:
-        assert slots.prefix_kv is not None
-        kwargs[cache_kwarg(net)] = make_cache(net, slots.prefix_kv, 1, len(slots.before_ids))
+    if prefix_kv is not None:
+        kwargs[cache_kwarg(net)] = make_cache(net, prefix_kv, 1, len(slots.before_ids))
     with torch.enable_grad():
         out = net(**kwargs)
         target = torch.tensor(slots.target_ids, device=dev)
         loss = F.cross_entropy(out.logits[0].float(), target)
         (g_e,) = torch.autograd.grad(loss, [e])
-    grad = g_e[0].float() @ emb.weight.detach().float().T
+    grad = g_e[0].float() @ embedding_matrix(model).T
     kv = None
-    if cached:
+    if prefix_kv is not None:
         full = kv_of(cache_of(out))
         if full is not None:
             keep = len(slots.before_ids) + int(suffix_ids.numel())
             kv = [(k[:, :, :keep].detach(), v[:, :, :keep].detach()) for k, v in full]
     return GradientPass(grad, float(loss.item()), kv)
+
+
+def embedding_matrix(model: LocalModel) -> torch.Tensor:
+    """The model's input embedding matrix ``(vocab, hidden)`` as float32 (the gradient's projection uses the
+    full-precision embeddings whatever dtype the pass ran in)."""
+    w = model.model.get_input_embeddings().weight.detach()
+    return w if w.dtype == torch.float32 else w.float()
+
+
+@torch.no_grad()
+def suffix_kv(model: LocalModel, slots: PromptSlots, suffix_ids: torch.Tensor) -> KV | None:
+    """KV of the prefix plus ``suffix_ids`` (batch 1) in the model's own dtype, from the prefix cache: what
+    exact scoring shares when the gradient pass ran in another dtype. None when uncached."""
+    prefix_kv = slots.prefix_kv
+    if prefix_kv is None:
+        return None
+    net = model.model
+    ids = suffix_ids.to(model.device)[None]
+    cache = make_cache(net, prefix_kv, 1, len(slots.before_ids))
+    out = net(input_ids=ids, use_cache=True, logits_to_keep=1, **{cache_kwarg(net): cache})
+    full = kv_of(cache_of(out))
+    return None if full is None else [(k.detach(), v.detach()) for k, v in full]
 
 
 # -- candidates -----------------------------------------------------------------------------------------------

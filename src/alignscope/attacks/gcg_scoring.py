@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ import torch
 from torch.nn import functional as F
 
 from alignscope.attacks.gcg_ops import KV, PromptSlots, cache_kwarg, make_cache
+from alignscope.models.fast_linear import pack_linears
 from alignscope.models.local import LocalModel
 
 log = logging.getLogger("alignscope.attacks.gcg")
@@ -22,7 +24,8 @@ log = logging.getLogger("alignscope.attacks.gcg")
 @dataclass
 class CandidateLosses:
     """Losses of a candidate set on one prompt: ``losses`` ``(n_cands,)`` float32 on CPU, and ``hits``
-    ``(n_cands,)`` bool: the candidate already makes the model produce the whole target greedily."""
+    ``(n_cands,)`` bool: the candidate already makes the model produce the whole target greedily (all False
+    unless asked for: the argmax over the vocabulary is not free)."""
 
     losses: torch.Tensor
     hits: torch.Tensor
@@ -39,8 +42,9 @@ class CandidateScorer:
         overhead_tokens: a forward pass's fixed cost in token-equivalents: adjacent position groups are
             merged (running the later group from the earlier position) while that costs fewer recomputed
             tokens than a separate pass. None: 16 on CPU, 1024 on accelerators.
-        dtype: run the candidates in this dtype (a converted copy of the model) instead of the model's own;
-            used to screen candidates in bfloat16 before scoring the best exactly.
+        dtype: run the candidates in this dtype (a converted copy of the model, see
+            :func:`low_precision_copy`) instead of the model's own; used to screen candidates in bfloat16
+            before scoring the best exactly.
     """
 
     def __init__(
@@ -57,9 +61,7 @@ class CandidateScorer:
         dev = model.device.type
         self.overhead = overhead_tokens if overhead_tokens is not None else (16 if dev == "cpu" else 1024)
         self.dtype = dtype or model.dtype
-        self.net = model.model
-        if self.dtype != model.dtype:  # a lower-precision copy for screening
-            self.net = copy.deepcopy(model.model).to(self.dtype)
+        self.net = model.model if self.dtype == model.dtype else low_precision_copy(model, self.dtype)
 
     # -- batch size ---------------------------------------------------------------------------------------
     def _auto_batch(self, slots: PromptSlots, n_optim: int, n_cands: int) -> int:
@@ -113,30 +115,36 @@ class CandidateScorer:
     # -- scoring ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def losses(
-        self, slots: PromptSlots, current: torch.Tensor, cands: torch.Tensor, base_kv: KV | None
+        self,
+        slots: PromptSlots,
+        current: torch.Tensor,
+        cands: torch.Tensor,
+        base_kv: KV | None,
+        hits: bool = False,
     ) -> CandidateLosses:
         """Mean target cross-entropy of each candidate ``(n_cands, n_optim)`` on ``slots``.
 
         ``base_kv`` is the KV of the prefix plus ``current`` (from :func:`token_gradient`); without it (or
-        with ``share_suffix`` off) every candidate runs its whole suffix from the prefix cache."""
+        with ``share_suffix`` off) every candidate runs its whole suffix from the prefix cache. ``hits`` also
+        says which candidates make the model produce the whole target greedily."""
         n_cands, n_optim = cands.shape
         if n_cands == 0:
             return CandidateLosses(torch.empty(0), torch.empty(0, dtype=torch.bool))
         if self.share_suffix and base_kv is not None:
-            kv: KV | None = self._cast(base_kv)
+            kv: KV | None = _kv_as(base_kv, self.dtype)
             diff = cands.cpu() != current.cpu()[None]
             first = [int(x) for x in torch.where(diff.any(1), diff.int().argmax(1), n_optim - 1).tolist()]
         else:
-            kv = self._cast(slots.prefix_kv)
+            kv = slots.prefix_kv_as(self.dtype)
             first = [0] * n_cands
         out = torch.empty(n_cands, dtype=torch.float32)
-        hits = torch.zeros(n_cands, dtype=torch.bool)
+        hit_out = torch.zeros(n_cands, dtype=torch.bool)
         batch = self._auto_batch(slots, n_optim, n_cands)
         plans = self._plan(first, batch)
         while plans:
             start, members = plans.pop(0)
             try:
-                loss, hit = self._forward(slots, cands[members], start, kv)
+                loss, hit = self._forward(slots, cands[members], start, kv, hits)
             except (torch.OutOfMemoryError, RuntimeError) as e:
                 if not _is_oom(e) or len(members) == 1:
                     raise
@@ -146,17 +154,13 @@ class CandidateScorer:
                 plans[:0] = [(start, members[:half]), (start, members[half:])]
                 continue
             out[members] = loss
-            hits[members] = hit
-        return CandidateLosses(out, hits)
-
-    def _cast(self, kv: KV | None) -> KV | None:
-        if kv is None or kv[0][0].dtype == self.dtype:
-            return kv
-        return [(k.to(self.dtype), v.to(self.dtype)) for k, v in kv]
+            if hit is not None:
+                hit_out[members] = hit
+        return CandidateLosses(out, hit_out)
 
     def _forward(
-        self, slots: PromptSlots, cands: torch.Tensor, start: int, kv: KV | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, slots: PromptSlots, cands: torch.Tensor, start: int, kv: KV | None, hits: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         net = self.net
         dev = self.model.device
         b = cands.shape[0]
@@ -170,11 +174,55 @@ class CandidateScorer:
         ids = torch.cat(parts, dim=1).to(dev)
         logits = net(input_ids=ids, **kwargs).logits  # (b, n_target, vocab)
         target = torch.tensor(slots.target_ids, device=dev)
-        ce = F.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]), target.repeat(b), reduction="none"
-        ).view(b, -1)
-        hit = (logits.argmax(-1) == target[None]).all(1).cpu()
+        ce = target_cross_entropy(logits, target)
+        hit = (logits.argmax(-1) == target[None]).all(1).cpu() if hits else None
         return ce.mean(1).cpu(), hit
+
+
+def target_cross_entropy(logits: torch.Tensor, target: torch.Tensor, rows: int = 4) -> torch.Tensor:
+    """Per-token cross-entropy ``(batch, n)`` of ``target`` ``(n,)`` under ``logits`` ``(batch, n, vocab)``,
+    in float32 whatever the logits' dtype.
+
+    The same numbers as one ``F.cross_entropy`` call, a few rows at a time: the float32 copy and log-softmax
+    of a row block stay in cache instead of streaming a ``(batch * n, vocab)`` float32 tensor through memory
+    (4-6x less time for GCG's candidate batches)."""
+    b, n, vocab = logits.shape
+    flat = logits.reshape(b * n, vocab)
+    tgt = target.repeat(b)
+    out = torch.empty(b * n, dtype=torch.float32, device=logits.device)
+    for i in range(0, b * n, rows):
+        out[i : i + rows] = F.cross_entropy(flat[i : i + rows].float(), tgt[i : i + rows], reduction="none")
+    return out.view(b, n)
+
+
+_COPIES: weakref.WeakKeyDictionary[Any, dict[torch.dtype, tuple[tuple[int, ...], Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def low_precision_copy(model: LocalModel, dtype: torch.dtype) -> Any:
+    """A copy of ``model.model`` in ``dtype`` (for bfloat16 screening and gradients), made once per model
+    and dtype and kept while the model lives. It is remade when the model's weights changed since (a
+    parameter's storage or in-place version counter moved, e.g. after a training step), so a stale copy is
+    never used."""
+    net = model.model
+    stamp = tuple(x for p in net.parameters() for x in (p.data_ptr(), p._version))
+    per_dtype = _COPIES.setdefault(net, {})
+    if dtype in per_dtype and per_dtype[dtype][0] == stamp:
+        return per_dtype[dtype][1]
+    low = copy.deepcopy(net).to(dtype)
+    pack_linears(low)
+    head = low.get_output_embeddings()
+    if head is not None:
+        # ``logits_to_keep`` hands the head a strided slice of the hidden states; torch 2.13's CPU bf16 linear
+        # on a strided input is ~40x slower than on a contiguous one (when the weight needs no grad)
+        head.register_forward_pre_hook(_contiguous_input)
+    per_dtype[dtype] = (stamp, low)
+    return low
+
+
+def _contiguous_input(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (args[0].contiguous(), *args[1:])
 
 
 def fast_bfloat16(device: torch.device) -> bool:
@@ -190,6 +238,12 @@ def fast_bfloat16(device: torch.device) -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _kv_as(kv: KV, dtype: torch.dtype) -> KV:
+    if kv[0][0].dtype == dtype:
+        return kv
+    return [(k.to(dtype), v.to(dtype)) for k, v in kv]
 
 
 def _is_oom(e: BaseException) -> bool:
