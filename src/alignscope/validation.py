@@ -25,7 +25,6 @@ __all__ = [
     "FieldChecks",
     "OptionError",
     "at_least",
-    "at_most",
     "each_at_least",
     "each_finite",
     "finite",
@@ -69,12 +68,6 @@ def at_least(option: str, value: float | None, minimum: float) -> None:
     """``value >= minimum`` (counts, sizes, token budgets)."""
     if value is not None and not _number(option, value) >= minimum:
         raise OptionError(option, f"must be >= {minimum:g}", value)
-
-
-def at_most(option: str, value: float | None, maximum: float) -> None:
-    """``value <= maximum``."""
-    if value is not None and not _number(option, value) <= maximum:
-        raise OptionError(option, f"must be <= {maximum:g}", value)
 
 
 def positive(option: str, value: float | None) -> None:
