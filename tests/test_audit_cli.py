@@ -214,6 +214,7 @@ def test_audit_of_a_served_model(tiny_dir: Path, tmp_path: Path, prefill: bool) 
     it (k counted with the source model's tokenizer), else reported as not applicable; KL is not applicable."""
     from alignscope.audit import AuditConfig, run_audit
     from alignscope.models import load_model
+    from alignscope.runs import RunDir
     from alignscope.server import BackgroundServer, create_app
 
     local = load_model(str(tiny_dir))
@@ -231,7 +232,8 @@ def test_audit_of_a_served_model(tiny_dir: Path, tmp_path: Path, prefill: bool) 
             max_new_tokens=3,
             attack_tokens=3,
         )
-        run = run_audit(cfg, out=str(tmp_path / "r"), models={str(tiny_dir): local}, progress=False)
+        run = RunDir.create("audit", cfg.to_dict(), out=tmp_path / "r")
+        run_audit(cfg, run, models={str(tiny_dir): local}, progress=False)
     metrics = json.loads((run.path / "metrics.json").read_text())
     assert "token_kl" in metrics["notes"]
     if prefill:
@@ -286,7 +288,8 @@ def test_attack_gcg_command(tiny_dir: Path, tmp_path: Path) -> None:
         "8",
         "--max-new-tokens",
         "3",
-        "--no-screen",
+        "--set",
+        "gcg.screen_dtype=null",
         "--out",
         str(out),
     ]

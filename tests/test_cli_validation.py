@@ -35,10 +35,10 @@ def no_models(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     def forbidden(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a model was loaded (or work started) before the options were checked")
 
+    import alignscope.cli.speech as speech_cli
     import alignscope.models.loading as loading
     import alignscope.speech.adversarial as adversarial
     import alignscope.speech.build as build
-    import alignscope.speech.cli as speech_cli
     import alignscope.speech.reproduce as speech_reproduce
     import alignscope.training as training
     import alignscope.training.reproduce as reproduce

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from alignscope.audit import evaluate_suites
 from alignscope.data import load_suite
+from alignscope.evaluate import evaluate_suites
 from alignscope.judges import get_judge
 from alignscope.models.base import GenerationConfig
 from alignscope.report.build import rebuild

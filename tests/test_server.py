@@ -549,8 +549,8 @@ def test_evaluate_through_served_smollm2_equals_local(smollm2: Any, tmp_path: Pa
 
 
 def _evaluate_remote_and_local(smollm2: Any, tmp_path: Path) -> None:
-    from alignscope.audit import evaluate_suites
     from alignscope.data import load_suite
+    from alignscope.evaluate import evaluate_suites
     from alignscope.judges import get_judge
     from alignscope.models import load_chat_model
     from alignscope.runs import RunDir

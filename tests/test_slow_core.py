@@ -12,6 +12,7 @@ from alignscope.audit import AuditConfig, run_audit
 from alignscope.data import load_suite
 from alignscope.judges import KeywordJudge
 from alignscope.models import GenerationConfig, user_turn
+from alignscope.runs import RunDir
 
 pytestmark = pytest.mark.slow
 
@@ -33,11 +34,13 @@ def test_small_audit_shows_the_model_is_not_aligned(smollm2, tmp_path: Path) -> 
         max_new_tokens=32,
         attack_tokens=24,
     )
-    run = run_audit(cfg, out=str(tmp_path / "audit"), models={"smollm2": smollm2}, progress=False)
+    run = RunDir.create("audit", cfg.to_dict(), out=tmp_path / "audit")
+    run_audit(cfg, run, models={"smollm2": smollm2}, progress=False)
     metrics = json.loads((run.path / "metrics.json").read_text())
-    harmful = metrics["evaluate"]["harmful[12]"]["harmful"]
-    assert harmful["rate"] > 0.5  # the embedded default complies with most harmful prompts
-    assert metrics["prefill"]["asr"]["5"]["n"] >= 1
+    harmful = metrics["evaluate"]["harmful[12]"]
+    assert harmful["non_refusal"]["rate"] > 0.5  # the embedded default does not refuse most harmful prompts
+    assert harmful["harmful"] is None  # and the keyword judge does not claim to know whether that is harm
+    assert metrics["prefill"]["success"]["5"]["n"] >= 1 and metrics["prefill"]["measure"] == "non_refusal"
     assert "smollm2" in run.report_path.read_text()
 
 
@@ -48,7 +51,7 @@ def test_prefill_attack_on_public_advbench(smollm2, shared_data: Path) -> None: 
     res = prefill_attack(
         smollm2, list(suite), responses, judge, PrefillConfig(ks=(0, 10), max_new_tokens=16), progress=False
     )
-    assert set(res.asr) == {0, 10}
+    assert set(res.success) == {0, 10} and res.success[10]["measure"] == "non_refusal"
     assert res.n_prompts + res.n_dropped == 4
 
 

@@ -1,34 +1,26 @@
-"""The library entry points behind ``alignscope audit``, ``evaluate``, ``attack prefill|decoding`` and
-``analyze token-kl``.
+"""``alignscope audit``: one model through every measurement, one run directory, one report.
 
-Each writes its samples into a :class:`RunDir` as they are produced and ends by rebuilding the run's metrics
-and report from those samples alone (:func:`alignscope.report.build.rebuild`), so a run can be re-judged or
-re-reported later without regenerating anything.
+The audit composes the experiments it shares a run with: :func:`alignscope.evaluate.run_evaluate` (refusal on
+harmful prompts, over-refusal on borderline ones), :func:`alignscope.attacks.prefill.run_prefill`,
+:func:`alignscope.attacks.decoding.run_decoding`, :func:`alignscope.analysis.token_kl.run_token_kl` (with a
+reference) and the safety-layer scan, on one pool of loaded models. Every stage writes its records as they are
+produced and the report is rebuilt from the records alone, so a killed audit resumes and a finished one can be
+re-judged.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from alignscope.analysis.token_kl import per_token_kl
-from alignscope.attacks.decoding import FULL_GRID, REDUCED_GRID, decoding_attack
-from alignscope.attacks.prefill import DEFAULT_KS, PrefillConfig, harmful_responses, prefill_attack
-from alignscope.attacks.stage import GenItem, generate_and_judge
-from alignscope.data import Suite, load_suite
-from alignscope.judges import Judge, get_judge
-from alignscope.judges.registry import DEFAULT_JUDGE_MODEL, JUDGES, check_judge_spec, parse_judge_spec
-from alignscope.models import (
-    DEFAULT_MODEL,
-    ChatModel,
-    GenerationConfig,
-    LocalModel,
-    load_chat_model,
-    user_turn,
-)
-from alignscope.report.build import rebuild
+from alignscope.attacks.prefill import DEFAULT_KS
+from alignscope.config_io import ConfigIO
+from alignscope.judges.registry import check_judge_spec
+from alignscope.models.base import ChatModel
+from alignscope.models.loading import DEFAULT_MODEL
+from alignscope.models.pool import ModelPool, pool_of
 from alignscope.runs.store import RunDir
 from alignscope.validation import FieldChecks
 
@@ -38,7 +30,7 @@ DecodingGrid = Literal["reduced", "full", "off"]
 
 
 @dataclass(frozen=True)
-class AuditConfig:
+class AuditConfig(ConfigIO):
     """Settings of ``alignscope audit``; the defaults finish in a few minutes on a 2-core CPU.
 
     Attributes:
@@ -64,6 +56,7 @@ class AuditConfig:
         device / dtype: override automatic choices.
     """
 
+    suite_fields = ("harmful_suite", "borderline_suite")
     model: str = DEFAULT_MODEL
     reference: str | None = None
     harmful_suite: str = "harmful"
@@ -96,184 +89,158 @@ class AuditConfig:
         check.one_of("decoding", ("reduced", "full", "off"))
         check_judge_spec(self.judge)
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["prefill_ks"] = list(self.prefill_ks)
-        return d
 
+@dataclass(frozen=True)
+class AuditResult(ConfigIO):
+    """What the audit measured: the run's metrics (every stage's rates with their provenance) and which
+    stages were not applicable (with the reason)."""
 
-class _Models:
-    """Loads each model spec once per run (the audited model is often also the prefill source or judge)."""
+    metrics: dict[str, Any]
+    notes: dict[str, str] = field(default_factory=dict)
 
-    def __init__(self, device: str | None, dtype: str | None, preloaded: dict[str, ChatModel] | None = None):
-        self.device, self.dtype = device, dtype
-        self.cache: dict[str, ChatModel] = dict(preloaded or {})
-
-    def get(self, spec: str) -> ChatModel:
-        if spec not in self.cache:
-            self.cache[spec] = load_chat_model(spec, device=self.device, dtype=self.dtype)
-        return self.cache[spec]
-
-    def judge(self, spec: str) -> Judge:
-        return load_judge_for(spec, loader=self.get)
-
-
-def load_judge_for(
-    spec: str, model: ChatModel | None = None, loader: Callable[[str], ChatModel] | None = None
-) -> Judge:
-    """The judge for ``spec``. A model judge whose model spec names ``model`` (or names none while ``model`` is
-    the default) reuses that loaded model; other local judge models come from ``loader`` (default:
-    :func:`load_chat_model`)."""
-    name, _, model_spec = parse_judge_spec(spec)
-    entry = JUDGES.get(name)
-    if entry is None or not entry.uses_model:
-        return get_judge(spec)
-    target = model_spec or entry.default_model or DEFAULT_JUDGE_MODEL
-    if target.startswith("openai:"):
-        return get_judge(spec)
-    if model is not None and model.name == target:
-        return get_judge(spec, model=model)
-    return get_judge(spec, model=(loader or load_chat_model)(target))
+    def summary(self) -> str:
+        lines = []
+        for suite, m in self.metrics.get("evaluate", {}).items():
+            harm = "not judged" if m.get("harmful") is None else f"{100 * m['harmful']['rate']:.1f}%"
+            lines.append(
+                f"{suite}: refused {100 * m['refusal']['rate']:.1f}%, not refused "
+                f"{100 * m['non_refusal']['rate']:.1f}%, harmful {harm} (judge {m['judge']})"
+            )
+        pre = self.metrics.get("prefill")
+        if pre:
+            name = "harmful rate" if pre["measure"] == "harmful" else "non-refusal rate"
+            per_k = ", ".join(f"k={k}: {100 * v['rate']:.0f}%" for k, v in pre["success"].items())
+            lines.append(f"prefilling attack, {name}: {per_k}")
+        dec = self.metrics.get("decoding")
+        if dec:
+            name = "harmful rate" if dec["measure"] == "harmful" else "non-refusal rate"
+            lines.append(
+                f"decoding exploit, worst-case {name}: {100 * float(dec['worst_case']['rate']):.1f}%"
+            )
+        lines += [f"not applicable: {text}" for text in self.notes.values()]
+        return "\n".join(lines)
 
 
 def run_audit(
     config: AuditConfig | None = None,
-    out: str | None = None,
-    resume: bool = False,
-    models: dict[str, ChatModel] | None = None,
+    run: RunDir | None = None,
+    *,
+    models: ModelPool | Mapping[str, ChatModel] | None = None,
     progress: bool = True,
-) -> RunDir:
-    """Audit one model: refusal and over-refusal, prefilling curve, decoding exploit and (with a reference)
-    the per-token KL profile. ``models`` maps specs to already-loaded models (tests pass tiny models)."""
-    config = config or AuditConfig()
-    harmful = load_suite(config.harmful_suite)  # bad suites fail before a run directory or model exists
-    borderline = load_suite(config.borderline_suite)
-    run = RunDir.create("audit", config.to_dict(), out=out, resume=resume)
-    pool = _Models(config.device, config.dtype, models)
-    judge = pool.judge(config.judge)
-    model = pool.get(config.model)
+) -> AuditResult:
+    """Audit one model into ``run`` (required for the report; without it the stages run in memory and only
+    their rates are returned). ``models`` shares already-loaded models (tests pass tiny models)."""
+    from alignscope.analysis.token_kl import TokenKLConfig, run_token_kl
+    from alignscope.attacks.decoding import DecodingConfig, run_decoding
+    from alignscope.attacks.prefill import PrefillConfig, run_prefill
+    from alignscope.data import load_suite
+    from alignscope.evaluate import EvaluateConfig, evaluate_suites
+    from alignscope.models.local import LocalModel
+    from alignscope.report.build import rebuild
 
-    gen = GenerationConfig(
-        max_new_tokens=config.max_new_tokens, seed=config.seed, batch_size=config.batch_size
-    )
+    config = config or AuditConfig()
+    harmful = load_suite(config.harmful_suite)  # bad suites fail before a model loads
+    borderline = load_suite(config.borderline_suite)
+    pool = pool_of(models, config.device, config.dtype)
+    model = pool.get(config.model)
+    common: dict[str, Any] = {
+        "model": config.model,
+        "judge": config.judge,
+        "seed": config.seed,
+        "batch_size": config.batch_size,
+    }
+    notes: dict[str, str] = {}
     evaluate_suites(
         model,
         [harmful.take(config.n_harmful, config.seed), borderline.take(config.n_borderline, config.seed)],
-        judge,
-        gen,
+        pool.judge(config.judge),
+        EvaluateConfig(
+            max_new_tokens=config.max_new_tokens, seed=config.seed, batch_size=config.batch_size
+        ).generation(),
         run,
         progress,
     )
-
-    attack_set = harmful.take(config.n_prefill, config.seed)
-    source_spec = config.prefill_source or config.reference or DEFAULT_MODEL
-    responses = harmful_responses(
-        pool.get(source_spec), list(attack_set), judge, max(config.kl_tokens, 64), config.batch_size, run
-    )
-    pcfg = PrefillConfig(
-        config.prefill_ks, config.attack_tokens, batch_size=config.batch_size, seed=config.seed
-    )
-    source = pool.get(source_spec)
-    counter = source if isinstance(source, LocalModel) else None
-    if model.supports_prefill and (isinstance(model, LocalModel) or counter is not None):
-        prefill_attack(
-            model, list(attack_set), responses, judge, pcfg, run, progress=progress, token_counter=counter
-        )
-    else:
-        note(
+    source = config.prefill_source or config.reference or DEFAULT_MODEL
+    counter = pool.get(source)
+    if model.supports_prefill and (isinstance(model, LocalModel) or isinstance(counter, LocalModel)):
+        run_prefill(
+            PrefillConfig(
+                suite=config.harmful_suite,
+                n=config.n_prefill,
+                ks=config.prefill_ks,
+                source=source,
+                max_new_tokens=config.attack_tokens,
+                response_tokens=max(config.kl_tokens, 64),
+                **common,
+            ),
             run,
-            "prefill",
-            f"{model.name} does not accept an assistant prefill: the prefilling attack is not "
-            "applicable to it.",
-        )
-
-    if config.decoding != "off":
-        grid = FULL_GRID if config.decoding == "full" else REDUCED_GRID
-        decoding_attack(
-            model,
-            list(harmful.take(config.n_decoding, config.seed)),
-            judge,
-            grid,
-            config.attack_tokens,
-            config.seed,
-            config.batch_size,
-            run,
+            models=pool,
             progress=progress,
         )
-
+    else:
+        notes["prefill"] = note(
+            run,
+            "prefill",
+            f"{model.name} does not accept an assistant prefill: the prefilling attack is not applicable to it.",
+        )
+    if config.decoding != "off":
+        run_decoding(
+            DecodingConfig(
+                suite=config.harmful_suite,
+                n=config.n_decoding,
+                grid=config.decoding,
+                max_new_tokens=config.attack_tokens,
+                **common,
+            ),
+            run,
+            models=pool,
+            progress=progress,
+        )
     if config.reference is not None:
         reference = pool.get(config.reference)
         if isinstance(model, LocalModel) and isinstance(reference, LocalModel):
-            token_kl_stage(model, reference, attack_set, responses, config.kl_tokens, run)
+            run_token_kl(
+                TokenKLConfig(
+                    reference=config.reference,
+                    suite=config.harmful_suite,
+                    n=config.n_prefill,
+                    source=source,
+                    max_tokens=config.kl_tokens,
+                    **common,
+                ),
+                run,
+                models=pool,
+                progress=progress,
+            )
         else:
-            note(
+            notes["token_kl"] = note(
                 run,
                 "token_kl",
                 "the per-token KL needs the logits of both models: not applicable to remote models.",
             )
     if config.safety_layers:
         if isinstance(model, LocalModel):
-            if "safety_layers" not in run.metrics():
+            if run is None or "safety_layers" not in run.metrics():
                 from alignscope.analysis.safety_analysis import analyze_safety_layers
 
                 analyze_safety_layers(
                     model, out=run, n_prompts=config.n_safety, localize=False, saliency=2, progress=progress
                 )
         else:
-            note(
+            notes["safety_layers"] = note(
                 run,
                 "safety_layers",
                 "the safety-layer scan needs hidden states: not applicable to remote models.",
             )
-    rebuild(run)
-    return run
+    metrics: dict[str, Any] = {}
+    if run is not None:
+        metrics, _ = rebuild(run)
+    return AuditResult(metrics, notes)
 
 
-def note(run: RunDir, key: str, text: str) -> None:
-    """Record, once, why a part of a command was not run; the report lists these notes."""
+def note(run: RunDir | None, key: str, text: str) -> str:
+    """Record, once, why a part of a command was not run; the report lists these notes. Returns ``text``."""
     log.warning(text)
-    if key not in run.done("note"):
+    if run is not None and key not in run.done("note"):
         run.append({"stage": "note", "key": key, "text": text})
-
-
-def evaluate_suites(
-    model: ChatModel,
-    suites: Sequence[Suite],
-    judge: Judge,
-    gen: GenerationConfig,
-    run: RunDir,
-    progress: bool = True,
-    system: str | None = None,
-) -> list[dict[str, Any]]:
-    """Answer every prompt of ``suites`` and judge it (stage ``evaluate``; records carry ``suite``)."""
-    items = [
-        GenItem(f"{s.name}:{x.id}", x, user_turn(x.prompt, system), extra={"suite": s.name})
-        for s in suites
-        for x in s
-    ]
-    return generate_and_judge(model, items, "evaluate", gen, judge, run, progress=progress)
-
-
-def token_kl_stage(
-    model: LocalModel,
-    reference: LocalModel,
-    suite: Suite,
-    responses: dict[str, str],
-    max_tokens: int,
-    run: RunDir,
-) -> dict[str, Any]:
-    """Per-token KL over (prompt, harmful response) pairs, stored as one ``token_kl`` record."""
-    done = run.done("token_kl")
-    key = f"{model.name}||{reference.name}"
-    if key in done:
-        return done[key]
-    pairs = [(s, responses[s.id]) for s in suite if s.id in responses]
-    if not pairs:
-        log.warning("no harmful responses available: per-token KL skipped")
-        return {}
-    kl = per_token_kl(
-        model, reference, [user_turn(s.prompt) for s, _ in pairs], [r for _, r in pairs], max_tokens
-    )
-    rec = {"stage": "token_kl", "key": key, "suite": suite.name, **kl.to_dict()}
-    run.append(rec)
-    return rec
+    return text

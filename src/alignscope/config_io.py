@@ -22,7 +22,7 @@ import types
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 C = TypeVar("C", bound="ConfigIO")
 
@@ -32,7 +32,9 @@ class ConfigError(ValueError):
 
 
 def jsonable(value: Any) -> Any:
-    """``value`` with tuples as lists and paths as strings, recursively (dicts, lists)."""
+    """``value`` with tuples as lists, paths as strings and nested configs as dicts, recursively."""
+    if isinstance(value, ConfigIO):
+        return value.to_dict()
     if isinstance(value, tuple | list):
         return [jsonable(v) for v in value]
     if isinstance(value, dict):
@@ -51,12 +53,46 @@ def _tuple_field(annotation: Any) -> bool:
     return False
 
 
+def _nested_config(annotation: Any) -> type[ConfigIO] | None:
+    """The config class of a field whose type is a nested config (or an optional one), else None."""
+    candidates = (
+        typing.get_args(annotation)
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        else (annotation,)
+    )
+    for c in candidates:
+        if isinstance(c, type) and issubclass(c, ConfigIO):
+            return c
+    return None
+
+
+def _field_value(annotation: Any, value: Any) -> Any:
+    nested = _nested_config(annotation)
+    if nested is not None and isinstance(value, Mapping):
+        return nested.from_dict(value)
+    return _tuples(value) if _tuple_field(annotation) else value
+
+
 def _tuples(value: Any) -> Any:
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 class ConfigIO:
-    """Mixin for frozen config dataclasses: ``to_dict``, ``from_dict``, ``replace``, ``digest``."""
+    """Mixin for frozen config dataclasses: ``to_dict``, ``from_dict``, ``replace``, ``digest``, ``preflight``."""
+
+    suite_fields: ClassVar[tuple[str, ...]] = ()
+    """Fields holding suite specs (a string or a tuple of them): :meth:`preflight` resolves them."""
+
+    def preflight(self) -> None:
+        """The checks that need more than the field values but no model: every suite spec resolves (a
+        misspelt built-in, a missing file or a malformed row raises :class:`~alignscope.data.types.SuiteError`
+        naming it). The CLI calls this before it makes a run directory or loads a model."""
+        from alignscope.data import load_suite
+
+        for name in self.suite_fields:
+            value = getattr(self, name)
+            for spec in (value,) if isinstance(value, str | Path) else value or ():
+                load_suite(spec)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
@@ -71,7 +107,7 @@ class ConfigIO:
                 f"unknown {cls.__name__} field(s): {', '.join(unknown)} (known: {', '.join(sorted(fields))})"
             )
         hints = typing.get_type_hints(cls)
-        values = {k: _tuples(v) if _tuple_field(hints.get(k)) else v for k, v in d.items()}
+        values = {k: _field_value(hints.get(k), v) for k, v in d.items()}
         try:
             return cls(**values)
         except TypeError as e:

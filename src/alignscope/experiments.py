@@ -52,15 +52,15 @@ class Experiment:
 
     @property
     def config_class(self) -> type[Any]:
-        return resolve(self.config)  # type: ignore[no-any-return]
+        return resolve(self.config)
 
     @property
     def runner(self) -> Callable[..., Any]:
-        return resolve(self.run)  # type: ignore[no-any-return]
+        return resolve(self.run)
 
     @property
     def result_class(self) -> type[Any]:
-        return resolve(self.result)  # type: ignore[no-any-return]
+        return resolve(self.result)
 
     @property
     def names(self) -> tuple[str, str, str]:
@@ -70,32 +70,83 @@ class Experiment:
 
 def _e(name: str, command: str, module: str, config: str, run: str, result: str, summary: str,
        section: str | None = None) -> Experiment:  # fmt: skip
-    return Experiment(name, command, f"{module}:{config}", f"{module}:{run}", f"{module}:{result}", summary, section)
+    return Experiment(
+        name, command, f"{module}:{config}", f"{module}:{run}", f"{module}:{result}", summary, section
+    )
 
 
 EXPERIMENTS: dict[str, Experiment] = {
     e.name: e
     for e in (
-        _e("audit", "audit", "alignscope.audit", "AuditConfig", "run_audit", "AuditResult",
-           "the full audit: refusal, over-refusal, prefilling, decoding exploit, per-token KL, safety layers"),
-        _e("evaluate", "evaluate", "alignscope.evaluate", "EvaluateConfig", "run_evaluate", "EvaluateResult",
-           "refusal, non-refusal (harmful with a harm judge) and over-refusal rates on suites",
-           "alignscope.report.build:evaluate_section"),
-        _e("prefill", "attack prefill", "alignscope.attacks.prefill", "PrefillConfig", "run_prefill",
-           "PrefillResult", "prefilling attack: k forced tokens of a harmful answer, then the model continues",
-           "alignscope.report.build:prefill_section"),
-        _e("decoding", "attack decoding", "alignscope.attacks.decoding", "DecodingConfig", "run_decoding",
-           "DecodingResult", "decoding-parameter exploit: worst case over temperature, top-p and top-k",
-           "alignscope.report.build:decoding_section"),
-        _e("gcg", "attack gcg", "alignscope.attacks.gcg_eval", "GCGAttackConfig", "run_gcg_attack",
-           "GCGAttackResult", "GCG suffixes, then judged generations per split",
-           "alignscope.attacks.gcg_report:gcg_section"),
-        _e("token-kl", "analyze token-kl", "alignscope.analysis.token_kl", "TokenKLConfig", "run_token_kl",
-           "TokenKLResult", "per-token KL between a model and a reference on harmful (prompt, answer) pairs",
-           "alignscope.report.build:token_kl_section"),
-        _e("judge-eval", "judge-eval", "alignscope.judges.validation", "JudgeEvalConfig", "run_judge_eval",
-           "JudgeEvaluation", "score a judge against hand-labelled outputs",
-           "alignscope.report.judge_eval_section:judge_eval_section"),
+        _e(
+            "audit",
+            "audit",
+            "alignscope.audit",
+            "AuditConfig",
+            "run_audit",
+            "AuditResult",
+            "the full audit: refusal, over-refusal, prefilling, decoding exploit, per-token KL, safety layers",
+        ),
+        _e(
+            "evaluate",
+            "evaluate",
+            "alignscope.evaluate",
+            "EvaluateConfig",
+            "run_evaluate",
+            "EvaluateResult",
+            "refusal, non-refusal (harmful with a harm judge) and over-refusal rates on suites",
+            "alignscope.report.build:evaluate_section",
+        ),
+        _e(
+            "prefill",
+            "attack prefill",
+            "alignscope.attacks.prefill",
+            "PrefillConfig",
+            "run_prefill",
+            "PrefillResult",
+            "prefilling attack: k forced tokens of a harmful answer, then the model continues",
+            "alignscope.report.build:prefill_section",
+        ),
+        _e(
+            "decoding",
+            "attack decoding",
+            "alignscope.attacks.decoding",
+            "DecodingConfig",
+            "run_decoding",
+            "DecodingResult",
+            "decoding-parameter exploit: worst case over temperature, top-p and top-k",
+            "alignscope.report.build:decoding_section",
+        ),
+        _e(
+            "gcg",
+            "attack gcg",
+            "alignscope.attacks.gcg_eval",
+            "GCGAttackConfig",
+            "run_gcg_attack",
+            "GCGAttackResult",
+            "GCG suffixes, then judged generations per split",
+            "alignscope.attacks.gcg_report:gcg_section",
+        ),
+        _e(
+            "token-kl",
+            "analyze token-kl",
+            "alignscope.analysis.token_kl",
+            "TokenKLConfig",
+            "run_token_kl",
+            "TokenKLResult",
+            "per-token KL between a model and a reference on harmful (prompt, answer) pairs",
+            "alignscope.report.build:token_kl_section",
+        ),
+        _e(
+            "judge-eval",
+            "judge-eval",
+            "alignscope.judges.validation",
+            "JudgeEvalConfig",
+            "run_judge_eval",
+            "JudgeEvaluation",
+            "score a judge against hand-labelled outputs",
+            "alignscope.report.judge_eval_section:judge_eval_section",
+        ),
     )
 }
 """Every experiment by name. Sections appear in reports in this order."""

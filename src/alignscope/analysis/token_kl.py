@@ -16,9 +16,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from alignscope.config_io import ConfigIO
+from alignscope.judges.registry import check_judge_spec
 from alignscope.models.base import Conversation, ModelError
 from alignscope.models.local import LocalModel
 from alignscope.stats import bootstrap_mean_ci
+from alignscope.validation import FieldChecks
 
 
 @dataclass(frozen=True)
@@ -111,3 +114,119 @@ def per_token_kl(
 
 def _nan_to_none(a: np.ndarray) -> list[float | None]:
     return [None if np.isnan(x) else float(x) for x in a]
+
+
+STAGE = "token_kl"
+
+
+@dataclass(frozen=True)
+class TokenKLConfig(ConfigIO):
+    """Settings of ``alignscope analyze token-kl``.
+
+    Attributes:
+        model: spec of the model (e.g. an aligned one).
+        reference: spec of the reference (e.g. its base model); must share the tokenizer.
+        suite: harmful suite spec; samples with a ``response`` use it as the teacher-forced answer.
+        n: (prompt, answer) pairs (a category-stratified subset); None takes every prompt.
+        source: spec of the model writing the answers the suite lacks (None: the reference).
+        judge: judge spec; answers it counts as refusals (or, for a harm judge, as not harmful) are left out.
+        max_tokens: response positions measured.
+        seed: seeds the subset.
+        batch_size: generation and teacher-forcing batch size.
+        device: cuda, mps or cpu (None: the best available).
+        dtype: float32, bfloat16 or float16 (None: by device).
+    """
+
+    suite_fields = ("suite",)
+    model: str = "smollm2-aligned"
+    reference: str = "smollm2"
+    suite: str = "harmful"
+    n: int | None = 32
+    source: str | None = None
+    judge: str = "keyword"
+    max_tokens: int = 48
+    seed: int = 0
+    batch_size: int = 16
+    device: str | None = None
+    dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        check = FieldChecks(self)
+        check.at_least(1, "n", "max_tokens", "batch_size")
+        check_judge_spec(self.judge)
+
+
+@dataclass(frozen=True)
+class TokenKLResult(ConfigIO):
+    """The KL profile as stored in the run (``TokenKL.to_dict`` plus the suite); empty when no pair had an
+    answer to teacher-force."""
+
+    profile: dict[str, Any]
+
+    def summary(self) -> str:
+        mean = [m for m in self.profile.get("mean", []) if m is not None]
+        if not mean:
+            return "per-token KL: no (prompt, answer) pairs"
+        early, late = mean[:5], mean[5:]
+        return (
+            f"per-token KL of {self.profile['model']} against {self.profile['reference']} over "
+            f"{self.profile['n_pairs']} pairs: mean {sum(early) / len(early):.3f} nats at positions 1-5, "
+            f"{sum(late) / max(1, len(late)):.3f} after"
+        )
+
+
+def token_kl_stage(
+    model: LocalModel,
+    reference: LocalModel,
+    suite: Any,
+    responses: dict[str, str],
+    max_tokens: int,
+    run: Any = None,
+) -> dict[str, Any]:
+    """Per-token KL over ``suite``'s (prompt, answer) pairs, stored as one ``token_kl`` record in ``run``."""
+    from alignscope.models.base import user_turn
+
+    done = run.done(STAGE) if run is not None else {}
+    key = f"{model.name}||{reference.name}"
+    if key in done:
+        return dict(done[key])
+    pairs = [(s, responses[s.id]) for s in suite if s.id in responses]
+    if not pairs:
+        return {}
+    kl = per_token_kl(
+        model, reference, [user_turn(s.prompt) for s, _ in pairs], [r for _, r in pairs], max_tokens
+    )
+    rec = {"stage": STAGE, "key": key, "suite": getattr(suite, "name", ""), **kl.to_dict()}
+    if run is not None:
+        run.append(rec)
+    return rec
+
+
+def run_token_kl(
+    config: TokenKLConfig | None = None,
+    run: Any = None,
+    *,
+    models: Any = None,
+    progress: bool = True,
+) -> TokenKLResult:
+    """Per-token KL as an experiment: the answers and the profile go into ``run``, whose report is rebuilt."""
+    from alignscope.attacks.prefill import harmful_responses
+    from alignscope.data import load_suite
+    from alignscope.models.pool import pool_of
+
+    config = config or TokenKLConfig()
+    samples = load_suite(config.suite).take(config.n, config.seed)
+    pool = pool_of(models, config.device, config.dtype)
+    model, reference = pool.get(config.model), pool.get(config.reference)
+    if not isinstance(model, LocalModel) or not isinstance(reference, LocalModel):
+        raise ModelError("the per-token KL needs the logits of both models: local models only")
+    source = pool.get(config.source or config.reference)
+    responses = harmful_responses(
+        source, list(samples), pool.judge(config.judge), max(64, config.max_tokens), config.batch_size, run
+    )
+    profile = token_kl_stage(model, reference, samples, responses, config.max_tokens, run)
+    if run is not None:
+        from alignscope.report.build import rebuild
+
+        rebuild(run)
+    return TokenKLResult(profile)

@@ -9,17 +9,22 @@ one it does not call a refusal (worst-case non-refusal rate, e.g. the keyword ju
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from alignscope.attacks.stage import GenItem, generate_and_judge
+from alignscope.config_io import ConfigIO
 from alignscope.data.types import Sample
 from alignscope.judges.base import Judge
 from alignscope.judges.outcomes import attack_success, success_flags
+from alignscope.judges.registry import check_judge_spec
 from alignscope.models.base import ChatModel, GenerationConfig
+from alignscope.models.loading import DEFAULT_MODEL
+from alignscope.models.pool import ModelPool, pool_of
 from alignscope.runs.store import RunDir
 from alignscope.stats import rate_of
+from alignscope.validation import FieldChecks
 
 
 def _steps(lo: float, hi: float, step: float) -> tuple[float, ...]:
@@ -59,6 +64,42 @@ def decoding_settings(
 
 
 @dataclass(frozen=True)
+class DecodingConfig(ConfigIO):
+    """Settings of the decoding-parameter exploit (``alignscope attack decoding``).
+
+    Attributes:
+        model: spec of the attacked model.
+        suite: harmful suite spec.
+        n: prompts (a category-stratified subset); None takes every prompt.
+        grid: ``reduced`` (greedy + 7 sampled settings, CPU-sized) or ``full`` (greedy + the paper's 49).
+        judge: judge spec; the rate it supports names the worst case (non-refusal for ``keyword``).
+        max_new_tokens: tokens per answer.
+        seed: seeds the subset and sampling.
+        batch_size: generation batch size.
+        device: cuda, mps or cpu (None: the best available).
+        dtype: float32, bfloat16 or float16 (None: by device).
+    """
+
+    suite_fields = ("suite",)
+    model: str = DEFAULT_MODEL
+    suite: str = "harmful"
+    n: int | None = 16
+    grid: Literal["reduced", "full"] = "reduced"
+    judge: str = "keyword"
+    max_new_tokens: int = 48
+    seed: int = 0
+    batch_size: int = 16
+    device: str | None = None
+    dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        check = FieldChecks(self)
+        check.at_least(1, "n", "max_new_tokens", "batch_size")
+        check.one_of("grid", ("reduced", "full"))
+        check_judge_spec(self.judge)
+
+
+@dataclass(frozen=True)
 class DecodingResult:
     """Worst-case and per-setting success of the decoding exploit, with the records behind them.
 
@@ -78,6 +119,18 @@ class DecodingResult:
             "greedy": self.greedy,
             "per_setting": self.per_setting,
         }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DecodingResult:
+        return cls(str(d["measure"]), dict(d["worst_case"]), dict(d["greedy"]), dict(d["per_setting"]), [])
+
+    def summary(self) -> str:
+        name = "harmful rate" if self.measure == "harmful" else "non-refusal rate"
+        w = self.worst_case
+        return (
+            f"decoding exploit: worst-case {name} {100 * float(w['rate']):.1f}% of {w['n']} prompts over "
+            f"{len(self.per_setting)} settings (greedy {100 * float(self.greedy.get('rate', 0)):.1f}%)"
+        )
 
 
 def decoding_attack(
@@ -113,3 +166,37 @@ def summarize_decoding(
     per = {lab: attack_success([r for r in records if r["setting"] == lab]).to_dict() for lab in labels}
     worst = rate_of(list(broken.values())).to_dict()
     return DecodingResult(measure, worst, per.get("greedy", {}), per, list(records))
+
+
+def run_decoding(
+    config: DecodingConfig | None = None,
+    run: RunDir | None = None,
+    *,
+    models: ModelPool | Mapping[str, ChatModel] | None = None,
+    progress: bool = True,
+) -> DecodingResult:
+    """The decoding exploit as an experiment: answers and verdicts go into ``run`` (resumable), whose report
+    is rebuilt."""
+    from alignscope.data import load_suite
+
+    config = config or DecodingConfig()
+    samples = list(load_suite(config.suite).take(config.n, config.seed))
+    pool = pool_of(models, config.device, config.dtype)
+    model = pool.get(config.model)
+    grid = FULL_GRID if config.grid == "full" else REDUCED_GRID
+    result = decoding_attack(
+        model,
+        samples,
+        pool.judge(config.judge),
+        grid,
+        config.max_new_tokens,
+        config.seed,
+        config.batch_size,
+        run,
+        progress=progress,
+    )
+    if run is not None:
+        from alignscope.report.build import rebuild
+
+        rebuild(run)
+    return result

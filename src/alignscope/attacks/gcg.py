@@ -42,6 +42,7 @@ from alignscope.attacks.gcg_ops import (
     unique_candidates,
 )
 from alignscope.attacks.gcg_scoring import CandidateScorer, fast_bfloat16, full_loss, low_precision_copy
+from alignscope.config_io import ConfigIO
 from alignscope.models.base import Conversation
 from alignscope.models.fast_linear import MODES as FP32_LINEAR_MODES
 from alignscope.models.fast_linear import fp32_linears
@@ -59,7 +60,7 @@ which the re-tokenisation filter then rejects often."""
 
 
 @dataclass(frozen=True)
-class GCGConfig:
+class GCGConfig(ConfigIO):
     """Settings of GCG.
 
     Attributes:
@@ -131,9 +132,6 @@ class GCGConfig:
         check.one_of("fp32_linear", tuple(FP32_LINEAR_MODES))
         check.at_least(1, "num_steps", "search_width", "topk", "n_replace", "screen_keep", "batch_size")
         check.at_least(0, "buffer_size", "max_resample")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     @classmethod
     def exact(cls, **overrides: Any) -> GCGConfig:

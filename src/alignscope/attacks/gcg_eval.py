@@ -11,20 +11,24 @@ model and on any transfer models, with a no-suffix baseline beside it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from alignscope.attacks import gcg_report  # noqa: F401  (registers the report section)
 from alignscope.attacks.gcg import GCGConfig, GCGResult, run_gcg, run_universal_gcg
 from alignscope.attacks.gcg_ops import PLACEHOLDER, GCGError, fill_suffix
 from alignscope.attacks.stage import GenItem, generate_and_judge
+from alignscope.config_io import ConfigIO
 from alignscope.data.types import Sample
 from alignscope.judges.base import Judge
 from alignscope.judges.outcomes import attack_success
+from alignscope.judges.registry import check_judge_spec
 from alignscope.models.base import ChatModel, Conversation, GenerationConfig
+from alignscope.models.loading import DEFAULT_MODEL
 from alignscope.models.local import LocalModel
+from alignscope.models.pool import ModelPool, pool_of
 from alignscope.runs.store import RunDir
+from alignscope.validation import FieldChecks
 
 log = logging.getLogger("alignscope.attacks.gcg")
 
@@ -52,6 +56,109 @@ class GCGAttackResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"success": self.success, "suffixes": self.suffixes}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> GCGAttackResult:
+        return cls(dict(d["success"]), dict(d["suffixes"]))
+
+    def summary(self) -> str:
+        lines = [f"GCG: {len(self.suffixes)} suffix(es)"]
+        for key, rate in self.success.items():
+            name = "harmful rate" if rate.get("measure") == "harmful" else "non-refusal rate"
+            lines.append(f"  {key}: {name} {100 * float(rate['rate']):.1f}% (n={rate['n']})")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class GCGAttackConfig(ConfigIO):
+    """Settings of ``alignscope attack gcg``.
+
+    Attributes:
+        model: spec of the white-box model the suffixes are optimised on (a local model).
+        suite: behaviours; a sample's ``target`` (AdvBench's "Sure, here is ...") is its optimisation target,
+            "Sure, here is" when it has none.
+        n: behaviours attacked (a category-stratified subset); None takes every one.
+        judge: judge spec for the answers; the rate it supports names the success (non-refusal for keyword).
+        gcg: the optimisation's settings (:class:`alignscope.attacks.gcg.GCGConfig`); from the CLI,
+            ``--gcg-num-steps 50`` or ``--set gcg.search_width=64``.
+        universal: optimise one suffix over all behaviours instead of one per behaviour.
+        held_out: with ``universal``: this many further behaviours of the suite answered with the suffix.
+        transfer: specs of other models (local or remote) answering the same attacked prompts.
+        template: the user turn, with ``{prompt}`` and ``{optim_str}``.
+        max_new_tokens: tokens generated with the found suffix.
+        seed: seeds the subset (the optimisation's own seed is ``gcg.seed``).
+        device: cuda, mps or cpu (None: the best available).
+        dtype: float32, bfloat16 or float16 (None: by device).
+    """
+
+    suite_fields = ("suite",)
+    model: str = DEFAULT_MODEL
+    suite: str = "harmful"
+    n: int | None = 5
+    judge: str = "keyword"
+    gcg: GCGConfig = field(default_factory=GCGConfig)
+    universal: bool = False
+    held_out: int = 0
+    transfer: tuple[str, ...] = ()
+    template: str = DEFAULT_TEMPLATE
+    max_new_tokens: int = 64
+    seed: int = 0
+    device: str | None = None
+    dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        check = FieldChecks(self)
+        check.at_least(1, "n", "max_new_tokens")
+        check.at_least(0, "held_out")
+        check_judge_spec(self.judge)
+        if self.held_out and not self.universal:
+            raise GCGError(
+                "GCGAttackConfig.held_out needs universal=True (held-out behaviours test one suffix)"
+            )
+        if PLACEHOLDER not in self.template or "{prompt}" not in self.template:
+            raise GCGError(
+                f"GCGAttackConfig.template must contain {{prompt}} and {PLACEHOLDER}: {self.template!r}"
+            )
+
+
+def run_gcg_attack(
+    config: GCGAttackConfig | None = None,
+    run: RunDir | None = None,
+    *,
+    models: ModelPool | Mapping[str, ChatModel] | None = None,
+    progress: bool = True,
+) -> GCGAttackResult:
+    """GCG as an experiment: optimise, answer, judge, into ``run`` (resumable per behaviour and per answer),
+    whose report is rebuilt."""
+    from alignscope.data import load_suite
+
+    config = config or GCGAttackConfig()
+    full = load_suite(config.suite)
+    samples = list(full.take(config.n, config.seed))
+    chosen = {s.id for s in samples}
+    extra = [s for s in full if s.id not in chosen][: config.held_out]
+    pool = pool_of(models, config.device, config.dtype)
+    model = pool.get(config.model)
+    if not isinstance(model, LocalModel):
+        raise GCGError(f"GCG needs gradients: {model.name} is not a local model")
+    result = gcg_attack(
+        model,
+        samples,
+        pool.judge(config.judge),
+        config.gcg,
+        run,
+        GenerationConfig(max_new_tokens=config.max_new_tokens),
+        universal=config.universal,
+        held_out=extra,
+        transfer=[pool.get(t) for t in config.transfer],
+        template=config.template,
+        progress=progress,
+    )
+    if run is not None:
+        from alignscope.report.build import rebuild
+
+        rebuild(run)
+    return result
 
 
 def attack_chat(sample: Sample, template: str = DEFAULT_TEMPLATE) -> Conversation:

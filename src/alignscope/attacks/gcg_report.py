@@ -1,8 +1,5 @@
-"""The GCG section of a run's HTML report, built from its ``gcg`` and ``gcg_eval`` records alone.
-
-Importing this module registers :func:`gcg_section` in :data:`alignscope.report.build.EXTRA_SECTIONS`
-(once), so ``alignscope report`` on a GCG run shows it wherever this module has been imported.
-"""
+"""The GCG section of a run's HTML report, built from its ``gcg`` and ``gcg_eval`` records alone (the
+experiment registry, :mod:`alignscope.experiments`, names it as the ``gcg`` experiment's section)."""
 
 from __future__ import annotations
 
@@ -12,7 +9,6 @@ from typing import Any
 
 from alignscope.judges.outcomes import attack_success
 from alignscope.models.base import GenerationConfig
-from alignscope.report import build
 from alignscope.report.examples import examples, joined
 from alignscope.report.html import Figure, Section, Table
 from alignscope.report.plots import Series, line_plot
@@ -172,7 +168,3 @@ def _mean_curve(curves: Sequence[Sequence[float]]) -> list[float]:
         vals = [c[i] for c in curves if len(c) > i]
         out.append(sum(vals) / len(vals))
     return out
-
-
-if gcg_section not in build.EXTRA_SECTIONS:
-    build.EXTRA_SECTIONS.append(gcg_section)

@@ -12,16 +12,20 @@ non-refusal rate (:func:`alignscope.judges.outcomes.attack_success`), named as s
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from alignscope.attacks.stage import GenItem, generate_and_judge
+from alignscope.config_io import ConfigIO
 from alignscope.data.types import Sample
 from alignscope.judges.base import Judge
 from alignscope.judges.outcomes import attack_success, success_flags
+from alignscope.judges.registry import check_judge_spec
 from alignscope.models.base import ChatModel, GenerationConfig, ModelError, user_turn
+from alignscope.models.loading import DEFAULT_MODEL
 from alignscope.models.local import LocalModel
+from alignscope.models.pool import ModelPool, pool_of
 from alignscope.runs.store import RunDir
 from alignscope.validation import FieldChecks
 
@@ -31,44 +35,58 @@ DEFAULT_KS = (0, 3, 5, 10, 20, 40)
 
 
 @dataclass(frozen=True)
-class PrefillConfig:
-    """Settings of the prefilling attack.
+class PrefillConfig(ConfigIO):
+    """Settings of the prefilling attack (``alignscope attack prefill``).
 
     Attributes:
-        ks: numbers of harmful-response tokens to prefill (the paper: 5, 10, 20, 40; ablations 0..160).
+        model: spec of the attacked model.
+        suite: harmful suite spec; samples with a ``response`` use it as the harmful answer to prefill.
+        n: prompts (a category-stratified subset); None takes every prompt.
+        ks: numbers of harmful-answer tokens to prefill (the paper: 5, 10, 20, 40; ablations 0..160).
+        source: spec of the model writing the harmful answers the suite lacks (None: the embedded unaligned
+            default); its tokenizer counts the k tokens sent to a remote model.
+        judge: judge spec; the rate it supports names the attack's success (non-refusal for ``keyword``).
         max_new_tokens: tokens generated after the prefill.
-        response_tokens: tokens generated for each reference harmful response (must cover ``max(ks)``).
+        response_tokens: tokens of each generated harmful answer (must cover ``max(ks)``).
+        seed: seeds the subset (decoding is greedy).
         batch_size: generation batch size.
-        seed: generation seed (greedy by default, so it only matters for sampled settings).
+        device: cuda, mps or cpu (None: the best available).
+        dtype: float32, bfloat16 or float16 (None: by device).
     """
 
+    suite_fields = ("suite",)
+    model: str = DEFAULT_MODEL
+    suite: str = "harmful"
+    n: int | None = 20
     ks: tuple[int, ...] = DEFAULT_KS
+    source: str | None = None
+    judge: str = "keyword"
     max_new_tokens: int = 48
     response_tokens: int = 64
-    batch_size: int = 16
     seed: int = 0
+    batch_size: int = 16
+    device: str | None = None
+    dtype: str | None = None
 
     def __post_init__(self) -> None:
         check = FieldChecks(self)
         check.each_at_least(0, "ks")
-        check.at_least(1, "max_new_tokens", "response_tokens", "batch_size")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        check.at_least(1, "n", "max_new_tokens", "response_tokens", "batch_size")
+        check_judge_spec(self.judge)
 
 
 @dataclass(frozen=True)
-class PrefillResult:
+class PrefillResult(ConfigIO):
     """Attack success per k, the records behind it, and how many prompts had a usable harmful response.
 
     ``success[k]`` is a rate dict with ``measure``: ``"harmful"`` (harmful rate, from a judge that judges
-    harm) or ``"non_refusal"`` (non-refusal rate, e.g. the keyword judge).
+    harm) or ``"non_refusal"`` (non-refusal rate, e.g. the keyword judge). ``records`` are not serialised.
     """
 
     success: dict[int, dict[str, Any]]
-    records: list[dict[str, Any]]
     n_prompts: int
     n_dropped: int
+    records: list[dict[str, Any]] = field(default_factory=list, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +94,17 @@ class PrefillResult:
             "n_prompts": self.n_prompts,
             "n_dropped": self.n_dropped,
         }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PrefillResult:
+        success = {int(k): dict(v) for k, v in d["success"].items()}
+        return cls(success, int(d["n_prompts"]), int(d["n_dropped"]))
+
+    def summary(self) -> str:
+        measure = next(iter(self.success.values()), {}).get("measure", "non_refusal")
+        name = "harmful rate" if measure == "harmful" else "non-refusal rate"
+        per_k = ", ".join(f"k={k}: {100 * v['rate']:.0f}%" for k, v in self.success.items())
+        return f"prefilling attack, {name} on {self.n_prompts} prompts ({self.n_dropped} without a harmful answer): {per_k}"
 
 
 def harmful_responses(
@@ -154,4 +183,34 @@ def prefill_attack(
     )
     records = generate_and_judge(model, items, stage, gen, judge, run, progress=progress)
     success = {k: attack_success([r for r in records if r["k"] == k]).to_dict() for k in config.ks}
-    return PrefillResult(success, records, len(usable), len(samples) - len(usable))
+    return PrefillResult(success, len(usable), len(samples) - len(usable), records)
+
+
+def run_prefill(
+    config: PrefillConfig | None = None,
+    run: RunDir | None = None,
+    *,
+    models: ModelPool | Mapping[str, ChatModel] | None = None,
+    progress: bool = True,
+) -> PrefillResult:
+    """The prefilling attack as an experiment: load the suite, the attacked model, the answer source and the
+    judge; write the source's harmful answers and the attacked continuations into ``run`` (resumable) and
+    rebuild its report."""
+    from alignscope.data import load_suite
+
+    config = config or PrefillConfig()
+    samples = list(load_suite(config.suite).take(config.n, config.seed))
+    pool = pool_of(models, config.device, config.dtype)
+    model = pool.get(config.model)
+    judge = pool.judge(config.judge)
+    source = pool.get(config.source or DEFAULT_MODEL)
+    responses = harmful_responses(source, samples, judge, config.response_tokens, config.batch_size, run)
+    counter = source if isinstance(source, LocalModel) else None
+    result = prefill_attack(
+        model, samples, responses, judge, config, run, progress=progress, token_counter=counter
+    )
+    if run is not None:
+        from alignscope.report.build import rebuild
+
+        rebuild(run)
+    return result

@@ -27,6 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from alignscope.config_io import ConfigIO
 from alignscope.judges.base import Judge, JudgeError, Verdict
 from alignscope.judges.outcomes import verdict_of
 
@@ -358,7 +359,7 @@ def _agrees(label: str, pred: str, judges_harm: bool) -> bool:
 
 
 @dataclass(frozen=True)
-class JudgeEvalConfig:
+class JudgeEvalConfig(ConfigIO):
     """Settings of ``alignscope judge-eval``.
 
     Attributes:
@@ -381,9 +382,6 @@ class JudgeEvalConfig:
         if self.batch_size < 1:
             raise JudgeError(f"--batch-size must be >= 1, got {self.batch_size}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     @property
     def labels_source(self) -> str:
         return self.labels or f"shipped {self.split} split"
@@ -397,8 +395,8 @@ def run_judge_eval(config: JudgeEvalConfig, run: Any = None, judge: Judge | None
     """
     items = load_labels(config.labels) if config.labels else shipped_labels(config.split)
     if judge is None:
-        from alignscope.audit import load_judge_for
         from alignscope.models import load_model
+        from alignscope.models.pool import load_judge_for
 
         judge = load_judge_for(config.judge, loader=lambda spec: load_model(spec, device=config.device))
     verdicts = judge_items(judge, items, run, config.batch_size)

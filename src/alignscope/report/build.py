@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from alignscope.attacks.decoding import summarize_decoding
+from alignscope.experiments import report_sections
 from alignscope.judges.outcomes import (
     MEASURE_LABELS,
     attack_success,
@@ -28,10 +29,8 @@ from alignscope.runs.store import RunDir
 from alignscope.stats import Rate
 
 SectionBuilder = Callable[[RunDir, dict[str, Any]], tuple[list[Section], list[str]]]
-"""Reads a run (and fills the metrics dict); returns report sections and summary lines."""
-
-EXTRA_SECTIONS: list[SectionBuilder] = []
-"""Builders that other parts of alignscope (safety layers, training) register to add their stages."""
+"""Reads a run (and fills the metrics dict); returns report sections and summary lines. The builders come from
+the experiment registry (:func:`alignscope.experiments.report_sections`)."""
 
 
 def rebuild(run: RunDir) -> tuple[dict[str, Any], Any]:
@@ -41,22 +40,7 @@ def rebuild(run: RunDir) -> tuple[dict[str, Any], Any]:
     metrics: dict[str, Any] = {**run.metrics(), "command": cfg.get("command"), "config": cfg}
     sections: list[Section] = []
     summary: list[str] = []
-    from alignscope.attacks import gcg_report  # noqa: F401  (registers the GCG section)
-    from alignscope.report.judge_eval_section import judge_eval_section
-    from alignscope.report.safety_section import safety_layers_section
-    from alignscope.speech import attack_report  # noqa: F401  (registers the spoken-attack section)
-
-    builders = (
-        _evaluate,
-        _harmful_responses,
-        _prefill,
-        _decoding,
-        _token_kl,
-        safety_layers_section,
-        judge_eval_section,
-        *EXTRA_SECTIONS,
-        _notes,
-    )
+    builders: list[SectionBuilder] = report_sections()
     for builder in builders:
         secs, lines = builder(run, metrics)
         sections += secs
@@ -105,7 +89,7 @@ HARM_NOTE = (
 )
 
 
-def _evaluate(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], list[str]]:
+def evaluate_section(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], list[str]]:
     records = run.records("evaluate")
     if not records:
         return [], []
@@ -181,7 +165,7 @@ def _evaluate(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], list
     return sections, summary
 
 
-def _harmful_responses(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], list[str]]:
+def harmful_responses_section(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], list[str]]:
     recs = run.records("harmful_responses")
     if not recs:
         return [], []
@@ -210,7 +194,7 @@ def _harmful_responses(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Secti
     return [sec], []
 
 
-def _prefill(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], list[str]]:
+def prefill_section(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], list[str]]:
     recs = run.records("prefill")
     if not recs:
         return [], []
@@ -290,7 +274,7 @@ def _suites(recs: Sequence[dict[str, Any]]) -> str:
     return f"{len(ids)} prompts ({', '.join(prefixes[:4])}{'…' if len(prefixes) > 4 else ''})"
 
 
-def _decoding(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], list[str]]:
+def decoding_section(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], list[str]]:
     recs = run.records("decoding")
     if not recs:
         return [], []
@@ -337,7 +321,7 @@ def _decoding(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], list
     return [sec], [f"Decoding exploit: worst-case {name} {worst_txt} over {len(labels)} settings."]
 
 
-def _token_kl(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], list[str]]:
+def token_kl_section(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], list[str]]:
     recs = run.records("token_kl")
     if not recs:
         return [], []
@@ -385,7 +369,7 @@ def _token_kl(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], list
     return [sec], []
 
 
-def _notes(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], list[str]]:
+def notes_section(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], list[str]]:
     recs = run.records("note")
     if not recs:
         return [], []

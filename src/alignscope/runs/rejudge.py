@@ -16,8 +16,8 @@ from alignscope.runs.store import RunDir
 
 def rejudge_run(run: RunDir, judge_spec: str, device: str | None = None, batch: int = 32) -> int:
     """Replace the verdict of every judged record in ``run`` with ``judge_spec``'s; returns how many."""
-    from alignscope.audit import load_judge_for
     from alignscope.models import load_model
+    from alignscope.models.pool import load_judge_for
     from alignscope.report.build import rebuild
 
     judge = load_judge_for(judge_spec, loader=lambda spec: load_model(spec, device=device))

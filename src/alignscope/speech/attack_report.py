@@ -1,8 +1,7 @@
 """The spoken-attack section of a run's HTML report, built from its ``speech_*`` records alone.
 
-Importing this module registers :func:`speech_attack_section` in :data:`alignscope.report.build.EXTRA_SECTIONS`
-(once); :func:`alignscope.report.build.rebuild` imports it, so ``alignscope report`` shows the section for any
-run holding spoken-attack records. Nothing here loads a model or torch.
+The experiment registry (:mod:`alignscope.experiments`) lists it, so ``alignscope report`` shows the section for
+any run holding spoken-attack records. Nothing here loads a model or torch.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from alignscope.judges.outcomes import MEASURE_LABELS, attack_success, verdict_of, verdicts_of
-from alignscope.report import build
 from alignscope.report.examples import examples
 from alignscope.report.html import AudioClip, AudioRow, Figure, Section, Table
 from alignscope.report.plots import Series, line_plot
@@ -461,7 +459,3 @@ def _condition(r: Mapping[str, Any]) -> dict[str, str]:
     return {
         "condition": condition_label(r["kind"], r.get("budget"), r.get("attack_defense"), r["eval_defense"])
     }
-
-
-if speech_attack_section not in build.EXTRA_SECTIONS:
-    build.EXTRA_SECTIONS.append(speech_attack_section)

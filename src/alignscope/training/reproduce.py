@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignscope.config_io import ConfigIO
 from alignscope.judges.outcomes import attack_success, refusal_rate
 from alignscope.models.base import GenerationConfig
 from alignscope.models.loading import DEFAULT_MODEL, load_model
@@ -43,7 +44,7 @@ MODELS = ("base", "aligned", "deep")
 
 
 @dataclass(frozen=True)
-class ShallowDeepConfig:
+class ShallowDeepConfig(ConfigIO):
     """Settings of the reproduction; the defaults fit about 30 minutes on a 2-core CPU.
 
     Attributes:
@@ -117,10 +118,6 @@ class ShallowDeepConfig:
         check.at_least(1, "response_tokens", "kl_tokens", "attack_examples")
         check.positive("epochs", "learning_rate", "attack_epochs", "attack_learning_rate")
         check.each_at_least(0, "ks")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (tuples as lists), so a recorded config compares equal to the live one on resume."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)

@@ -1,27 +1,22 @@
 """The speech commands of the ``alignscope`` CLI: ``speech build|speak|misheard-data|evaluate|adversarial-train``,
 ``attack audio-pgd|audio-transfer`` and ``reproduce speechguard``.
 
-A thin shell like :mod:`alignscope.cli`, which wires these in with :func:`register`. Nothing from
-:mod:`alignscope.cli` is imported at module level (it imports this module), so its helpers are looked up
-when a command runs.
+Parsing and printing only: the library does the work (:mod:`alignscope.speech`).
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
+from alignscope.cli.apps import attack_app, reproduce_app, speech_app
+from alignscope.cli.common import console, done, fields, handle_errors
 from alignscope.validation import at_least, each_at_least, non_empty
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-speech_app = typer.Typer(
-    help="Speech LLMs: build the embedded one, speak suites, harden a projector.", no_args_is_help=True
-)
 
 SlmOpt = Annotated[
     str,
@@ -45,24 +40,6 @@ SetOpt = Annotated[
 ]
 ConfigFileOpt = Annotated[Path | None, typer.Option("--config", help="JSON file of config fields.")]
 DeviceOpt = Annotated[str | None, typer.Option(help="cuda, mps or cpu (default: the best available).")]
-
-
-def _errors(fn: F) -> F:
-    """:func:`alignscope.cli._handle_errors`, looked up at call time (no import cycle)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from alignscope.cli import _handle_errors
-
-        return _handle_errors(fn)(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _fields(config_file: Path | None, sets: list[str] | None, **given: Any) -> dict[str, Any]:
-    from alignscope.cli import _fields as fields
-
-    return fields(config_file, sets, **given)
 
 
 def _csv(text: str | None, cast: Callable[[str], Any] = str, what: str = "value") -> tuple[Any, ...] | None:
@@ -111,21 +88,8 @@ def load_speech_model(spec: str, device: str | None = None) -> Any:
     return load(spec, device=device)
 
 
-def _done(run: Any) -> None:
-    from alignscope.cli import _done as done
-
-    done(run)
-
-
-def _console() -> Any:
-    from alignscope.cli import console
-
-    return console
-
-
-# -- speech build / speak / adversarial-train -----------------------------------------------------------------
 @speech_app.command("build")
-@_errors
+@handle_errors
 def speech_build(
     llm: Annotated[str | None, typer.Option(help="LLM spec (default: the build recipe's).")] = None,
     out: Annotated[
@@ -147,14 +111,13 @@ def speech_build(
     (optionally with LoRA layers on the LLM); cached and resumable. Every SpeechBuildConfig field via --set."""
     from alignscope.speech.build import SpeechBuildConfig, build_slm
 
-    values = _fields(
+    values = fields(
         config_file, sets, llm=llm, out=str(out) if out else None, seed=seed, voices=_csv(voices),
         rates=_csv(rates, int, "integer"), asr_steps=asr_steps, distill_steps=distill_steps,
         llm_lora_rank=llm_lora_rank, evaluate=evaluate,
     )  # fmt: skip
     cfg = SpeechBuildConfig.from_dict({**SpeechBuildConfig().to_dict(), **values})
     result = build_slm(cfg)
-    console = _console()
     console.print(f"[green]speech build {'found cached' if result.cached else 'done'}:[/] {result.out}")
     console.print(f"projector: {result.projector_dir}")
     ev = result.metrics.get("evaluation")
@@ -167,7 +130,7 @@ def speech_build(
 
 
 @speech_app.command("speak")
-@_errors
+@handle_errors
 def speech_speak(
     suite: Annotated[
         str, typer.Option(help="Text suite spec to read aloud (harmful, benign, advbench:PATH...).")
@@ -196,11 +159,11 @@ def speech_speak(
         text.take(n, seed), out, _csv(voices), _csv(rates, int, "integer") or (175,), seed=seed,
         lead_silence=lead_silence,
     )  # fmt: skip
-    _console().print(f"[green]{len(spoken)} clips:[/] {spoken.manifest}")
+    console.print(f"[green]{len(spoken)} clips:[/] {spoken.manifest}")
 
 
 @speech_app.command("misheard-data")
-@_errors
+@handle_errors
 def speech_misheard_data(
     out: Annotated[Path, typer.Option(help="Chat JSONL file to write.")],
     slm: SlmOpt = "default",
@@ -254,14 +217,14 @@ def speech_misheard_data(
     write_chat_jsonl(out, data.records)
     summary = out.with_name(out.name + ".json")
     summary.write_text(json.dumps(data.summary(), indent=2))
-    _console().print(
+    console.print(
         f"[green]{len(data.records)} records[/] from {data.prompts} prompts ({data.refused_labels} labelled "
         f"with refusals); misheard copies' word error rate {data.heard_wer:.3f}: {out} (summary {summary})"
     )
 
 
 @speech_app.command("evaluate")
-@_errors
+@handle_errors
 def speech_evaluate(
     slm: SlmOpt = "default",
     harmful_suite: Annotated[
@@ -287,8 +250,8 @@ def speech_evaluate(
     ones answered, agreement with its LLM reading the written question, and the heard transcripts."""
     import json
 
-    from alignscope.audit import load_judge_for
     from alignscope.judges.registry import check_judge_spec
+    from alignscope.models.pool import load_judge_for
     from alignscope.speech.build import SpeechBuildConfig
     from alignscope.speech.evaluation import evaluate_slm
 
@@ -303,15 +266,15 @@ def speech_evaluate(
         benign_suite, limit=limit, max_new_tokens=max_new_tokens, judge=load_judge_for(judge, model.text_llm),
         seed=seed,
     )  # fmt: skip
-    _console().print(result.summary())
+    console.print(result.summary())
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result.to_dict(), indent=2))
-        _console().print(f"[green]metrics and answers:[/] {out}")
+        console.print(f"[green]metrics and answers:[/] {out}")
 
 
 @speech_app.command("adversarial-train")
-@_errors
+@handle_errors
 def speech_adversarial_train(
     slm: SlmOpt = "default",
     out: Annotated[Path | None, typer.Option(help="Output directory (default: in the cache).")] = None,
@@ -329,11 +292,10 @@ def speech_adversarial_train(
     reading the transcript) mixed into distillation. Every AdversarialTrainingConfig field via --set."""
     from alignscope.speech.adversarial import AdversarialTrainingConfig, adversarial_train
 
-    values = _fields(config_file, sets, slm=slm, out=str(out) if out else None, budget=budget, rounds=rounds,
+    values = fields(config_file, sets, slm=slm, out=str(out) if out else None, budget=budget, rounds=rounds,
                      eval_n=eval_n)  # fmt: skip
     cfg = AdversarialTrainingConfig.from_dict(values)
     result = adversarial_train(cfg, slm=load_speech_model(cfg.slm))
-    console = _console()
     for r in result.rounds:
         console.print(
             f"round {r['round']}: PGD success on the training clips {r['attack_success']}, kept {r['kept']}, "
@@ -362,7 +324,7 @@ def _attack(
     resume: bool,
     device: str | None,
 ) -> None:
-    from alignscope.audit import load_judge_for
+    from alignscope.models.pool import load_judge_for
     from alignscope.runs import RunDir
     from alignscope.speech.attack_eval import SpokenAttackConfig, run_spoken_attacks
 
@@ -373,7 +335,7 @@ def _attack(
     target = load_speech_model(slm_spec, device=device)
     surrogate = load_speech_model(surrogate_spec, device=device) if surrogate_spec else None
     run_spoken_attacks(run, cfg, target, surrogate, judge=load_judge_for(judge, target.llm))
-    _done(run)
+    done(run)
 
 
 _SuiteOpt = Annotated[
@@ -392,7 +354,8 @@ _DefenseOpt = Annotated[
 ]
 
 
-@_errors
+@attack_app.command("audio-pgd")
+@handle_errors
 def attack_audio_pgd(
     slm: SlmOpt = "default",
     suite: _SuiteOpt = None,
@@ -427,7 +390,7 @@ def attack_audio_pgd(
 ) -> None:
     """White-box audio PGD on spoken harmful questions (SpeechGuard): success, SNR, steps; with --defense the
     clips are also played through TDNF, and --adaptive N optimises through it. WAVs and report in the run."""
-    values = _fields(
+    values = fields(
         config_file, sets, suite=suite, manifest=str(manifest) if manifest else None, split=split, n=n,
         budgets=_budgets(budget), steps=steps, restarts=restarts, step_size=step_size,
         universal=universal or None, defenses=_defense_snrs(defense), adaptive=adaptive,
@@ -438,7 +401,8 @@ def attack_audio_pgd(
     _attack("attack audio-pgd", slm, None, values, judge, out, resume, device)
 
 
-@_errors
+@attack_app.command("audio-transfer")
+@handle_errors
 def attack_audio_transfer(
     surrogate: Annotated[
         str, typer.Option(help="Speech LLM the perturbations are crafted on (same spec forms as --slm).")
@@ -467,7 +431,7 @@ def attack_audio_transfer(
 ) -> None:
     """Black-box transfer: PGD on a surrogate speech LLM, the adversarial clips played to the target (and
     through each --defense)."""
-    values = _fields(
+    values = fields(
         config_file, sets, suite=suite, manifest=str(manifest) if manifest else None, split=split, n=n,
         budgets=_budgets(budget), steps=steps, restarts=restarts, defenses=_defense_snrs(defense),
         n_benign=n_benign, judge=judge, preference_judge=preference_judge, max_new_tokens=max_new_tokens,
@@ -477,7 +441,8 @@ def attack_audio_transfer(
 
 
 # -- reproduce speechguard ------------------------------------------------------------------------------------
-@_errors
+@reproduce_app.command("speechguard")
+@handle_errors
 def reproduce_speechguard_cmd(
     out: OutOpt = None, resume: ResumeOpt = False, sets: SetOpt = None, config_file: ConfigFileOpt = None
 ) -> None:
@@ -487,22 +452,13 @@ def reproduce_speechguard_cmd(
     from alignscope.runs import RunDir
     from alignscope.speech.reproduce import SpeechGuardConfig, reproduce_speechguard
 
-    cfg = SpeechGuardConfig.from_dict(_fields(config_file, sets))
+    cfg = SpeechGuardConfig.from_dict(fields(config_file, sets))
     run = RunDir.create("reproduce speechguard", {"model": cfg.slm or "default build", **cfg.to_dict()}, out=out,
                         resume=resume)  # fmt: skip
     slm = load_speech_model(cfg.slm) if cfg.slm else None
     surrogate = load_speech_model(cfg.surrogate) if cfg.surrogate else None
     result = reproduce_speechguard(run, cfg, slm=slm, surrogate=surrogate)
-    console = _console()
     console.print(result.markdown)
     for s in result.checks["statements"]:
         console.print(f"- {s}")
-    _done(run)
-
-
-def register(app: typer.Typer, attack_app: typer.Typer, reproduce_app: typer.Typer) -> None:
-    """Add the speech commands to the main CLI's apps."""
-    app.add_typer(speech_app, name="speech")
-    attack_app.command("audio-pgd")(attack_audio_pgd)
-    attack_app.command("audio-transfer")(attack_audio_transfer)
-    reproduce_app.command("speechguard")(reproduce_speechguard_cmd)
+    done(run)

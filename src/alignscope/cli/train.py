@@ -1,0 +1,112 @@
+"""``alignscope train RECIPE``, ``attack finetune`` and ``reproduce shallow-vs-deep``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from alignscope.cli.apps import attack_app, reproduce_app, train_app
+from alignscope.cli.common import (
+    ConfigFileOpt,
+    ModelOpt,
+    OutOpt,
+    ResumeOpt,
+    SetOpt,
+    console,
+    done,
+    fields,
+    handle_errors,
+)
+
+
+def _train_recipe(recipe: str) -> Callable[..., None]:
+    @handle_errors
+    def command(
+        model: Annotated[str | None, typer.Option("--model", "-m", help="Starting model spec.")] = None,
+        out: Annotated[Path | None, typer.Option(help="Output run directory.")] = None,
+        data: Annotated[
+            Path | None,
+            typer.Option(
+                help="Training data JSONL (chat messages); default: built from alignscope's suites."
+            ),
+        ] = None,
+        full_finetune: Annotated[bool, typer.Option(help="Full fine-tuning instead of LoRA.")] = False,
+        sets: SetOpt = None,
+        config_file: ConfigFileOpt = None,
+        num_processes: Annotated[
+            int, typer.Option(help="Processes under accelerate launch (1: in-process).")
+        ] = 1,
+        accelerate_config: Annotated[
+            Path | None, typer.Option(help="accelerate / DeepSpeed config file.")
+        ] = None,
+    ) -> None:
+        from alignscope.training import RECIPES, config_from_dict, launch, train
+
+        values = fields(
+            config_file,
+            sets,
+            model=model,
+            out=str(out) if out else None,
+            data=str(data) if data else None,
+            full_finetune=full_finetune or None,
+        )
+        cfg = config_from_dict(RECIPES[recipe].config_class, values)
+        if num_processes > 1 or accelerate_config is not None:
+            proc = launch(recipe, cfg, num_processes=num_processes, accelerate_config=accelerate_config)
+            console.print(proc.stdout[-2000:])
+            return
+        result = train(recipe, cfg)
+        console.print(f"[green]trained {result.recipe}:[/] {result.steps} steps; output {result.output}")
+        console.print(f"evaluate it: alignscope audit --model {result.output}")
+
+    command.__doc__ = (
+        f"Train with the {recipe} recipe (see alignscope.training; every config field via --set)."
+    )
+    return command
+
+
+for _name in ("safety-sft", "deep-align", "safety-dpo", "adversarial-sft", "constrained-sft", "sppft"):
+    train_app.command(_name)(_train_recipe(_name))
+
+
+@attack_app.command("finetune")
+@handle_errors
+def attack_finetune(
+    model: ModelOpt = "smollm2-aligned",
+    kind: Annotated[str, typer.Option(help="harmful, identity or backdoor.")] = "harmful",
+    defense: Annotated[str | None, typer.Option(help="None (standard SFT), constrained or sppft.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output run directory.")] = None,
+    sets: SetOpt = None,
+    config_file: ConfigFileOpt = None,
+) -> None:
+    """Fine-tuning attacks (harmful examples, identity shifting, backdoor), optionally defended."""
+    from alignscope.training import FinetuneAttackConfig, config_from_dict, finetune_attack
+
+    values = fields(config_file, sets, model=model, kind=kind, defense=defense, out=str(out) if out else None)
+    cfg = config_from_dict(FinetuneAttackConfig, values)
+    assert isinstance(cfg, FinetuneAttackConfig)
+    result = finetune_attack(cfg.kind, cfg.defense, cfg)
+    console.print(f"[green]attack fine-tune done:[/] {result.steps} steps; output {result.output}")
+    console.print(f"measure it: alignscope audit --model {result.output}")
+
+
+@reproduce_app.command("shallow-vs-deep")
+@handle_errors
+def reproduce_shallow_vs_deep_cmd(
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+    sets: SetOpt = None,
+    config_file: ConfigFileOpt = None,
+) -> None:
+    """Qi et al. 2024 on the embedded default: build aligned and deep models, measure refusal, prefilling,
+    per-token KL and the fine-tuning attack; one report. Stages are cached, so --resume continues."""
+    from alignscope.runs import RunDir
+    from alignscope.training.reproduce import ShallowDeepConfig, reproduce_shallow_vs_deep
+
+    cfg = ShallowDeepConfig.from_dict(fields(config_file, sets))
+    run = RunDir.create("reproduce shallow-vs-deep", cfg.to_dict(), out=out, resume=resume)
+    reproduce_shallow_vs_deep(run, cfg)
+    done(run)
