@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from alignscope.judges.base import JudgeError
+from alignscope.judges.base import JudgeError, Verdict, full_texts
 from alignscope.models.base import (
     ChatModel,
     Conversation,
@@ -189,3 +189,54 @@ def score_closed(
 def most_probable(probs: dict[str, float]) -> str:
     """The answer with the highest probability (the first one on ties)."""
     return max(probs, key=lambda a: probs[a])
+
+
+PairsJudged = Callable[[Sequence[str], list[str], list[int]], dict[int, Verdict]]
+"""``(prompts, texts, todo) -> {index: verdict}``: judges the pairs ``todo`` (the non-empty texts)."""
+
+
+class ModelJudge:
+    """Base of the judges that ask a model about ``prefill + response`` (rubric judges, classifiers).
+
+    :meth:`judge_batch` checks the inputs, sends only the non-empty texts to :meth:`_judge` (a subclass
+    overrides it) and gives the empty ones :meth:`_empty_verdict`: empty text is not sent to a judge model.
+    """
+
+    name: str
+    judges_harm = True
+
+    def judge_batch(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        prefills: Sequence[str] | None = None,
+    ) -> list[Verdict]:
+        """Judge ``prefill + response`` for each pair (the judge sees the forced prefix too)."""
+        return self._judge_nonempty(prompts, responses, prefills, self._judge)
+
+    def _judge_nonempty(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        prefills: Sequence[str] | None,
+        judge: PairsJudged,
+    ) -> list[Verdict]:
+        check_lengths(prompts, responses)
+        texts = full_texts(responses, prefills)
+        todo = [i for i, r in enumerate(texts) if r.strip()]
+        judged = judge(prompts, texts, todo)
+        empty = self._empty_verdict()
+        return [judged.get(i, empty) for i in range(len(texts))]
+
+    def _judge(self, prompts: Sequence[str], texts: list[str], todo: list[int]) -> dict[int, Verdict]:
+        """Verdicts of the pairs ``todo`` (indices of the non-empty ``texts``), by index."""
+        raise NotImplementedError
+
+    def _empty_verdict(self) -> Verdict:
+        return Verdict(
+            self.name,
+            refused=False,
+            complied=False,
+            harmful=False,
+            rationale="empty response: not sent to the judge",
+        )

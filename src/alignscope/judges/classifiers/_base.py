@@ -5,17 +5,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from alignscope.judges._llm import answer_distribution, answer_mass, can_score, model_label, score_answers
+from alignscope.judges._llm import (
+    ModelJudge,
+    answer_distribution,
+    answer_mass,
+    can_score,
+    model_label,
+    score_answers,
+)
 from alignscope.judges.base import JudgeError, Verdict
 from alignscope.models.base import ChatModel, NoLogprobsError
 
 NO_ANSWER = "none of the allowed answers is among the judge model's most probable first tokens"
 
 
-class ClassifierJudge:
+class ClassifierJudge(ModelJudge):
     """What the four classifiers share: checks, empty responses, scoring one closed question."""
 
-    judges_harm = True
     kind = "classifier"
 
     def __init__(
@@ -55,16 +61,6 @@ class ClassifierJudge:
         except NoLogprobsError as e:
             raise JudgeError(f"judge {self.name}: {e}") from e
         return [(answer_distribution(row, answers), answer_mass(row)) for row in rows]
-
-    def _verdicts(self, responses: Sequence[str], judged: dict[int, Verdict]) -> list[Verdict]:
-        empty = Verdict(
-            self.name,
-            refused=False,
-            complied=False,
-            harmful=False,
-            rationale="empty response: not sent to the judge",
-        )
-        return [judged.get(i, empty) for i in range(len(responses))]
 
     def _unknown(self, raw: str = "") -> Verdict:
         return Verdict(self.name, refused=None, complied=None, harmful=None, raw=raw, rationale=NO_ANSWER)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 from alignscope.judges._llm import DEFAULT_MAX_RESPONSE_CHARS, check_lengths, clip, model_label
-from alignscope.judges.base import JudgeError, Verdict, full_texts
+from alignscope.judges.base import JudgeError, Verdict
 from alignscope.judges.classifiers._base import ClassifierJudge
 from alignscope.judges.harm_templates import HARMBENCH_TEMPLATES
 from alignscope.models.base import ChatModel
@@ -65,11 +66,17 @@ class HarmBenchJudge(ClassifierJudge):
         contexts: Sequence[str | None] | None = None,
     ) -> list[Verdict]:
         """Judge ``prefill + response`` against each behaviour (``prompts``), with optional contexts."""
-        check_lengths(prompts, responses)
+        return self._judge_nonempty(prompts, responses, prefills, partial(self._judge, contexts=contexts))
+
+    def _judge(
+        self,
+        prompts: Sequence[str],
+        texts: list[str],
+        todo: list[int],
+        contexts: Sequence[str | None] | None = None,
+    ) -> dict[int, Verdict]:
         if contexts is not None:
             check_lengths(prompts, contexts)  # type: ignore[arg-type]
-        texts = full_texts(responses, prefills)
-        todo = [i for i, r in enumerate(texts) if r.strip()]
         asked = [self.build_prompt(prompts[i], texts[i], contexts[i] if contexts else None) for i in todo]
         judged = {}
         for i, (probs, mass) in zip(todo, self._ask(asked, ["Yes", "No"], ignore_case=True), strict=True):
@@ -79,4 +86,4 @@ class HarmBenchJudge(ClassifierJudge):
             p_yes = probs["Yes"]
             raw = "Yes" if p_yes >= self.threshold else "No"
             judged[i] = self._harm_verdict(p_yes, raw, {"yes": p_yes, "no": probs["No"]}, mass)
-        return self._verdicts(texts, judged)
+        return judged

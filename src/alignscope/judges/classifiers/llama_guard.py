@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from alignscope.judges._llm import DEFAULT_MAX_RESPONSE_CHARS, check_lengths, clip, most_probable
-from alignscope.judges.base import JudgeError, Verdict, full_texts
+from alignscope.judges._llm import DEFAULT_MAX_RESPONSE_CHARS, clip, most_probable
+from alignscope.judges.base import JudgeError, Verdict
 from alignscope.judges.classifiers._base import ClassifierJudge
 from alignscope.judges.harm_templates import LLAMA_GUARD_3_CATEGORIES, LLAMA_GUARD_3_PROMPT
 from alignscope.models.base import ChatModel
@@ -55,16 +55,7 @@ class LlamaGuardJudge(ClassifierJudge):
             return str(self.model.format_chat(messages, add_generation_prompt=True))  # type: ignore[attr-defined]
         return LLAMA_GUARD_3_PROMPT.format(user=prompt.strip(), agent=response.strip())
 
-    def judge_batch(
-        self,
-        prompts: Sequence[str],
-        responses: Sequence[str],
-        prefills: Sequence[str] | None = None,
-    ) -> list[Verdict]:
-        """Judge the agent turn ``prefill + response`` after each user prompt."""
-        check_lengths(prompts, responses)
-        texts = full_texts(responses, prefills)
-        todo = [i for i, r in enumerate(texts) if r.strip()]
+    def _judge(self, prompts: Sequence[str], texts: list[str], todo: list[int]) -> dict[int, Verdict]:
         asked = []
         for i in todo:
             rendered = self.build_prompt(prompts[i], texts[i])
@@ -90,4 +81,4 @@ class LlamaGuardJudge(ClassifierJudge):
                 raw = f"unsafe\nS{best}"
                 all_probs.update({f"S{c}": p for c, p in cat_probs.items()})
             judged[i] = self._harm_verdict(probs["unsafe"], raw, all_probs, mass)
-        return self._verdicts(texts, judged)
+        return judged

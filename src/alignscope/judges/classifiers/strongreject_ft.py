@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from alignscope.judges._llm import check_lengths, most_probable
-from alignscope.judges.base import JudgeError, Verdict, full_texts
+from alignscope.judges._llm import most_probable
+from alignscope.judges.base import JudgeError, Verdict
 from alignscope.judges.classifiers._base import ClassifierJudge, mass_note
 from alignscope.judges.harm_templates import STRONGREJECT_FINETUNED_PROMPT
 from alignscope.models.base import ChatModel
@@ -70,16 +70,7 @@ class StrongRejectFinetunedJudge(ClassifierJudge):
             forbidden_prompt=prompt, response=self.truncated(response)
         )
 
-    def judge_batch(
-        self,
-        prompts: Sequence[str],
-        responses: Sequence[str],
-        prefills: Sequence[str] | None = None,
-    ) -> list[Verdict]:
-        """Judge ``prefill + response`` for each pair."""
-        check_lengths(prompts, responses)
-        texts = full_texts(responses, prefills)
-        todo = [i for i, r in enumerate(texts) if r.strip()]
+    def _judge(self, prompts: Sequence[str], texts: list[str], todo: list[int]) -> dict[int, Verdict]:
         grades = ["1", "2", "3", "4", "5"]
         asked = [self.build_prompt(prompts[i], texts[i]) for i in todo]
         judged = {}
@@ -99,4 +90,4 @@ class StrongRejectFinetunedJudge(ClassifierJudge):
                 rationale=mass_note(mass),
                 probs=probs,
             )
-        return self._verdicts(texts, judged)
+        return judged

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from alignscope.judges._llm import DEFAULT_MAX_RESPONSE_CHARS, check_lengths, clip
-from alignscope.judges.base import Verdict, full_texts
+from alignscope.judges._llm import DEFAULT_MAX_RESPONSE_CHARS, clip
+from alignscope.judges.base import Verdict
 from alignscope.judges.classifiers._base import ClassifierJudge, mass_note
 from alignscope.judges.harm_templates import WILDGUARD_PROMPT
 from alignscope.models.base import ChatModel
@@ -46,16 +46,7 @@ class WildGuardJudge(ClassifierJudge):
         """The classifier's input text for one pair."""
         return WILDGUARD_PROMPT.format(prompt=prompt, response=clip(response, self.max_response_chars))
 
-    def judge_batch(
-        self,
-        prompts: Sequence[str],
-        responses: Sequence[str],
-        prefills: Sequence[str] | None = None,
-    ) -> list[Verdict]:
-        """Judge ``prefill + response`` for each pair."""
-        check_lengths(prompts, responses)
-        texts = full_texts(responses, prefills)
-        todo = [i for i, r in enumerate(texts) if r.strip()]
+    def _judge(self, prompts: Sequence[str], texts: list[str], todo: list[int]) -> dict[int, Verdict]:
         asked = [self.build_prompt(prompts[i], texts[i]) for i in todo]
         written = [""] * len(todo)  # the answer lines so far, as WildGuard writes them
         p_yes: list[list[float]] = [[] for _ in todo]
@@ -99,4 +90,4 @@ class WildGuardJudge(ClassifierJudge):
                     "harmful_response": p_harmful,
                 },
             )
-        return self._verdicts(texts, judged)
+        return judged
