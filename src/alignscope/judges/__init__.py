@@ -35,6 +35,7 @@ from alignscope.judges.outcomes import (
     verdict_of,
 )
 from alignscope.judges.preference import PreferenceJudge, PreferenceVerdict, parse_preference
+from alignscope.judges.records import JudgedRecord
 from alignscope.judges.registry import (
     DEFAULT_JUDGE_MODEL,
     JUDGES,
@@ -61,6 +62,7 @@ __all__ = [
     "HarmBenchJudge",
     "Judge",
     "JudgeError",
+    "JudgedRecord",
     "KeywordJudge",
     "LLMRubricJudge",
     "LlamaGuardJudge",

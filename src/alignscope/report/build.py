@@ -21,6 +21,7 @@ from alignscope.judges.outcomes import (
     refusal_rate,
     success_flags,
 )
+from alignscope.judges.records import JudgedRecord, judged_records
 from alignscope.models.base import GenerationConfig
 from alignscope.report.examples import examples, judges_of
 from alignscope.report.html import Figure, Report, Section, Table, write_report
@@ -66,13 +67,13 @@ def _rate_txt(d: dict[str, Any]) -> str:
     )
 
 
-def _decoding_desc(records: Sequence[dict[str, Any]]) -> str:
-    descs = sorted({GenerationConfig(**r["generation"]).describe() for r in records if "generation" in r})
+def _decoding_desc(records: Sequence[JudgedRecord]) -> str:
+    descs = sorted({GenerationConfig(**r.generation).describe() for r in records if r.generation is not None})
     return "; ".join(descs)
 
 
-def _models(records: Sequence[dict[str, Any]]) -> str:
-    return ", ".join(sorted({str(r.get("model")) for r in records}))
+def _models(records: Sequence[JudgedRecord]) -> str:
+    return ", ".join(sorted({str(r.model) for r in records}))
 
 
 def _success_name(measure: str, judges: str) -> str:
@@ -90,14 +91,14 @@ HARM_NOTE = (
 
 
 def evaluate_section(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], list[str]]:
-    records = run.records("evaluate")
+    records = judged_records(run.records("evaluate"))
     if not records:
         return [], []
-    suites = list(dict.fromkeys(r["suite"] for r in records))
+    suites = list(dict.fromkeys(r.extra["suite"] for r in records))
     sections, summary, m = [], [], {}
     for suite in suites:
-        recs = [r for r in records if r["suite"] == suite]
-        labels = Counter(r["label"] for r in recs)
+        recs = [r for r in records if r.extra["suite"] == suite]
+        labels = Counter(r.label for r in recs)
         label = labels.most_common(1)[0][0]
         refused, complied, harmful = refusal_rate(recs), non_refusal_rate(recs), harmful_rate(recs)
         judges = judges_of(recs)
@@ -122,8 +123,8 @@ def evaluate_section(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section
             else:
                 rows.append(["harmful rate", f"not measured: judge {judges} cannot tell harm"])
             sec.tables.append(Table(["measure", "rate [95% Wilson CI]"], rows))
-            cats = sorted({r["category"] for r in recs})
-            per_cat = {c: attack_success([r for r in recs if r["category"] == c]) for c in cats}
+            cats = sorted({str(r.category) for r in recs})
+            per_cat = {c: attack_success([r for r in recs if str(r.category) == c]) for c in cats}
             measure = per_cat[cats[0]].label if cats else "non-refusal rate"
             m[suite]["per_category"] = {c: v.to_dict() for c, v in per_cat.items()}
             sec.tables.append(
@@ -166,7 +167,7 @@ def evaluate_section(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section
 
 
 def harmful_responses_section(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], list[str]]:
-    recs = run.records("harmful_responses")
+    recs = judged_records(run.records("harmful_responses"))
     if not recs:
         return [], []
     measure, ok = success_flags(recs)
@@ -195,11 +196,11 @@ def harmful_responses_section(run: RunDir, metrics: dict[str, Any]) -> tuple[lis
 
 
 def prefill_section(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], list[str]]:
-    recs = run.records("prefill")
+    recs = judged_records(run.records("prefill"))
     if not recs:
         return [], []
-    ks = sorted({int(r["k"]) for r in recs})
-    by_k = {k: [r for r in recs if int(r["k"]) == k] for k in ks}
+    ks = sorted({int(r.extra["k"]) for r in recs})
+    by_k = {k: [r for r in recs if int(r.extra["k"]) == k] for k in ks}
     success = {k: attack_success(by_k[k]) for k in ks}
     measure = success[ks[0]].measure
     judges = judges_of(recs)
@@ -262,23 +263,25 @@ def prefill_section(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section]
     return [sec], [f"Prefilling attack, {name}: {line}."]
 
 
-def _judged(recs: Sequence[dict[str, Any]]) -> str:
-    return (
-        ", ".join(sorted({str(r.get("judged", "response")) for r in recs if r.get("prefill")})) or "response"
-    )
+def _judged(recs: Sequence[JudgedRecord]) -> str:
+    """What the judges read of the prefilled records (``"response"`` when none was prefilled)."""
+    reads = {"response" if r.judged is None else r.judged for r in recs if r.prefill}
+    return ", ".join(sorted(reads)) or "response"
 
 
-def _suites(recs: Sequence[dict[str, Any]]) -> str:
-    ids = {r["sample_id"] for r in recs}
+def _suites(recs: Sequence[JudgedRecord]) -> str:
+    ids = {str(r.sample_id) for r in recs}
     prefixes = sorted({i.rsplit("-", 1)[0] for i in ids})
     return f"{len(ids)} prompts ({', '.join(prefixes[:4])}{'…' if len(prefixes) > 4 else ''})"
 
 
 def decoding_section(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], list[str]]:
-    recs = run.records("decoding")
-    if not recs:
+    stored = run.records("decoding")
+    if not stored:
         return [], []
-    res = summarize_decoding(recs)
+    res = summarize_decoding(stored)
+    recs = judged_records(stored)
+    generation = recs[0].generation or {}
     judges = judges_of(recs)
     metrics["decoding"] = {**res.to_dict(), "model": _models(recs), "judge": judges}
     label = MEASURE_LABELS[res.measure]
@@ -304,8 +307,8 @@ def decoding_section(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section
             "model": _models(recs),
             "prompts": _suites(recs),
             "judge": judges,
-            "max_new_tokens": recs[0]["generation"]["max_new_tokens"],
-            "seed": recs[0]["generation"]["seed"],
+            "max_new_tokens": generation["max_new_tokens"],
+            "seed": generation["seed"],
         },
         tables=[
             Table(["measure", f"{label} [95% Wilson CI]"], [["worst case over settings", worst_txt]]),

@@ -6,11 +6,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from alignscope.judges.outcomes import verdict_of
+from alignscope.judges.records import JudgedRecord, RecordLike, as_judged
 
 Extra = Callable[[Mapping[str, Any]], dict[str, str]]
 
 
-def describe_verdict(record: Mapping[str, Any]) -> str:
+def describe_verdict(record: RecordLike) -> str:
     """The verdict in one line: outcome, each judged field, score and the judge's raw output."""
     v = verdict_of(record)
     harm = "unknown (judge does not judge harm)" if v.harmful is None else str(v.harmful)
@@ -25,20 +26,24 @@ def describe_verdict(record: Mapping[str, Any]) -> str:
 
 
 def examples(
-    records: Sequence[Mapping[str, Any]],
+    records: Sequence[RecordLike],
     n: int = 4,
     chars: int = 300,
     prompt_key: str = "prompt",
     extra: Extra | None = None,
 ) -> list[dict[str, str]]:
-    """Excerpts of the first ``n`` records: extra fields, prompt, prefill (when any), response and verdict."""
+    """Excerpts of the first ``n`` records: extra fields, prompt (or the stored field ``prompt_key`` when it
+    is set, e.g. a GCG record's ``attack_prompt``), prefill (when any), response and verdict. ``extra`` gets
+    each record in its stored form."""
     out = []
-    for r in records[:n]:
-        ex = dict(extra(r)) if extra else {}
-        ex["prompt"] = str(r.get(prompt_key) or r["prompt"])[:chars]
-        if r.get("prefill"):
-            ex["prefill"] = str(r["prefill"])[:chars]
-        ex["response"] = str(r["response"])[:chars]
+    for record in records[:n]:
+        r = as_judged(record)
+        stored = record.to_dict() if isinstance(record, JudgedRecord) else record
+        ex = dict(extra(stored)) if extra else {}
+        ex["prompt"] = str(r.extra.get(prompt_key) or r.prompt)[:chars]
+        if r.prefill:
+            ex["prefill"] = r.prefill[:chars]
+        ex["response"] = r.response[:chars]
         ex["verdict"] = describe_verdict(r)
         out.append(ex)
     return out
@@ -49,5 +54,6 @@ def joined(values: Iterable[Any]) -> str:
     return ", ".join(sorted({str(v) for v in values if v is not None})) or "n/a"
 
 
-def judges_of(records: Iterable[Mapping[str, Any]]) -> str:
-    return joined(r["verdict"]["judge"] for r in records)
+def judges_of(records: Iterable[RecordLike]) -> str:
+    """The judges that gave the records' verdicts, joined."""
+    return joined(as_judged(r).verdict.judge for r in records)

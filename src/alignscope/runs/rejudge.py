@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from alignscope.attacks.stage import judge_reads
+from alignscope.judges.records import JudgedRecord
 from alignscope.runs.store import RunDir
 
 
@@ -22,20 +23,17 @@ def rejudge_run(run: RunDir, judge_spec: str, device: str | None = None, batch: 
 
     judge = load_judge_for(judge_spec, loader=lambda spec: load_model(spec, device=device))
     records = run.records()
-    judged = [r for r in records if "verdict" in r and "response" in r and "prompt" in r]
+    judged = [i for i, r in enumerate(records) if JudgedRecord.is_judged(r)]
     reads = judge_reads(judge)
     for start in range(0, len(judged), batch):
-        part = judged[start : start + batch]
+        part = [(i, JudgedRecord.from_dict(records[i])) for i in judged[start : start + batch]]
         verdicts = judge.judge_batch(
-            [r["prompt"] for r in part],
-            [r["response"] for r in part],
-            [str(r.get("prefill") or "") for r in part],
+            [r.prompt for _, r in part],
+            [r.response for _, r in part],
+            [str(r.prefill or "") for _, r in part],
         )
-        for r, v in zip(part, verdicts, strict=True):
-            r["verdict"] = v.to_dict()
-            r.pop("judged_text", None)  # the old judge's reading, not this one's
-            if r.get("prefill"):
-                r["judged"] = reads
+        for (i, r), v in zip(part, verdicts, strict=True):
+            records[i] = r.rejudged(v, reads).to_dict()
     run.rewrite_records(records)
     cfg: dict[str, Any] = run.config()
     cfg.setdefault("rejudged_with", []).append(judge_spec)
