@@ -169,3 +169,10 @@ RULE = (
     f"{LOAD_TOLERANCE:.1f} and their CPU shares (CPU-s / (wall-s x threads)) by <= {SHARE_TOLERANCE:.2f}; "
     "ratios use CPU seconds of the measured process"
 )
+
+
+def print_heading(title: str, load_before: float, load_after: float) -> None:
+    """What every benchmark prints above its tables: what was measured, the load around it, the ratio rule."""
+    print(title)
+    print(load_line(load_before, load_after))
+    print(RULE + "\n")

@@ -53,7 +53,7 @@ from typing import Any
 
 import torch
 
-from _machine import RULE, Side, load1, load_line, machine_info, machine_line, refusal
+from _machine import RULE, Side, load1, machine_info, machine_line, print_heading, refusal
 from alignscope.attacks.gcg import NANOGCG_INIT, GCGConfig, run_gcg
 from alignscope.cachefs import build_dir
 from alignscope.data import load_suite
@@ -365,13 +365,13 @@ def main() -> int:
         runs = list(pool.map(lambda j: run_job(j, py), jobs))
     load_after = load1()
 
-    print(
+    print_heading(
         f"\nGCG on SmolLM2-135M-Instruct (float32, CPU, 1 thread per run, {args.jobs} runs at a time), "
         f"{len(behaviours)} AdvBench behaviours, search width {args.search_width}, top-k {args.topk}, init 20 "
-        f"x's, seed 0; {time.perf_counter() - t0:.0f} s in all"
+        f"x's, seed 0; {time.perf_counter() - t0:.0f} s in all",
+        load_before,
+        load_after,
     )
-    print(load_line(load_before, load_after))
-    print(RULE + "\n")
     for line in per_step_table(runs, exact_steps):
         print(line)
     lines, curves = curve_table(runs)

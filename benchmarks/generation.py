@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from _machine import RULE, Side, load1, load_line, machine_line, measure, ratio_text
+from _machine import Side, load1, machine_line, measure, print_heading, ratio_text
 from alignscope.attacks.gcg_scoring import fast_bfloat16
 from alignscope.data import load_suite
 from alignscope.models import GenerationConfig, load_model, user_turn
@@ -125,12 +125,12 @@ def main() -> int:
         print("bfloat16 rows skipped: this CPU has no native bf16 matmuls (avx512_bf16 / AMX)")
     load_after = load1()
 
-    print(
+    print_heading(
         f"\nmodel {args.model}, {len(prompts)} prompts (built-in harmful/benign, chat template), greedy, "
-        f"max_new_tokens={args.max_new_tokens}, torch threads {torch.get_num_threads()}, CPU seconds"
+        f"max_new_tokens={args.max_new_tokens}, torch threads {torch.get_num_threads()}, CPU seconds",
+        load_before,
+        load_after,
     )
-    print(load_line(load_before, load_after))
-    print(RULE + "\n")
     print("| forward pass (8 x 128 tokens, teacher-forced) | tokens / CPU-s |")
     print("| --- | ---: |")
     for name, (rate, _) in fwd.items():

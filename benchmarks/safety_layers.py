@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from _machine import RULE, Side, load1, load_line, machine_line, refusal
+from _machine import Side, load1, machine_line, print_heading, refusal
 
 
 def _rss_mib() -> float:
@@ -155,12 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  done: {n}+{n} prompts, r={draws}", file=sys.stderr, flush=True)
     load_after = load1()
 
-    print(
+    print_heading(
         f"\nsafety-layer scan, model={args.model}, built-in benign (N) / harmful (M) prompts, pairs of each kind "
-        f"(N-N, N-M, M-M), seed={args.seed}, {args.threads} torch thread(s), CPU seconds of each side's process"
+        f"(N-N, N-M, M-M), seed={args.seed}, {args.threads} torch thread(s), CPU seconds of each side's process",
+        load_before,
+        load_after,
     )
-    print(load_line(load_before, load_after))
-    print(RULE + "\n")
     print(
         "| prompts (N+M) | r | alignscope CPU s | naive pairs run | naive CPU s (scaled to 3r pairs) "
         "| speed-up (CPU) | speed-up (wall) | peak RSS MiB (alignscope / naive) | max abs cosine difference |"
