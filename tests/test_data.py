@@ -331,9 +331,18 @@ def test_missing_required_column_is_named(tmp_path: Path) -> None:
         load_suite(str(nope))
 
 
-def test_field_missing_on_one_jsonl_line(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "m.jsonl", [{"prompt": "a"}, {"instruction": "b"}])
-    with pytest.raises(SuiteError, match=r"m\.jsonl: line 2: missing field 'prompt'"):
+@pytest.mark.parametrize(
+    ("objs", "error"),
+    [
+        ([{"prompt": "a"}, {"instruction": "b"}], r"m\.jsonl: line 2: missing field 'prompt'"),
+        ([{"prompt": "a"}, ["not", "an", "object"]], r"m\.jsonl: line 2: expected a JSON object, got list"),
+        ([{"prompt": ["a list"]}], r"m\.jsonl: line 1, field 'prompt': expected text, got list"),
+        ([{"prompt": "a"}, {"prompt": ""}], r"m\.jsonl: line 2, field 'prompt': empty prompt"),
+    ],
+)
+def test_bad_jsonl_line_is_named(tmp_path: Path, objs: list[Any], error: str) -> None:
+    path = write_jsonl(tmp_path / "m.jsonl", objs)
+    with pytest.raises(SuiteError, match=error):
         load_jsonl(path)
 
 
@@ -341,12 +350,6 @@ def test_malformed_json_line(tmp_path: Path) -> None:
     path = tmp_path / "m.jsonl"
     path.write_text('{"prompt": "a"}\n\n{"prompt": "b",\n', encoding="utf-8")
     with pytest.raises(SuiteError, match=r"m\.jsonl: line 3: malformed JSON"):
-        load_jsonl(path)
-    write_jsonl(path, [{"prompt": "a"}, ["not", "an", "object"]])
-    with pytest.raises(SuiteError, match=r"line 2: expected a JSON object, got list"):
-        load_jsonl(path)
-    write_jsonl(path, [{"prompt": ["a list"]}])
-    with pytest.raises(SuiteError, match=r"line 1, field 'prompt': expected text, got list"):
         load_jsonl(path)
 
 
@@ -357,9 +360,6 @@ def test_empty_prompt_names_row_and_column(tmp_path: Path) -> None:
     short = write_csv(tmp_path / "short.csv", ["category", "source", "forbidden_prompt"], [["c", "s"]])
     with pytest.raises(SuiteError, match=r"row 1 \(line 2\), column 'forbidden_prompt': empty prompt"):
         load_strongreject(short)
-    js = write_jsonl(tmp_path / "e.jsonl", [{"prompt": "a"}, {"prompt": ""}])
-    with pytest.raises(SuiteError, match=r"e\.jsonl: line 2, field 'prompt': empty prompt"):
-        load_jsonl(js)
 
 
 def test_too_many_csv_fields_and_bad_label(tmp_path: Path) -> None:
