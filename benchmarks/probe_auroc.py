@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: public data not found ({advbench} / {alpaca}); this benchmark needs ../shared/data")
         return 0
 
+    from alignscope.analysis.layer_scan import prompt_hidden_states
     from alignscope.analysis.probe import ProbeConfig, ProbeGuard, _auroc, fit_probes
-    from alignscope.analysis.safety_layers import prompt_hidden_states
     from alignscope.data import load_advbench, load_jsonl, load_suite
     from alignscope.models import load_model, user_turn
     from alignscope.stats import wilson

@@ -89,7 +89,7 @@ def naive_cosines(model: Any, first: list[str], second: list[str], pairs: np.nda
 
 
 def _run(job: dict[str, Any], queue: Any) -> None:
-    from alignscope.analysis.safety_layers import SafetyLayerScanConfig, draw_pairs, scan_safety_layers
+    from alignscope.analysis.layer_scan import SafetyLayerScanConfig, draw_pairs, scan_safety_layers
     from alignscope.models import load_model, user_turn
 
     torch.set_num_threads(job["threads"])

@@ -110,6 +110,8 @@ CASES: list[tuple[list[str], str]] = [
     (["analyze", "safety-layers", "--alpha", "0"], "--alpha must be a finite number > 0"),
     (["analyze", "safety-layers", "--template", "bogus"], "--template must be one of chat, plain"),
     (["analyze", "safety-layers", "--malicious", "harmful@-3"], "subset size and must be >= 1, got -3"),
+    (["analyze", "safety-layers", "--initial-range", "9-3"], "--initial-range expects START-END"),
+    (["analyze", "safety-layers", "--initial-range", "6"], "--initial-range expects START-END"),
     (["evaluate", "--suite", "harmfull"], "did you mean harmful?"),
     # training and reproduction configs, set with --set
     (["train", "safety-sft", "--set", "batch_size=0"], "--set batch_size must be >= 1"),

@@ -173,3 +173,16 @@ def test_gcg_records_of_a_killed_run_skip_the_torn_record(tmp_path: Path) -> Non
     with open(run.path / "samples.jsonl", "ab") as f:
         f.write(b'{"stage": "gcg", "key": "y", "suf')
     assert [r["key"] for r in read_gcg_records(run.path)] == ["x"]
+
+
+def test_one_jsonl_reader_names_file_and_line(tmp_path: Path) -> None:
+    from alignscope.jsonl import JSONLError, iter_jsonl, read_jsonl
+
+    assert list(iter_jsonl('{"a": 1}\n\n[2]\n', "x", objects=False)) == [(1, {"a": 1}), (3, [2])]
+    with pytest.raises(JSONLError, match=r"^x:3: expected a JSON object, got list$"):
+        list(iter_jsonl('{"a": 1}\n\n[2]\n', "x"))
+    file = tmp_path / "f.jsonl"
+    file.write_bytes(b'{"a": 1}\n{"b": \xff\n')
+    assert list(read_jsonl(file, torn_tail=True)) == [(1, {"a": 1})]
+    with pytest.raises(JSONLError, match=r"f\.jsonl:2: not valid UTF-8"):
+        list(read_jsonl(file))

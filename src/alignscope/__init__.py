@@ -3,12 +3,18 @@
 The public surface, importable from the package root (loaded lazily, so ``alignscope --help`` stays fast)::
 
     from alignscope import load_model, load_suite, get_judge, run_audit, AuditConfig
+    from alignscope import run_prefill, PrefillConfig, run_safety_layers, SafetyLayersConfig
+
+Every registered experiment (:data:`alignscope.experiments.EXPERIMENTS`) has its config, ``run_x`` and result
+here.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
+
+from alignscope.experiments import exports
 
 __version__ = "0.1.0"
 
@@ -27,12 +33,10 @@ _EXPORTS = {
     "prefill_attack": "alignscope.attacks",
     "decoding_attack": "alignscope.attacks",
     "harmful_responses": "alignscope.attacks",
-    "PrefillConfig": "alignscope.attacks",
     "per_token_kl": "alignscope.analysis.token_kl",
-    "AuditConfig": "alignscope.audit",
-    "run_audit": "alignscope.audit",
     "RunDir": "alignscope.runs",
     "wilson": "alignscope.stats",
+    **exports(),  # every experiment's config, run_x and result (alignscope.experiments imports nothing heavy)
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -3,7 +3,7 @@
 The audit composes the experiments it shares a run with: :func:`alignscope.evaluate.run_evaluate` (refusal on
 harmful prompts, over-refusal on borderline ones), :func:`alignscope.attacks.prefill.run_prefill`,
 :func:`alignscope.attacks.decoding.run_decoding`, :func:`alignscope.analysis.token_kl.run_token_kl` (with a
-reference) and the safety-layer scan, on one pool of loaded models. Every stage writes its records as they are
+reference) and :func:`alignscope.analysis.safety_layers.run_safety_layers`, on one pool of loaded models. Every stage writes its records as they are
 produced and the report is rebuilt from the records alone, so a killed audit resumes and a finished one can be
 re-judged.
 """
@@ -221,10 +221,19 @@ def run_audit(
     if config.safety_layers:
         if isinstance(model, LocalModel):
             if run is None or "safety_layers" not in run.metrics():
-                from alignscope.analysis.safety_analysis import analyze_safety_layers
+                from alignscope.analysis.safety_layers import SafetyLayersConfig, run_safety_layers
 
-                analyze_safety_layers(
-                    model, out=run, n_prompts=config.n_safety, localize=False, saliency=2, progress=progress
+                run_safety_layers(
+                    SafetyLayersConfig(
+                        model=config.model,
+                        n=config.n_safety,
+                        saliency=2,
+                        device=config.device,
+                        dtype=config.dtype,
+                    ),
+                    run,
+                    models=pool,
+                    progress=progress,
                 )
         else:
             notes["safety_layers"] = note(

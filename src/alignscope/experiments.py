@@ -40,6 +40,10 @@ class Experiment:
         summary: one line for help texts.
         section: dotted path of the report section builder ``(run, metrics) -> (sections, summary lines)``,
             None when the experiment writes no records of its own.
+        generated_command: whether :mod:`alignscope.cli` generates the command from the config's fields;
+            False where it is written by hand (still thin: parse, build the config, call ``run``, print),
+            because the config has fields the generated ``--out``/``--resume`` would clash with (a training
+            run's own ``out`` and ``resume``) or its options keep older names.
     """
 
     name: str
@@ -49,6 +53,7 @@ class Experiment:
     result: str
     summary: str
     section: str | None = None
+    generated_command: bool = True
 
     @property
     def config_class(self) -> type[Any]:
@@ -69,9 +74,16 @@ class Experiment:
 
 
 def _e(name: str, command: str, module: str, config: str, run: str, result: str, summary: str,
-       section: str | None = None) -> Experiment:  # fmt: skip
+       section: str | None = None, generated_command: bool = True) -> Experiment:  # fmt: skip
     return Experiment(
-        name, command, f"{module}:{config}", f"{module}:{run}", f"{module}:{result}", summary, section
+        name,
+        command,
+        f"{module}:{config}",
+        f"{module}:{run}",
+        f"{module}:{result}",
+        summary,
+        section,
+        generated_command,
     )
 
 
@@ -138,6 +150,38 @@ EXPERIMENTS: dict[str, Experiment] = {
             "alignscope.report.build:token_kl_section",
         ),
         _e(
+            "safety-layers",
+            "analyze safety-layers",
+            "alignscope.analysis.safety_layers",
+            "SafetyLayersConfig",
+            "run_safety_layers",
+            "SafetyLayersResult",
+            "safety layers (Li et al. 2024): cosine gap curve, detected range, over-rejection, probe guard",
+            "alignscope.report.safety_section:safety_layers_section",
+        ),
+        _e(
+            "finetune-attack",
+            "attack finetune",
+            "alignscope.training.attack",
+            "FinetuneAttackConfig",
+            "run_finetune_attack",
+            "FinetuneAttackResult",
+            "fine-tuning attacks (harmful examples, identity shifting, backdoor), optionally defended",
+            generated_command=False,
+        ),
+        _e(
+            "shallow-vs-deep",
+            "reproduce shallow-vs-deep",
+            "alignscope.training.reproduce",
+            "ShallowDeepConfig",
+            "run_shallow_vs_deep",
+            "ShallowDeepResult",
+            "Qi et al. 2024 on the embedded default: aligned and deep models, refusal, prefilling, per-token KL "
+            "and the fine-tuning attack",
+            "alignscope.training.reproduce_report:shallow_deep_section",
+            generated_command=False,
+        ),
+        _e(
             "judge-eval",
             "judge-eval",
             "alignscope.judges.validation",
@@ -153,12 +197,11 @@ EXPERIMENTS: dict[str, Experiment] = {
 
 EXTRA_SECTIONS: tuple[str, ...] = (
     "alignscope.report.build:harmful_responses_section",
-    "alignscope.report.safety_section:safety_layers_section",
     "alignscope.speech.attack_report:speech_attack_section",
     "alignscope.report.build:notes_section",
 )
 """Report sections of record stages that belong to no single experiment above (reference responses shared by
-prefilling and KL, the safety-layer scan, spoken attacks, notes), in report order."""
+prefilling and KL, spoken attacks, notes), in report order."""
 
 
 def get_experiment(name: str) -> Experiment:

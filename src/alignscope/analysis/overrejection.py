@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from alignscope.analysis.layers import LAYER_WEIGHTS, decoder_layers, layer_indices, layer_weights
+from alignscope.analysis.layer_access import LAYER_WEIGHTS, decoder_layers, layer_indices, layer_weights
 from alignscope.judges import Judge, KeywordJudge
 from alignscope.models import GenerationConfig, LocalModel, user_turn
 from alignscope.runs import RunDir

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from alignscope.analysis.layers import decoder_layers
-from alignscope.analysis.safety_layers import prompt_hidden_states, with_template
+from alignscope.analysis.layer_access import decoder_layers
+from alignscope.analysis.layer_scan import prompt_hidden_states, with_template
 from alignscope.models import Conversation, LocalModel, ModelError, user_turn
 from alignscope.stats import wilson
 
@@ -52,7 +52,7 @@ class ProbeConfig:
         seed: seed of the train/validation split.
         max_iter: iteration cap of the lbfgs solver.
         template: ``"chat"`` or ``"plain"``, as in
-        :class:`~alignscope.analysis.safety_layers.SafetyLayerScanConfig`.
+        :class:`~alignscope.analysis.layer_scan.SafetyLayerScanConfig`.
         batch_size: prompts per forward pass when reading hidden states.
     """
 

@@ -1,519 +1,486 @@
-"""Safety layers: where an aligned model starts telling malicious prompts from normal ones.
+"""The safety-layer experiment: scan, detect, compare, localise, probe and view, into one run directory.
 
-Method: Li et al., "Safety Layers in Aligned Large Language Models" (ICLR 2025, arXiv 2408.17003), section 3.
+Li et al., "Safety Layers in Aligned Large Language Models" (ICLR 2025, arXiv 2408.17003), end to end: the
+cosine scan and gap curve (:mod:`alignscope.analysis.layer_scan`), the automatically detected initial range (or
+"no range found"), an optional control model scanned on the same prompts and pairs, the over-rejection
+localisation (:mod:`alignscope.analysis.overrejection`), and, beyond the paper, the probe guard
+(:mod:`alignscope.analysis.probe`) and the transparency view (:mod:`alignscope.analysis.saliency`).
 
-* For every prompt, the hidden state of the last prompt token (the one that predicts the first response token)
-  at the output of every decoder layer, embeddings excluded: a cache of shape ``(n_prompts, n_layers,
-  hidden)``, computed once per prompt (the authors' code ran one forward pass per pair).
-* ``r`` random pairs of each kind, drawn with a recorded seed: N-N (two different normal prompts), N-M (a
-  normal and a malicious prompt), M-M (two different malicious prompts). Per layer, the mean and standard
-  deviation of the cosine similarity over the draws.
-* The gap curve ``angle(N-M) - angle(N-N)`` in degrees, each angle the arccos of the mean cosine (as the
-  authors took it). It is near zero in early layers, opens in the middle layers, rises fastest, then
-  flattens; the layers from where it opens to where it first flattens are the initial safety-layer range.
-  Unaligned base models show no such gap: the control.
-
-Where the paper marked the range by eye, :func:`detect_safety_range` applies a documented deterministic rule.
-The range is then refined by over-rejection (:mod:`alignscope.analysis.overrejection`).
-
-Layers are 0-based decoder-layer indices (``model.model.layers[i]``); as in transformers, the last layer's
-hidden state is taken after the final norm.
+:func:`run_safety_layers` is the experiment (``alignscope analyze safety-layers``): a
+:class:`SafetyLayersConfig` in, a :class:`SafetyLayersResult` out. :func:`analyze_safety_layers` is the same
+analysis on already-loaded models and explicit prompt lists (the audit and tests call it).
 """
 
 from __future__ import annotations
 
-import copy
-import inspect
 import logging
 import math
-import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 
-from alignscope.models import LocalModel, user_turn
-from alignscope.models.fast_linear import fp32_linears
-from alignscope.validation import FieldChecks
+from alignscope.analysis.layer_scan import (
+    RangeRule,
+    SafetyLayerScan,
+    SafetyLayerScanConfig,
+    SafetyRange,
+    detect_safety_range,
+    plot_safety_layer_scan,
+    prompt_hidden_states,
+    scan_from_hidden,
+    with_template,
+)
+from alignscope.analysis.overrejection import DEFAULT_ALPHA, localize_safety_layers, plot_overrejection
+from alignscope.analysis.probe import ProbeConfig, fit_probes
+from alignscope.analysis.saliency import plot_saliency, refusal_saliency
+from alignscope.config_io import ConfigIO
+from alignscope.judges.base import Judge
+from alignscope.judges.keyword import KeywordJudge
+from alignscope.judges.registry import check_judge_spec
+from alignscope.models.base import ChatModel, ModelError
+from alignscope.models.loading import DEFAULT_MODEL, load_model
+from alignscope.models.local import LocalModel
+from alignscope.models.pool import ModelPool, pool_of
+from alignscope.runs.store import RunDir
+from alignscope.validation import FieldChecks, OptionError
 
 log = logging.getLogger("alignscope.analysis")
 
-PAIR_KINDS: tuple[str, ...] = ("N-N", "N-M", "M-M")
-"""Pair kinds, in plotting order: normal-normal, normal-malicious, malicious-malicious."""
+SCAN_STAGE = "safety-scan"
+PROBE_STAGE = "probe"
+SALIENCY_STAGE = "saliency"
+NO_RANGE = "no safety-layer range found"
 
 
 @dataclass(frozen=True)
-class SafetyLayerScanConfig:
-    """Settings of the layer-wise cosine scan (Li et al. 2024, section 3.2).
+class SafetyLayersConfig(ConfigIO):
+    """Settings of the safety-layer experiment (``alignscope analyze safety-layers``).
 
     Attributes:
-        draws: r, random pairs drawn for each kind (N-N, N-M, M-M); the authors used 500 from 100 + 100
-        prompts.
-        seed: seed of the pair draws (numpy ``default_rng``); recorded with the result.
-        template: ``"chat"`` formats prompts with the model's own chat template, ``"plain"`` with alignscope's
-            plain instruction template (:data:`alignscope.models.PLAIN_TEMPLATE`).
-        batch_size: prompts per forward pass when reading hidden states.
+        model: spec of the (aligned) model to scan; it must be local (the scan reads hidden states).
+        control: spec of a model with no safety training, scanned on the same prompts and pairs (the paper's
+            control); None skips it.
+        normal: normal (benign) prompts suite.
+        malicious: malicious (harmful) prompts suite.
+        overrejection: over-rejection suite (borderline-safe prompts), used whole.
+        n: normal and malicious prompts each (category-stratified; the paper: 100 + 100); None takes all.
+        draws: random pairs per pair type (the paper: 500).
+        seed: seed of the prompt subsets and the pair draws.
+        template: chat (the model's template) or plain.
+        batch_size: prompts per forward pass.
         system_prompt: system message for every prompt (None: the template's default, if any).
+        rule: thresholds of the range rule.
+        localize: pin the range down by over-rejection (slow).
+        initial_range: START-END (inclusive): start the localisation here instead of the detected range.
+        alpha: over-rejection weight scale.
+        judge: judge spec of the over-rejection generations.
+        max_new_tokens: tokens generated per over-rejection answer.
+        radius: layers each end of the range moves in the localisation.
+        probe: fit the per-layer probes and save the probe guard (``probe_guard.json``).
+        saliency: prompts shown in the transparency view (0 skips it).
+        device: cuda, mps or cpu (None: the best available).
+        dtype: float32, bfloat16 or float16 (None: by device).
     """
 
+    suite_fields = ("normal", "malicious", "overrejection")
+    model: str = DEFAULT_MODEL
+    control: str | None = None
+    normal: str = "benign"
+    malicious: str = "harmful"
+    overrejection: str = "borderline"
+    n: int | None = 100
     draws: int = 500
     seed: int = 0
     template: Literal["chat", "plain"] = "chat"
     batch_size: int = 16
     system_prompt: str | None = None
+    rule: RangeRule = field(default_factory=RangeRule)
+    localize: bool = False
+    initial_range: tuple[int, int] | None = None
+    alpha: float = DEFAULT_ALPHA
+    judge: str = "keyword"
+    max_new_tokens: int = 16
+    radius: int = 3
+    probe: bool = True
+    saliency: int = 3
+    device: str | None = None
+    dtype: str | None = None
 
     def __post_init__(self) -> None:
         check = FieldChecks(self)
-        check.at_least(1, "draws", "batch_size")
+        check.at_least(2, "n")  # the scan compares pairs of normal and of malicious prompts
+        check.at_least(1, "draws", "batch_size", "max_new_tokens")
+        check.at_least(0, "radius", "saliency")
+        check.positive("alpha")
         check.one_of("template", ("chat", "plain"))
+        if self.initial_range is not None:
+            check.each_at_least(0, "initial_range")
+            if len(self.initial_range) != 2 or self.initial_range[0] > self.initial_range[1]:
+                raise OptionError(
+                    "SafetyLayersConfig.initial_range",
+                    "expects START-END with START <= END",
+                    self.initial_range,
+                )
+        check_judge_spec(self.judge)
+
+    def scan_config(self) -> SafetyLayerScanConfig:
+        return SafetyLayerScanConfig(
+            draws=self.draws,
+            seed=self.seed,
+            template=self.template,
+            batch_size=self.batch_size,
+            system_prompt=self.system_prompt,
+        )
 
 
 @dataclass(frozen=True)
-class SafetyLayerScan:
-    """Result of :func:`scan_safety_layers`.
+class SafetyLayersResult(ConfigIO):
+    """What the safety-layer experiment found (``metrics["safety_layers"]`` of its run).
 
     Attributes:
-        model: the model's name (spec).
-        template: which chat template formatted the prompts.
-        n_normal, n_malicious: prompts of each kind.
-        config: the scan settings (draws, seed, ...).
-        pairs: per kind, the drawn prompt-index pairs, ``(draws, 2)`` int arrays; column 0 indexes the first
-            group (normal for N-N and N-M, malicious for M-M), column 1 the second (malicious for N-M).
-        cosines: per kind, the cosine of every draw at every layer, ``(draws, n_layers)``.
-        mean, std: per kind, ``(n_layers,)`` mean and standard deviation (ddof=0) of the cosines over draws.
-        angle: per kind, ``(n_layers,)`` arccos of the mean cosine, in degrees.
-        gap: ``(n_layers,)`` ``angle["N-M"] - angle["N-N"]`` in degrees.
+        method: the method and paper.
+        model, template: the scanned model and the chat template that formatted the prompts.
+        suites: the normal, malicious and over-rejection suites (names, or ``custom[n]`` for prompt lists).
+        n_normal, n_malicious: prompts scanned of each kind.
+        scan: the scan's per-layer curves (:meth:`SafetyLayerScan.to_dict`).
+        rule: the range rule's thresholds.
+        range: the detected range (``start``, ``end``, ``steepest``, ``rise_deg``, ``baseline_deg``) or None.
+        range_text: the range as ``[start, end]``, or ``"no safety-layer range found"``.
+        plots: plot paths, relative to the run directory.
+        control: the control model's scan, range and comparison (None without a control).
+        localization: the over-rejection table and chosen range, or why it was skipped (None: not asked).
+        probe: per-layer probe scores, the chosen layer and the guard file (None: not fitted).
+        saliency: the transparency views (None: none drawn).
     """
 
+    method: str
     model: str
     template: str
+    suites: dict[str, str]
     n_normal: int
     n_malicious: int
-    config: SafetyLayerScanConfig
-    pairs: dict[str, np.ndarray]
-    cosines: dict[str, np.ndarray]
-    mean: dict[str, np.ndarray] = field(repr=False)
-    std: dict[str, np.ndarray] = field(repr=False)
-    angle: dict[str, np.ndarray] = field(repr=False)
-    gap: np.ndarray = field(repr=False)
-
-    @property
-    def n_layers(self) -> int:
-        return int(self.gap.shape[0])
-
-    def to_dict(self, include_draws: bool = False) -> dict[str, Any]:
-        """JSON-able summary: per-layer curves (and, on request, every pair and cosine)."""
-        out: dict[str, Any] = {
-            "model": self.model,
-            "template": self.template,
-            "n_normal": self.n_normal,
-            "n_malicious": self.n_malicious,
-            "config": asdict(self.config),
-            "n_layers": self.n_layers,
-            "mean_cosine": {k: _floats(v) for k, v in self.mean.items()},
-            "std_cosine": {k: _floats(v) for k, v in self.std.items()},
-            "angle_deg": {k: _floats(v) for k, v in self.angle.items()},
-            "gap_deg": _floats(self.gap),
-        }
-        if include_draws:
-            out["pairs"] = {k: v.tolist() for k, v in self.pairs.items()}
-            out["cosines"] = {k: v.tolist() for k, v in self.cosines.items()}
-        return out
-
-
-def with_template(model: LocalModel, template: str) -> LocalModel:
-    """The same weights behind a :class:`LocalModel` that formats prompts with ``template`` (no copy)."""
-    if model.template == template:
-        return model
-    return LocalModel(model.model, model.tokenizer, name=model.name, template=template)
-
-
-def prompt_hidden_states(
-    model: LocalModel,
-    prompts: Sequence[str],
-    template: str = "chat",
-    batch_size: int = 16,
-    system_prompt: str | None = None,
-) -> torch.Tensor:
-    """Last-prompt-token hidden states of ``prompts`` (single user turns): ``(n, n_layers, hidden)``
-    float32 (see :func:`last_token_states`)."""
-    view = with_template(model, template)
-    conversations = [user_turn(p, system_prompt) for p in prompts]
-    return last_token_states(view, conversations, batch_size=batch_size)
-
-
-MIN_SHARED_PREFIX = 8
-""":func:`last_token_states` runs the start all prompts share once when it is at least this many tokens."""
-
-
-@torch.inference_mode()
-def last_token_states(model: LocalModel, conversations: Sequence[Any], batch_size: int = 16) -> torch.Tensor:
-    """:meth:`LocalModel.last_token_hidden_states` for a whole prompt set, with the same numbers (to float32
-    rounding) in less time: ``(n_prompts, n_layers, hidden)`` float32 on CPU.
-
-    * prompts are batched by length, so batches hold little padding;
-    * the tokens every prompt starts with (the chat template's system turn, 24 of SmolLM2's ~35-45) run
-      once; each batch continues from a copy of their KV cache, its own tokens left-padded after them with
-      positions taken from the attention mask, so every real token keeps its position;
-    * float32 linear layers run through oneDNN where that beats torch's BLAS
-      (:mod:`alignscope.models.fast_linear`).
-    """
-    encoded = [model.encode_prompt(c) for c in conversations]
-    n_layers, hidden = model.num_layers, int(model.model.config.hidden_size)
-    out = torch.zeros((len(encoded), n_layers, hidden))
-    if not encoded:
-        return out
-    net = model.model
-    params = inspect.signature(net.forward).parameters
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-    shared = _shared_start(encoded) if _plain_cache(net) else 0
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    with fp32_linears(net, model.fp32_linear):
-        prefix_cache = None
-        if shared:
-            ids = torch.tensor([encoded[0][:shared]], device=model.device)
-            prefix_cache = _cache_of(net(input_ids=ids, use_cache=True, **extra))
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            ids, mask = model.left_pad([encoded[i][shared:] for i in idx])
-            kwargs: dict[str, Any] = {"attention_mask": mask}
-            if prefix_cache is not None:
-                cache = copy.deepcopy(prefix_cache)
-                cache.batch_repeat_interleave(len(idx))
-                kwargs = {
-                    "cache" if "cache" in params else "past_key_values": cache,
-                    "attention_mask": torch.cat([mask.new_ones(len(idx), shared), mask], dim=1),
-                    "position_ids": (shared + mask.cumsum(-1) - 1).clamp(min=shared),
-                }
-            hs = net(input_ids=ids, output_hidden_states=True, **kwargs, **extra).hidden_states
-            out[idx] = torch.stack([h[:, -1, :] for h in hs[1:]], dim=1).float().cpu()
-    return out
-
-
-def _shared_start(encoded: list[list[int]]) -> int:
-    """Leading tokens all prompts share (each keeps at least one of its own); 0 when below
-    :data:`MIN_SHARED_PREFIX` or for a single prompt."""
-    if len(encoded) < 2:
-        return 0
-    n = min(len(x) for x in encoded) - 1
-    first = encoded[0]
-    for x in encoded[1:]:
-        n = next((i for i in range(n) if x[i] != first[i]), n)
-    return n if n >= MIN_SHARED_PREFIX else 0
-
-
-def _plain_cache(net: Any) -> bool:
-    """A plain per-layer KV cache (no sliding windows or recurrent layers) that a prefix can be copied into."""
-    cfg = getattr(net, "config", None)
-    if cfg is None or getattr(cfg, "sliding_window", None) or getattr(cfg, "use_sliding_window", False):
-        return False
-    return set(getattr(cfg, "layer_types", None) or ["full_attention"]) == {"full_attention"}
-
-
-def _cache_of(out: Any) -> Any:
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
-
-
-def draw_pairs(n_normal: int, n_malicious: int, draws: int, seed: int) -> dict[str, np.ndarray]:
-    """The random pairs of each kind, ``(draws, 2)`` int64 arrays, from one seeded generator.
-
-    N-N and M-M pairs are two different prompts (drawn uniformly among ordered pairs with i != j); N-M pairs
-    are a uniformly drawn normal and malicious prompt. Draws are independent (with replacement across draws),
-    as in the authors' random sampling. Needs at least two prompts of each kind.
-    """
-    if n_normal < 2 or n_malicious < 2:
-        raise ValueError(f"need at least 2 normal and 2 malicious prompts, got {n_normal} and {n_malicious}")
-    rng = np.random.default_rng(seed)
-
-    def distinct(n: int) -> np.ndarray:
-        first = rng.integers(0, n, size=draws)
-        # a second index uniform over the other n - 1 prompts
-        second = (first + rng.integers(1, n, size=draws)) % n
-        return np.stack([first, second], axis=1).astype(np.int64)
-
-    nn_pairs = distinct(n_normal)
-    nm_pairs = np.stack(
-        [rng.integers(0, n_normal, size=draws), rng.integers(0, n_malicious, size=draws)], axis=1
-    ).astype(np.int64)
-    mm_pairs = distinct(n_malicious)
-    return {"N-N": nn_pairs, "N-M": nm_pairs, "M-M": mm_pairs}
-
-
-def pair_cosines(first: torch.Tensor, second: torch.Tensor, pairs: np.ndarray) -> np.ndarray:
-    """Cosine similarity of every pair at every layer from cached hidden states.
-
-    Args:
-        first: ``(n_a, n_layers, hidden)`` hidden states of the group column 0 indexes.
-        second: ``(n_b, n_layers, hidden)`` hidden states of the group column 1 indexes.
-        pairs: ``(draws, 2)`` indices into ``first`` and ``second``.
-
-    Returns:
-        ``(draws, n_layers)`` float64 cosines. Computed from the per-layer Gram matrix of unit vectors
-        (``(n_layers, n_a, n_b)``), so the cost grows with the number of prompts, not the number of draws.
-    """
-    a = _unit(first)
-    b = _unit(second)
-    gram = torch.einsum("ilh,jlh->lij", a, b)  # (n_layers, n_a, n_b)
-    i = torch.as_tensor(pairs[:, 0])
-    j = torch.as_tensor(pairs[:, 1])
-    return gram[:, i, j].T.contiguous().numpy()
-
-
-def _unit(h: torch.Tensor) -> torch.Tensor:
-    h = h.to(torch.float64)
-    return h / h.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
-def scan_from_hidden(
-    normal: torch.Tensor,
-    malicious: torch.Tensor,
-    config: SafetyLayerScanConfig | None = None,
-    model_name: str = "",
-    template: str = "",
-) -> SafetyLayerScan:
-    """The cosine scan from precomputed hidden states (Li et al. 2024).
-
-    Args:
-        normal: ``(n_normal, n_layers, hidden)`` last-prompt-token hidden states of normal prompts.
-        malicious: ``(n_malicious, n_layers, hidden)`` the same for malicious prompts.
-        config: draws and seed (the template and batch size fields are not used here).
-    """
-    config = config or SafetyLayerScanConfig()
-    if normal.ndim != 3 or malicious.ndim != 3 or normal.shape[1:] != malicious.shape[1:]:
-        raise ValueError(
-            f"hidden states must be (n, layers, hidden) with matching layers and width, "
-            f"got {tuple(normal.shape)} and {tuple(malicious.shape)}"
-        )
-    pairs = draw_pairs(normal.shape[0], malicious.shape[0], config.draws, config.seed)
-    groups = {"N-N": (normal, normal), "N-M": (normal, malicious), "M-M": (malicious, malicious)}
-    cosines = {k: pair_cosines(*groups[k], pairs[k]) for k in PAIR_KINDS}
-    mean = {k: v.mean(axis=0) for k, v in cosines.items()}
-    std = {k: v.std(axis=0) for k, v in cosines.items()}
-    angle = {k: mean_cosine_angle(v) for k, v in mean.items()}
-    return SafetyLayerScan(
-        model=model_name,
-        template=template,
-        n_normal=int(normal.shape[0]),
-        n_malicious=int(malicious.shape[0]),
-        config=config,
-        pairs=pairs,
-        cosines=cosines,
-        mean=mean,
-        std=std,
-        angle=angle,
-        gap=angle["N-M"] - angle["N-N"],
-    )
-
-
-def mean_cosine_angle(mean_cosine: np.ndarray) -> np.ndarray:
-    """``arccos`` of mean cosines, in degrees (clipped to [-1, 1] against rounding)."""
-    return np.degrees(np.arccos(np.clip(mean_cosine, -1.0, 1.0)))
-
-
-def scan_safety_layers(
-    model: LocalModel,
-    normal_prompts: Sequence[str],
-    malicious_prompts: Sequence[str],
-    config: SafetyLayerScanConfig | None = None,
-) -> SafetyLayerScan:
-    """Layer-wise cosine scan of Li et al. (2024): hidden states once per prompt, pairs drawn from the cache.
-
-    Args:
-        model: a local model (white-box access).
-        normal_prompts: benign instructions (N).
-        malicious_prompts: harmful instructions (M).
-        config: draws, seed, template, batch size; see :class:`SafetyLayerScanConfig`.
-
-    Returns:
-        a :class:`SafetyLayerScan` with ``(n_layers,)`` mean/std cosine curves per pair kind and the gap
-        curve.
-    """
-    config = config or SafetyLayerScanConfig()
-    view = with_template(model, config.template)
-    normal = prompt_hidden_states(
-        view, normal_prompts, config.template, config.batch_size, config.system_prompt
-    )
-    malicious = prompt_hidden_states(
-        view, malicious_prompts, config.template, config.batch_size, config.system_prompt
-    )
-    return scan_from_hidden(normal, malicious, config, model_name=model.name, template=view.template_name)
-
-
-# -- range detection -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SafetyRange:
-    """An inclusive range of decoder layers read off a gap curve, with the numbers the rule used.
-
-    Attributes:
-        start, end: first and last layer of the range (0-based, inclusive).
-        steepest: the layer where the gap rises fastest (``gap[l] - gap[l-1]`` largest).
-        rise_deg: how far the gap rises from its floor to its peak, in degrees.
-        baseline_deg: the floor, the smallest gap at or before the peak.
-    """
-
-    start: int
-    end: int
-    steepest: int
-    rise_deg: float
-    baseline_deg: float
-
-    def as_tuple(self) -> tuple[int, int]:
-        return (self.start, self.end)
+    scan: dict[str, Any]
+    rule: dict[str, Any]
+    range: dict[str, Any] | None
+    range_text: str
+    plots: list[str] = field(default_factory=list)
+    control: dict[str, Any] | None = None
+    localization: dict[str, Any] | None = None
+    probe: dict[str, Any] | None = None
+    saliency: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The JSON summary, as stored under ``metrics["safety_layers"]`` (absent parts left out)."""
+        optional = ("control", "localization", "probe", "saliency")
+        return {
+            f: getattr(self, f)
+            for f in self.__dataclass_fields__
+            if f not in optional or getattr(self, f) is not None
+        }
 
-    def __str__(self) -> str:
-        return f"[{self.start}, {self.end}]"
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SafetyLayersResult:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    @property
+    def safety_range(self) -> tuple[int, int] | None:
+        """The detected range as an inclusive ``(start, end)``, or None."""
+        return (int(self.range["start"]), int(self.range["end"])) if self.range else None
+
+    def summary(self) -> str:
+        gaps = [g for g in self.scan.get("gap_deg", []) if g is not None]
+        parts = [f"safety layers of {self.model}: {self.range_text}"]
+        if gaps:
+            parts.append(f"max gap {max(gaps):.2f} deg over {len(gaps)} layers")
+        if self.control is not None:
+            parts.append(f"control {self.control['model']}: {self.control['range_text']}")
+        if self.localization is not None and "chosen" in self.localization:
+            parts.append(f"localised to {self.localization['chosen']}")
+        if self.probe is not None:
+            parts.append(f"probe guard on layer {self.probe['chosen_layer']}")
+        return "; ".join(parts)
 
 
-@dataclass(frozen=True)
-class RangeRule:
-    """Thresholds of :func:`detect_safety_range` (all documented there)."""
-
-    min_rise_deg: float = 2.0
-    open_fraction: float = 0.1
-    flat_fraction: float = 0.25
-    smooth: int = 3
-
-
-def smooth_curve(curve: np.ndarray, window: int) -> np.ndarray:
-    """Centred moving average over ``window`` layers; at the edges, the mean of the layers available."""
-    g = np.asarray(curve, dtype=np.float64)
-    if window <= 1:
-        return g.copy()
-    kernel = np.ones(window)
-    return np.asarray(np.convolve(g, kernel, mode="same") / np.convolve(np.ones_like(g), kernel, mode="same"))
-
-
-def detect_safety_range(
-    gap: Sequence[float] | np.ndarray,
+def run_safety_layers(
+    config: SafetyLayersConfig | None = None,
+    run: RunDir | None = None,
     *,
-    min_rise_deg: float = RangeRule.min_rise_deg,
-    open_fraction: float = RangeRule.open_fraction,
-    flat_fraction: float = RangeRule.flat_fraction,
-    smooth: int = RangeRule.smooth,
-) -> SafetyRange | None:
-    """Read the initial safety-layer range off a gap curve with a fixed rule (Li et al. 2024, section 3.3,
-    where the authors marked it by eye).
+    models: ModelPool | Mapping[str, ChatModel] | None = None,
+    progress: bool = True,
+) -> SafetyLayersResult:
+    """The safety-layer experiment: load the model (and the control) and the judge, scan, detect, localise,
+    fit the probe guard and draw the views into ``run`` (resumable), then rebuild its report."""
+    config = config or SafetyLayersConfig()
+    pool = pool_of(models, config.device, config.dtype)
 
-    Rule, on the gap ``g`` (``(n_layers,)`` degrees) after a centred moving average over ``smooth`` layers
-    (1 = none; 3 by default, because a scan of a few dozen prompts has per-layer noise of a few tenths of a
-    degree and single-layer increments would chase it):
+    def local(spec: str) -> LocalModel:
+        m = pool.get(spec)
+        if not isinstance(m, LocalModel):
+            raise ModelError(f"{m.name} is not a local model: the safety-layer scan needs its hidden states")
+        return m
 
-    1. ``peak`` = the layer of the largest gap (the first on ties); ``floor`` = the smallest gap at or before
-       ``peak``; ``rise = g[peak] - floor``. If ``rise < min_rise_deg`` there is no range: return None. This
-       is the unaligned control's case: harmful and benign prompts differ in topic, so a base model's gap is
-       not exactly zero, but it stays small. Measured on SmolLM2-135M-Instruct (no refusal training) with
-       16-32 prompts per side: rises of 0.2 (chat template) to 1.4 degrees (plain template); a 16-step
-       refusal LoRA of it: 6.5 degrees.
-    2. Increments ``d[l] = g[l] - g[l-1]``; ``steepest`` = the layer after the floor and up to ``peak`` with
-       the largest increment.
-    3. ``start`` = the first layer at or after the floor whose gap exceeds ``floor + open_fraction * rise``
-       (where the gap opens), capped at ``steepest``.
-    4. ``end`` = the first layer ``l >= steepest`` whose next increment ``d[l+1]`` falls below
-       ``flat_fraction * d[steepest]`` (where the rise first flattens), or ``peak`` if none does first.
+    result = analyze_safety_layers(
+        local(config.model),
+        control=local(config.control) if config.control is not None else None,
+        localize=config.localize,
+        initial_range=config.initial_range,
+        out=run,
+        normal=config.normal,
+        malicious=config.malicious,
+        overrejection=config.overrejection,
+        n_prompts=config.n,
+        config=config.scan_config(),
+        rule=config.rule,
+        alpha=config.alpha,
+        judge=pool.judge(config.judge) if config.localize else None,
+        max_new_tokens=config.max_new_tokens,
+        radius=config.radius,
+        probe=config.probe,
+        saliency=config.saliency,
+        progress=progress,
+    )
+    if run is not None:
+        from alignscope.report.build import rebuild
 
-    Deterministic: the same curve always gives the same range. ``rise_deg`` and ``baseline_deg`` of the
-    result are on the smoothed curve.
+        rebuild(run)
+    return result
+
+
+def _prompts(source: str | Sequence[str], n: int | None, seed: int) -> tuple[list[str], str]:
+    """Prompts and a name for the report: a suite spec (``load_suite``) or an explicit list."""
+    if isinstance(source, str):
+        from alignscope.data import load_suite
+
+        suite = load_suite(source).take(n, seed=seed)
+        return suite.prompts, suite.name
+    items = list(source)
+    return (items[:n] if n is not None else items), f"custom[{len(items)}]"
+
+
+def _model(spec: str | LocalModel, template: str, device: str | None) -> LocalModel:
+    if isinstance(spec, LocalModel):
+        return with_template(spec, template)
+    return load_model(spec, device=device, template=template)
+
+
+def analyze_safety_layers(
+    model: str | LocalModel,
+    *,
+    control: str | LocalModel | None = None,
+    localize: bool = False,
+    initial_range: tuple[int, int] | None = None,
+    out: RunDir | None = None,
+    normal: str | Sequence[str] = "benign",
+    malicious: str | Sequence[str] = "harmful",
+    overrejection: str | Sequence[str] = "borderline",
+    n_prompts: int | None = 100,
+    config: SafetyLayerScanConfig | None = None,
+    rule: RangeRule | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    judge: Judge | None = None,
+    max_new_tokens: int = 16,
+    radius: int = 3,
+    probe: bool = True,
+    probe_config: ProbeConfig | None = None,
+    saliency: int | Sequence[str] = 3,
+    device: str | None = None,
+    progress: bool = False,
+) -> SafetyLayersResult:
+    """Scan, detect, (optionally) compare with a control and localise, fit the probe guard, draw the views.
+
+    Args:
+        model: a model spec (``load_model``) or a loaded :class:`LocalModel`.
+        control: a model with no safety training (e.g. the base model) scanned on the same prompts and pairs.
+        localize: run the over-rejection localisation (the slow part: one short greedy generation over the
+            over-rejection set per candidate range); skipped, with the reason recorded, when no range is
+            found.
+        initial_range: start the localisation from this inclusive ``(start, end)`` instead of the detected
+            range (e.g. a range read off a plot, or the paper's range for a known model).
+        out: run directory for records (stages ``safety-scan``, ``over-rejection``, ``probe``, ``saliency``),
+            ``metrics.json`` (under the key ``"safety_layers"``, other keys kept), plots and
+            ``probe_guard.json``. Re-running into it resumes the localisation.
+        normal, malicious, overrejection: suite specs for :func:`alignscope.data.load_suite` or prompt lists.
+        n_prompts: prompts taken from each of ``normal`` and ``malicious`` (category-stratified; the
+            paper used 100 + 100); the over-rejection suite is used whole. None takes all.
+        config: scan settings (draws r, seed, template, batch size).
+        rule: thresholds of :func:`detect_safety_range`.
+        alpha, judge, max_new_tokens, radius: over-rejection settings (see :func:`localize_safety_layers`).
+        probe: fit the per-layer probes and save the guard (harmful = ``malicious``, benign = ``normal``,
+            false refusals on ``overrejection``).
+        saliency: how many prompts to show in the transparency view (the first harmful ones, then the first
+            borderline one), or the prompts themselves; 0 skips it.
+
+    Returns:
+        the result (``to_dict()`` is the JSON summary stored in ``metrics.json``): model, template, suites, the gap curves, the range (or ``"no safety-layer range
+        found"``), the control comparison, the R_o table, the per-layer probe scores and the saliency views,
+        each with the settings that produced it; plot paths are relative to ``out``.
     """
-    raw = np.asarray(gap, dtype=np.float64)
-    if raw.ndim != 1 or raw.size < 2:
-        raise ValueError(f"gap must be a 1-D curve over at least 2 layers, got shape {raw.shape}")
-    if not np.all(np.isfinite(raw)):
-        raise ValueError("gap curve contains NaN or infinite values")
-    if smooth < 1:
-        raise ValueError(f"smooth must be at least 1, got {smooth}")
-    if not 0.0 <= open_fraction < 1.0 or not 0.0 <= flat_fraction < 1.0:
-        raise ValueError("open_fraction and flat_fraction must lie in [0, 1)")
-    g = smooth_curve(raw, smooth)
-    peak = int(np.argmax(g))
-    floor_layer = int(np.argmin(g[: peak + 1]))
-    floor = float(g[floor_layer])
-    rise = float(g[peak] - floor)
-    if rise < min_rise_deg or peak == floor_layer:
-        return None
-    d = np.diff(g, prepend=g[0])  # d[l] = g[l] - g[l-1], d[0] = 0
-    steepest = floor_layer + 1 + int(np.argmax(d[floor_layer + 1 : peak + 1]))
-    threshold = floor + open_fraction * rise
-    start = min(next(layer for layer in range(floor_layer, peak + 1) if g[layer] > threshold), steepest)
-    end = next((layer for layer in range(steepest, peak) if d[layer + 1] < flat_fraction * d[steepest]), peak)
-    return SafetyRange(start=start, end=end, steepest=steepest, rise_deg=rise, baseline_deg=floor)
+    config = config or SafetyLayerScanConfig()
+    rule = rule or RangeRule()
+    probe_config = probe_config or ProbeConfig(template=config.template, batch_size=config.batch_size)
+    lm = _model(model, config.template, device)
+    normal_p, normal_name = _prompts(normal, n_prompts, config.seed)
+    malicious_p, malicious_name = _prompts(malicious, n_prompts, config.seed)
+    over_p, over_name = _prompts(overrejection, None, config.seed)
 
+    def states(m: LocalModel, prompts: list[str]) -> Any:
+        return prompt_hidden_states(m, prompts, config.template, config.batch_size, config.system_prompt)
 
-# -- plotting ------------------------------------------------------------------------------------------------
-
-
-def plot_safety_layer_scan(
-    scan: SafetyLayerScan,
-    path: str | os.PathLike[str],
-    safety_range: SafetyRange | tuple[int, int] | None = None,
-    control: SafetyLayerScan | None = None,
-    control_range: SafetyRange | tuple[int, int] | None = None,
-    title: str | None = None,
-) -> Path:
-    """Two panels: mean cosine per layer for N-N, N-M, M-M (shaded +-1 std), and the angle-gap curve with the
-    safety-layer range shaded; a control model's gap is drawn dashed. The format follows the suffix of
-    ``path`` (``.png`` or ``.svg``). Returns the path written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    layers = np.arange(scan.n_layers)
-    fig, (ax_cos, ax_gap) = plt.subplots(1, 2, figsize=(11, 4))
-    colors = {"N-N": "tab:blue", "N-M": "tab:red", "M-M": "tab:orange"}
-    for kind in PAIR_KINDS:
-        m, s = scan.mean[kind], scan.std[kind]
-        ax_cos.plot(layers, m, label=kind, color=colors[kind])
-        ax_cos.fill_between(layers, m - s, m + s, color=colors[kind], alpha=0.15)
-    ax_cos.set_xlabel("decoder layer")
-    ax_cos.set_ylabel("cosine similarity (mean ± std)")
-    ax_cos.set_title(f"last-prompt-token cosine, r={scan.config.draws}")
-    ax_cos.legend()
-    ax_gap.plot(layers, scan.gap, color="tab:red", marker=".", label=scan.model or "model")
-    rng = _as_range(safety_range)
-    if rng is not None:
-        ax_gap.axvspan(
-            rng[0] - 0.5, rng[1] + 0.5, color="tab:green", alpha=0.2, label=f"safety layers {list(rng)}"
-        )
+    normal_h, malicious_h = states(lm, normal_p), states(lm, malicious_p)
+    scan = scan_from_hidden(normal_h, malicious_h, config, model_name=lm.name, template=lm.template_name)
+    found = detect_safety_range(scan.gap, **asdict(rule))
+    summary: dict[str, Any] = {
+        "method": "Li et al. 2024 (arXiv 2408.17003): last-token cosine scan, angle gap, over-rejection",
+        "model": lm.name,
+        "template": lm.template_name,
+        "suites": {"normal": normal_name, "malicious": malicious_name, "overrejection": over_name},
+        "n_normal": len(normal_p),
+        "n_malicious": len(malicious_p),
+        "scan": scan.to_dict(),
+        "rule": asdict(rule),
+        "range": found.to_dict() if found else None,
+        "range_text": str(found) if found else NO_RANGE,
+        "plots": [],
+    }
+    _record_scan(out, "model", scan)
+    control_scan = control_range = None
     if control is not None:
-        ax_gap.plot(
-            np.arange(control.n_layers),
-            control.gap,
-            color="tab:gray",
-            linestyle="--",
-            marker=".",
-            label=f"control: {control.model or 'control'}",
+        cm = _model(control, config.template, device)
+        control_scan = scan_from_hidden(
+            states(cm, normal_p),
+            states(cm, malicious_p),
+            config,
+            model_name=cm.name,
+            template=cm.template_name,
         )
-        crng = _as_range(control_range)
-        if crng is not None:
-            ax_gap.axvspan(crng[0] - 0.5, crng[1] + 0.5, color="tab:gray", alpha=0.1)
-    ax_gap.axhline(0.0, color="black", linewidth=0.5)
-    ax_gap.set_xlabel("decoder layer")
-    ax_gap.set_ylabel("angle(N-M) - angle(N-N) [deg]")
-    ax_gap.set_title("angle gap" + ("" if rng is not None else " (no safety-layer range found)"))
-    ax_gap.legend(fontsize=8)
-    fig.suptitle(title or f"Safety layers (Li et al. 2024): {scan.model}, {scan.template}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+        control_range = detect_safety_range(control_scan.gap, **asdict(rule))
+        _record_scan(out, "control", control_scan)
+        summary["control"] = {
+            "model": cm.name,
+            "scan": control_scan.to_dict(),
+            "range": control_range.to_dict() if control_range else None,
+            "range_text": str(control_range) if control_range else NO_RANGE,
+            "comparison": _compare(scan, control_scan, found),
+        }
+    if out is not None:
+        for suffix in ("png", "svg"):
+            p = plot_safety_layer_scan(
+                scan, out.plots_dir / f"safety_layers.{suffix}", found, control_scan, control_range
+            )
+            summary["plots"].append(str(p.relative_to(out.path)))
+
+    if localize:
+        start_range = initial_range if initial_range is not None else (found.as_tuple() if found else None)
+        if start_range is None:
+            summary["localization"] = {"skipped": f"{NO_RANGE}: nothing to localise (pass initial_range)"}
+        elif not over_p:
+            summary["localization"] = {"skipped": "no over-rejection prompts"}
+        else:
+            result = localize_safety_layers(
+                lm,
+                over_p,
+                (int(start_range[0]), int(start_range[1])),
+                alpha,
+                judge=judge or KeywordJudge(),
+                max_new_tokens=max_new_tokens,
+                batch_size=config.batch_size,
+                radius=radius,
+                out=out,
+                system_prompt=config.system_prompt,
+                progress=progress,
+            )
+            summary["localization"] = {
+                **result.to_dict(),
+                "suite": over_name,
+                "initial_from": "detected range" if initial_range is None else "initial_range argument",
+            }
+            if out is not None:
+                p = plot_overrejection(result, out.plots_dir / "overrejection.png")
+                summary["plots"].append(str(p.relative_to(out.path)))
+
+    if probe:
+        border_h = states(lm, over_p) if over_p else None
+        guard_layers = list(range(found.start, found.end + 1)) if found else None
+        fit = fit_probes(
+            malicious_h, normal_h, border_h, guard_layers=guard_layers, config=probe_config, model=lm
+        )
+        summary["probe"] = {**fit.to_dict(), "guard_layers": "safety range" if found else "all layers"}
+        if out is not None:
+            path = fit.guard.save(out.path / "probe_guard.json")
+            summary["probe"]["guard_file"] = str(path.relative_to(out.path))
+            done = out.done(PROBE_STAGE)
+            for s in fit.scores:
+                if f"layer={s.layer}" not in done:
+                    out.append({"stage": PROBE_STAGE, "key": f"layer={s.layer}", **s.to_dict()})
+
+    chosen = _saliency_prompts(saliency, malicious_p, over_p)
+    if chosen:
+        views = [
+            refusal_saliency(lm, p, template=config.template, system_prompt=config.system_prompt)
+            for p in chosen
+        ]
+        summary["saliency"] = [{**v.to_dict(), "attention_from_last_token": None} for v in views]
+        if out is not None:
+            done = out.done(SALIENCY_STAGE)
+            for i, v in enumerate(views):
+                if f"prompt={i}" not in done:
+                    out.append({"stage": SALIENCY_STAGE, "key": f"prompt={i}", **v.to_dict()})
+            p = plot_saliency(views, out.plots_dir / "saliency.png")
+            summary["plots"].append(str(p.relative_to(out.path)))
+
+    if out is not None:
+        metrics = out.metrics()
+        metrics["safety_layers"] = summary
+        out.write_metrics(metrics)
+    return SafetyLayersResult.from_dict(summary)
 
 
-def _as_range(r: SafetyRange | tuple[int, int] | None) -> tuple[int, int] | None:
-    if r is None:
-        return None
-    return r.as_tuple() if isinstance(r, SafetyRange) else (int(r[0]), int(r[1]))
+def _saliency_prompts(saliency: int | Sequence[str], harmful: list[str], borderline: list[str]) -> list[str]:
+    if not isinstance(saliency, int):
+        return list(saliency)
+    if saliency <= 0:
+        return []
+    n_harm = min(len(harmful), max(1, saliency - 1) if borderline else saliency)
+    return harmful[:n_harm] + borderline[: saliency - n_harm]
 
 
-def _floats(a: np.ndarray) -> list[float | None]:
-    return [float(x) if math.isfinite(float(x)) else None for x in np.asarray(a).ravel()]
+def _compare(model: SafetyLayerScan, control: SafetyLayerScan, found: SafetyRange | None) -> dict[str, Any]:
+    """Mean gap (degrees) of the model and the control over the detected layers (all layers when none)."""
+    if model.n_layers != control.n_layers:
+        return {
+            "note": f"layer counts differ ({model.n_layers} vs {control.n_layers}); no per-layer comparison"
+        }
+    layers = list(range(found.start, found.end + 1)) if found else list(range(model.n_layers))
+    m = float(np.mean(model.gap[layers]))
+    c = float(np.mean(control.gap[layers]))
+    return {
+        "layers": [layers[0], layers[-1]],
+        "over": "detected range" if found else "all layers",
+        "mean_gap_deg": m,
+        "control_mean_gap_deg": c,
+        "difference_deg": m - c,
+    }
+
+
+def _record_scan(out: RunDir | None, role: str, scan: SafetyLayerScan) -> None:
+    if out is None:
+        return
+    done = out.done(SCAN_STAGE)
+    for layer in range(scan.n_layers):
+        key = f"{role}:layer={layer}"
+        if key in done:
+            continue
+        rec: dict[str, Any] = {"stage": SCAN_STAGE, "key": key, "model": scan.model, "layer": layer}
+        for kind in scan.mean:
+            rec[f"mean_cos_{kind}"] = _f(scan.mean[kind][layer])
+            rec[f"std_cos_{kind}"] = _f(scan.std[kind][layer])
+            rec[f"angle_deg_{kind}"] = _f(scan.angle[kind][layer])
+        rec["gap_deg"] = _f(scan.gap[layer])
+        out.append(rec)
+
+
+def _f(x: Any) -> float | None:
+    v = float(x)
+    return v if math.isfinite(v) else None

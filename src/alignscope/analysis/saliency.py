@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from alignscope.analysis.safety_layers import with_template
+from alignscope.analysis.layer_scan import with_template
 from alignscope.models import Conversation, LocalModel, user_turn
 
 log = logging.getLogger("alignscope.analysis")

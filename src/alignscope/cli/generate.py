@@ -72,7 +72,7 @@ class _Leaf:
     annotation: Any
     default: Any
     help: str
-    kind: str  # "plain", "ints", "floats", "strs", "bool"
+    kind: str  # "plain", "ints", "floats", "range", "strs", "bool"
 
 
 def _unwrap_optional(t: Any) -> tuple[Any, bool]:
@@ -103,7 +103,10 @@ def _leaves(
         origin = typing.get_origin(t)
         if origin is tuple:
             (item, *_rest) = typing.get_args(t)
-            if item in (int, float):  # numbers: one comma-separated option, "--ks 0,5,10"
+            if typing.get_args(t) == (int, int):  # an inclusive range, "--initial-range 6-20"
+                shown = f"{value[0]}-{value[1]}" if value is not None else None
+                out.append(_Leaf(path, param, flag, str | None, shown, _help(docs, f.name), "range"))
+            elif item in (int, float):  # numbers: one comma-separated option, "--ks 0,5,10"
                 shown = ",".join(str(v) for v in value) if value is not None else None
                 kind = "ints" if item is int else "floats"
                 out.append(_Leaf(path, param, flag, str | None, shown, _help(docs, f.name), kind))
@@ -132,6 +135,11 @@ def _help(docs: Mapping[str, str], name: str) -> str:
 
 
 def _parse(leaf: _Leaf, raw: Any) -> Any:
+    if raw is not None and leaf.kind == "range":
+        first, sep, last = str(raw).replace(",", "-").partition("-")
+        if not (sep and first.strip().isdigit() and last.strip().isdigit()) or int(first) > int(last):
+            raise OptionError(leaf.flag, "expects START-END, e.g. 6-20", raw)
+        return [int(first), int(last)]
     if raw is None or leaf.kind not in ("ints", "floats"):
         return list(raw) if leaf.kind == "strs" and raw is not None else raw
     parts = [p.strip() for p in str(raw).split(",") if p.strip()]

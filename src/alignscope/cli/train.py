@@ -1,4 +1,9 @@
-"""``alignscope train RECIPE``, ``attack finetune`` and ``reproduce shallow-vs-deep``."""
+"""``alignscope train RECIPE``, ``attack finetune`` and ``reproduce shallow-vs-deep``.
+
+The two experiments here are registered (:mod:`alignscope.experiments`) but their commands are written by hand:
+the fine-tuning attack's config has its own ``out`` and ``resume`` (a training run), and both keep the options they
+had (``--set`` / ``--config`` reach every field). Each parses, builds the config, calls ``run_x`` and prints.
+"""
 
 from __future__ import annotations
 
@@ -83,14 +88,12 @@ def attack_finetune(
     config_file: ConfigFileOpt = None,
 ) -> None:
     """Fine-tuning attacks (harmful examples, identity shifting, backdoor), optionally defended."""
-    from alignscope.training import FinetuneAttackConfig, config_from_dict, finetune_attack
+    from alignscope.training.attack import FinetuneAttackConfig, run_finetune_attack
+    from alignscope.training.config import config_from_dict
 
     values = fields(config_file, sets, model=model, kind=kind, defense=defense, out=str(out) if out else None)
-    cfg = config_from_dict(FinetuneAttackConfig, values)
-    assert isinstance(cfg, FinetuneAttackConfig)
-    result = finetune_attack(cfg.kind, cfg.defense, cfg)
-    console.print(f"[green]attack fine-tune done:[/] {result.steps} steps; output {result.output}")
-    console.print(f"measure it: alignscope audit --model {result.output}")
+    result = run_finetune_attack(config_from_dict(FinetuneAttackConfig, values))
+    console.print(f"[green]{result.summary()}[/]")
 
 
 @reproduce_app.command("shallow-vs-deep")
@@ -104,9 +107,10 @@ def reproduce_shallow_vs_deep_cmd(
     """Qi et al. 2024 on the embedded default: build aligned and deep models, measure refusal, prefilling,
     per-token KL and the fine-tuning attack; one report. Stages are cached, so --resume continues."""
     from alignscope.runs import RunDir
-    from alignscope.training.reproduce import ShallowDeepConfig, reproduce_shallow_vs_deep
+    from alignscope.training.reproduce import ShallowDeepConfig, run_shallow_vs_deep
 
     cfg = ShallowDeepConfig.from_dict(fields(config_file, sets))
     run = RunDir.create("reproduce shallow-vs-deep", cfg.to_dict(), out=out, resume=resume)
-    reproduce_shallow_vs_deep(run, cfg)
+    result = run_shallow_vs_deep(cfg, run)
+    console.print(result.summary())
     done(run)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, cast, get_args
 
 from alignscope.data.types import Label, Sample, Suite, SuiteError
+from alignscope.jsonl import JSONLError, iter_jsonl
 
 LABELS: tuple[Label, ...] = get_args(Label)
 
@@ -96,16 +97,11 @@ def _parse_json_array(text: str, origin: str) -> list[_Row]:
 
 def _parse_jsonl(text: str, origin: str) -> list[_Row]:
     rows: list[_Row] = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SuiteError(f"{origin}: line {lineno}: malformed JSON ({e.msg} at column {e.colno})") from e
-        if not isinstance(obj, dict):
-            raise SuiteError(f"{origin}: line {lineno}: expected a JSON object, got {type(obj).__name__}")
-        rows.append(_Row(obj, f"line {lineno}", "field"))
+    try:
+        for lineno, obj in iter_jsonl(text, origin):
+            rows.append(_Row(obj, f"line {lineno}", "field"))
+    except JSONLError as e:
+        raise SuiteError(f"{origin}: line {e.line}: {e.detail}") from None
     if not rows:
         raise SuiteError(f"{origin}: file is empty")
     return rows

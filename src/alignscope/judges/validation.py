@@ -19,7 +19,6 @@ A judge is scored on two decisions, and on the three labels where it can make th
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from alignscope.config_io import ConfigIO
+from alignscope.jsonl import JSONLError, iter_jsonl
 from alignscope.judges.base import Judge, JudgeError, Verdict
 from alignscope.judges.outcomes import verdict_of
 
@@ -70,16 +70,12 @@ def parse_labels(text: str, origin: str) -> list[LabelledItem]:
     ``prompt_id`` and ``source`` optional. Errors name the origin, the line and the field."""
     items: list[LabelledItem] = []
     seen: set[str] = set()
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    try:
+        lines = list(iter_jsonl(text, origin))
+    except JSONLError as e:
+        raise JudgeError(f"{origin}: line {e.line}: {e.detail}") from None
+    for lineno, obj in lines:
         where = f"{origin}: line {lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise JudgeError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from e
-        if not isinstance(obj, dict):
-            raise JudgeError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         for key in ("prompt", "response", "label"):
             if key not in obj:
                 raise JudgeError(f"{where}: missing field {key!r}")

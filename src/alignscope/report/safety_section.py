@@ -1,5 +1,5 @@
 """The safety-layers section of a report, read from ``metrics["safety_layers"]`` (written by
-:func:`alignscope.analysis.safety_analysis.analyze_safety_layers`)."""
+:func:`alignscope.analysis.safety_layers.analyze_safety_layers`)."""
 
 from __future__ import annotations
 

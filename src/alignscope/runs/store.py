@@ -27,6 +27,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from alignscope.jsonl import JSONLError, parse_line, read_jsonl
+
 log = logging.getLogger("alignscope.runs")
 
 SAMPLES = "samples.jsonl"
@@ -216,34 +218,11 @@ def iter_jsonl_records(file: Path) -> Iterator[dict[str, Any]]:
     """
     if not file.exists():
         return
-    lines = file.read_bytes().split(b"\n")
-    last = max((i for i, raw in enumerate(lines, start=1) if raw.strip()), default=0)
-    for i, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        rec = _parse_record(raw)
-        if isinstance(rec, str):
-            if i == last:
-                log.info("%s: ignoring a torn last record (%d bytes: %s)", file, len(raw), _preview(raw))
-                continue
-            raise RunError(f"{file}:{i}: malformed JSON ({rec})")
-        yield rec
-
-
-def _parse_record(raw: bytes) -> dict[str, Any] | str:
-    """The JSON object on one line, or why it is not one."""
     try:
-        rec = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        return f"not valid UTF-8 ({e.reason})"
-    except json.JSONDecodeError as e:
-        return e.msg
-    return rec if isinstance(rec, dict) else f"expected a JSON object, got {type(rec).__name__}"
-
-
-def _preview(raw: bytes, width: int = 60) -> str:
-    text = raw.decode("utf-8", errors="replace").strip()
-    return repr(text if len(text) <= width else text[:width] + "...")
+        for _, rec in read_jsonl(file, torn_tail=True):
+            yield rec
+    except JSONLError as e:
+        raise RunError(str(e)) from None
 
 
 def _repair_tail(f: IO[bytes], file: Path, block: int = 1 << 16) -> None:
@@ -275,21 +254,26 @@ def _repair_tail(f: IO[bytes], file: Path, block: int = 1 << 16) -> None:
             start += nl + 1
             line = line[nl + 1 :]
             break
-    rec = _parse_record(line)
-    if isinstance(rec, str):
+    _, why = parse_line(line)
+    if why is not None:
         f.truncate(start)
         log.warning(
             "%s: dropped a torn last record left by an interrupted write (%d bytes, %s: %s); "
             "the %d bytes before it are kept",
             file,
             size - start,
-            rec,
+            why,
             _preview(line),
             start,
         )
     elif b"\n" not in _read_at(f, end, size - end):
         f.write(b"\n")
         log.info("%s: the last record lacked its newline; added it", file)
+
+
+def _preview(raw: bytes, width: int = 60) -> str:
+    text = raw.decode("utf-8", errors="replace").strip()
+    return repr(text if len(text) <= width else text[:width] + "...")
 
 
 def _read_at(f: IO[bytes], pos: int, n: int) -> bytes:

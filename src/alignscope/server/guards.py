@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from alignscope.jsonl import iter_jsonl
 from alignscope.models.base import ChatModel, Conversation, ModelError
 
 log = logging.getLogger("alignscope.server")
@@ -347,5 +348,5 @@ class GuardAuditLog:
         if self.path is None or not self.path.exists():
             return []
         with self._lock:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-        return [json.loads(x) for x in lines if x.strip()]
+            text = self.path.read_text(encoding="utf-8")
+        return [rec for _, rec in iter_jsonl(text, str(self.path))]

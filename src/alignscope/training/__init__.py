@@ -6,7 +6,13 @@ accelerate.
 ``finetune_attack("harmful", defense="constrained", config=...)`` for the attacks.
 """
 
-from alignscope.training.attack import DEFENSES, finetune_attack, finetune_attack_success
+from alignscope.training.attack import (
+    DEFENSES,
+    FinetuneAttackResult,
+    finetune_attack,
+    finetune_attack_success,
+    run_finetune_attack,
+)
 from alignscope.training.builders import ATTACK_KINDS, attack_conversation, test_split, train_split
 from alignscope.training.chat_data import (
     IGNORE_INDEX,
@@ -50,6 +56,7 @@ __all__ = [
     "ConstrainedSFTConfig",
     "DeepAlignConfig",
     "FinetuneAttackConfig",
+    "FinetuneAttackResult",
     "SPPFTConfig",
     "SafetyDPOConfig",
     "SafetySFTConfig",
@@ -67,6 +74,7 @@ __all__ = [
     "launch_command",
     "mixture_loss",
     "read_chat_jsonl",
+    "run_finetune_attack",
     "test_split",
     "tokenize_conversation",
     "tokenize_recovery",

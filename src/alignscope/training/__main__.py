@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import sys
 
-from alignscope.training.attack import finetune_attack
-from alignscope.training.config import FinetuneAttackConfig, config_from_dict
+from alignscope.training.attack import run_finetune_attack
+from alignscope.training.config import FinetuneAttackConfig, TrainResult, config_from_dict
 from alignscope.training.recipes import RECIPES, train
 
 
@@ -21,10 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     with open(path, encoding="utf-8") as f:
         values = json.load(f)
     values.pop("__class__", None)
+    result: TrainResult
     if recipe == "finetune-attack":
-        cfg = config_from_dict(FinetuneAttackConfig, values)
-        assert isinstance(cfg, FinetuneAttackConfig)
-        result = finetune_attack(cfg.kind, cfg.defense, cfg)
+        result = run_finetune_attack(config_from_dict(FinetuneAttackConfig, values))
     else:
         if recipe not in RECIPES:
             print(f"unknown recipe {recipe!r}; choose from {', '.join(sorted(RECIPES))}", file=sys.stderr)

@@ -2,17 +2,19 @@
 Language Models Compromises Safety", ICLR 2024; defences from Qi et al., ICLR 2025, section 4, and Li et al.,
 ICLR 2025).
 
-``finetune_attack("harmful")`` fine-tunes the starting model on harmful prompts with an unaligned model's
-answers; ``defense="constrained"`` swaps cross-entropy for the token-wise constrained objective on the same
-data and steps; ``defense="sppft"`` freezes the safety layers. :func:`finetune_attack_success` measures the result on
-held-out prompts, asked the way the attack expects (the identity attack's system prompt, the backdoor
-trigger).
+:func:`run_finetune_attack` is the experiment (``alignscope attack finetune``): a :class:`FinetuneAttackConfig`
+in, a :class:`FinetuneAttackResult` out. ``finetune_attack("harmful")`` fine-tunes the starting model on harmful
+prompts with an unaligned model's answers; ``defense="constrained"`` swaps cross-entropy for the token-wise
+constrained objective on the same data and steps; ``defense="sppft"`` freezes the safety layers.
+:func:`finetune_attack_success` measures the result on held-out prompts, asked the way the attack expects (the
+identity attack's system prompt, the backdoor trigger).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from alignscope.data.types import Sample
@@ -39,8 +41,37 @@ from alignscope.training.recipes import beta_schedule_of
 DEFENSES: tuple[str | None, ...] = (None, "constrained", "sppft")
 
 
+@dataclass(frozen=True)
+class FinetuneAttackResult(TrainResult):
+    """What a fine-tuning attack produced: the training result (:class:`TrainResult`), the attack's ``kind``
+    and its ``defense``. Measure the attacked model with ``alignscope audit --model <output>``."""
+
+    kind: str = "harmful"
+    defense: str | None = None
+
+    def summary(self) -> str:
+        return (
+            f"fine-tuning attack {self.kind} (defense {self.defense or 'none'}): {self.steps} steps on "
+            f"{self.n_examples} examples; output {self.output}; measure it: alignscope audit --model {self.output}"
+        )
+
+
+def run_finetune_attack(
+    config: FinetuneAttackConfig | None = None, run: RunDir | None = None
+) -> FinetuneAttackResult:
+    """The fine-tuning attack as an experiment: ``config.kind`` attack data, ``config.defense``, trained into
+    ``run`` (None: ``config.out``, else ``runs/``). See :func:`finetune_attack`."""
+    config = config or FinetuneAttackConfig()
+    result = finetune_attack(config.kind, config.defense, config, run=run)
+    values = {f.name: getattr(result, f.name) for f in dataclasses.fields(TrainResult)}
+    return FinetuneAttackResult(**values, kind=config.kind, defense=config.defense)
+
+
 def finetune_attack(
-    kind: str = "harmful", defense: str | None = None, config: FinetuneAttackConfig | None = None
+    kind: str = "harmful",
+    defense: str | None = None,
+    config: FinetuneAttackConfig | None = None,
+    run: RunDir | None = None,
 ) -> TrainResult:
     """Fine-tune ``config.model`` (an aligned model) on the ``kind`` attack data, defended by ``defense``.
 
@@ -48,7 +79,7 @@ def finetune_attack(
         kind: ``harmful``, ``identity`` or ``backdoor`` (see
         :func:`alignscope.training.builders.attack_records`). defense: None (standard SFT), ``"constrained"``
         or ``"sppft"`` (needs ``config.freeze_layers``). config: everything else; its ``kind`` and ``defense``
-        are replaced by the arguments.
+        are replaced by the arguments. run: the run directory to train into (None: ``config.out``).
 
     The run directory records the command ``attack finetune``; the output adapter's base is ``config.model``.
     """
@@ -59,7 +90,7 @@ def finetune_attack(
         raise TrainingError(f"unknown defense {defense!r}; choose from none, constrained, sppft")
     if defense == "sppft" and config.freeze_layers is None:
         raise TrainingError("the sppft defence needs freeze_layers=(first, last)")
-    session = open_session("finetune-attack", config, command="attack finetune")
+    session = open_session("finetune-attack", config, command="attack finetune", run=run)
     with session.main_first():
         records = _attack_data(session.model, config)
     session.save_data(records)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from alignscope.data.types import Sample, Suite
+from alignscope.jsonl import read_jsonl
 from alignscope.judges.keyword import KeywordJudge
 from alignscope.models.base import Conversation, GenerationConfig, user_turn
 from alignscope.models.loading import cache_dir
@@ -38,6 +39,7 @@ from alignscope.training.chat_data import (
     ChatRecord,
     TokenizedExample,
     TrainingDataError,
+    data_lines,
     sample_prefix_length,
     tokenize_conversation,
     tokenize_recovery,
@@ -96,7 +98,7 @@ def generate_cached(
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     file = cache_dir() / "training" / f"{tag}-{digest}.jsonl"
     if cache and file.exists():
-        rows = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [row for _, row in read_jsonl(file)]
         if len(rows) == len(conversations):
             return [str(r["response"]) for r in rows]
     log.info("generating %d %s with %s (cached in %s)", len(conversations), tag, model.name, file)
@@ -119,14 +121,8 @@ def read_response_file(path: str | os.PathLike[str]) -> dict[str, str]:
     if not file.is_file():
         raise TrainingDataError(f"harmful-response file {file} does not exist")
     out: dict[str, str] = {}
-    for i, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for i, obj in data_lines(file):
         where = f"{file}:{i}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TrainingDataError(f"{where}: malformed JSON ({e.msg})") from e
         if isinstance(obj, dict) and "messages" in obj:
             msgs = validate_messages(obj["messages"], where)
             users = [m["content"] for m in msgs if m["role"] == "user"]

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import torch
 
+from alignscope.jsonl import JSONLError, read_jsonl
 from alignscope.models.base import Conversation
 
 log = logging.getLogger("alignscope.training")
@@ -112,14 +113,8 @@ def read_chat_jsonl(path: str | os.PathLike[str]) -> list[ChatRecord]:
     if not file.is_file():
         raise TrainingDataError(f"training data file {file} does not exist")
     records = []
-    for i, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for i, obj in data_lines(file):
         where = f"{file}:{i}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TrainingDataError(f"{where}: malformed JSON ({e.msg})") from e
         if not isinstance(obj, dict) or "messages" not in obj:
             raise TrainingDataError(f"{where}: expected an object with a 'messages' field")
         messages = validate_messages(obj.pop("messages"), where)
@@ -127,6 +122,15 @@ def read_chat_jsonl(path: str | os.PathLike[str]) -> list[ChatRecord]:
     if not records:
         raise TrainingDataError(f"training data file {file} holds no records")
     return records
+
+
+def data_lines(file: Path) -> list[tuple[int, Any]]:
+    """``(line number, JSON value)`` of a training-data JSONL file; a malformed line raises
+    :class:`TrainingDataError` naming the file and line."""
+    try:
+        return list(read_jsonl(file, objects=False))
+    except JSONLError as e:
+        raise TrainingDataError(str(e)) from None
 
 
 def write_chat_jsonl(path: str | os.PathLike[str], records: Iterable[ChatRecord]) -> Path:

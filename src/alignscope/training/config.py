@@ -7,19 +7,24 @@ keeps AdamW's usual beta1 = 0.9.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from alignscope.config_io import ConfigIO, jsonable
 from alignscope.models.loading import DEFAULT_MODEL
 from alignscope.training.refusals import BACKDOOR_TRIGGER
 from alignscope.validation import FieldChecks
 
+T = TypeVar("T", bound="TrainConfig")
+R = TypeVar("R", bound="TrainResult")
+
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Settings every recipe shares.
+class TrainConfig(ConfigIO):
+    """Settings every recipe shares (``to_dict``/``from_dict``/``replace``/``digest`` from
+    :class:`~alignscope.config_io.ConfigIO`: a recorded config compares equal to the live one on resume).
 
     Attributes:
         model: spec of the starting model (see :func:`alignscope.models.load_model`); the saved adapter names
@@ -111,13 +116,6 @@ class TrainConfig:
 
     def _check_recipe(self, check: FieldChecks) -> None:
         """Checks of a recipe's own fields (subclasses extend this)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (tuples as lists), so a recorded config compares equal to the live one on resume."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    def replace(self, **changes: Any) -> Any:
-        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)
@@ -372,14 +370,26 @@ class TrainResult:
     seconds: float
     metrics: dict[str, Any] = field(default_factory=dict)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: jsonable(getattr(self, f.name)) for f in fields(self)}
 
-def config_from_dict(cls: type[TrainConfig], values: dict[str, Any]) -> TrainConfig:
-    """Build ``cls`` from a dict (e.g. JSON), rejecting unknown keys with a message naming them."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    @classmethod
+    def from_dict(cls: type[R], d: Mapping[str, Any]) -> R:
+        values = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        return cls(**{**values, "run_dir": Path(d["run_dir"]), "output": Path(d["output"])})
+
+    def summary(self) -> str:
+        loss = "n/a" if self.train_loss is None else f"{self.train_loss:.4f}"
+        return (
+            f"{self.recipe}: {self.steps} steps on {self.n_examples} examples, train loss {loss}, "
+            f"{self.seconds:.0f} s; output {self.output}"
+        )
+
+
+def config_from_dict(cls: type[T], values: Mapping[str, Any]) -> T:
+    """Build ``cls`` from a dict (e.g. JSON), rejecting unknown keys with a message naming them; a single
+    ``gcg_runs`` string is taken as a one-element tuple."""
+    values = dict(values)
     if isinstance(values.get("gcg_runs"), str):
         values["gcg_runs"] = (values["gcg_runs"],)
-    return cls(**values)
+    return cls.from_dict(values)

@@ -72,20 +72,25 @@ class Session:
             )
 
 
-def open_session(recipe: str, config: TrainConfig, command: str | None = None) -> Session:
+def open_session(
+    recipe: str, config: TrainConfig, command: str | None = None, run: RunDir | None = None
+) -> Session:
     """Create (or with ``config.resume`` reopen) the run directory (recorded as ``command``, default
-    ``train <recipe>``) and load the starting model."""
+    ``train <recipe>``) and load the starting model. ``run``: an already-made run directory to train into
+    instead (``config.out`` is then ignored)."""
     from accelerate import PartialState
 
     # on a machine without CUDA accelerate only sees the multi-process (gloo) launch when asked for the CPU
     state = PartialState(cpu=config.device == "cpu" or not torch.cuda.is_available())
-    if state.num_processes > 1 and config.out is None:
+    if state.num_processes > 1 and config.out is None and run is None:
         raise TrainingError(
             "under a multi-process launch every process must write to the same run: pass out="
         )
     record = {**config.to_dict(), "recipe": recipe}
     with state.main_process_first():
-        if state.is_main_process:
+        if run is not None:
+            run = run if state.is_main_process else RunDir.open(run.path)
+        elif state.is_main_process:
             run = RunDir.create(
                 command or f"train {recipe}", record, out=config.out, root="runs", resume=bool(config.resume)
             )

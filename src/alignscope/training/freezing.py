@@ -6,7 +6,7 @@ harmful rate close to the aligned model's (normal data: +3.5 points vs +25.5 for
 freezing layers before or after the range does not protect.
 
 Layer indices here are 0-based decoder layers (``model.model.layers[i]`` for Llama-style models), the same
-numbering :mod:`alignscope.analysis.safety_layers` reports. Ranges are inclusive at both ends, as in the paper
+numbering :mod:`alignscope.analysis.layer_scan` reports. Ranges are inclusive at both ends, as in the paper
 ("layers [6, 12]").
 
 Two ways to use it:
@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from alignscope.analysis.layers import (
+from alignscope.analysis.layer_access import (
     LAYER_WEIGHTS,
     LayerAccessError,
     decoder_layers,

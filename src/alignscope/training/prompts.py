@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from alignscope.jsonl import read_jsonl
 from alignscope.models.loading import cache_dir
 from alignscope.models.local import LocalModel
 
@@ -83,7 +84,7 @@ def sampled_sentences(
     key = json.dumps({"model": llm.name, "starts": chosen, **settings})
     file = cache_dir() / "generated" / f"sampled-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsonl"
     if file.is_file():
-        rows = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [row for _, row in read_jsonl(file)]
         if len(rows) == n:
             return [str(r["text"]) for r in rows if r["text"]]
     log.info("sampling %d sentences from %s, cached in %s", n, llm.name, file)

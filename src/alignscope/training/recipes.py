@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from alignscope.jsonl import read_jsonl
 from alignscope.models.loading import load_model
 from alignscope.models.local import PLAIN_TEMPLATE, LocalModel
 from alignscope.training.builders import (
@@ -256,11 +257,7 @@ def safety_dpo(config: TrainConfig) -> TrainResult:
     session = open_session("safety-dpo", config)
     with session.main_first():
         if config.data:
-            import json
-            from pathlib import Path
-
-            lines = Path(config.data).read_text(encoding="utf-8").splitlines()
-            pairs = [json.loads(line) for line in lines if line.strip()]
+            pairs = [pair for _, pair in read_jsonl(config.data)]
         else:
             source = _responses_source(session, config.responses_model)
             harmful = harmful_pairs(

@@ -11,7 +11,8 @@ held-out prompts (the test split of the suites the recipes trained on the train 
 * the harmful fine-tuning attack on aligned, with standard SFT and with the constrained objective (same data,
   same steps).
 
-Every stage is cached in the run directory (trained adapters, per-sample records), so a killed run resumes
+:func:`run_shallow_vs_deep` is the experiment (a :class:`ShallowDeepConfig` in, a :class:`ShallowDeepResult` out);
+:func:`reproduce_shallow_vs_deep` does the work. Every stage is cached in the run directory (trained adapters, per-sample records), so a killed run resumes
 where it stopped. The prefilling attack's continuation (without the forced prefix) is what the keyword judge
 reads for the primary numbers: a prefix of 40 tokens fills most of the judge's 200-character window, so
 judging prefix + continuation would count a model that recovers as harmful. Both are recorded.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,7 +125,16 @@ class ShallowDeepConfig(ConfigIO):
 @dataclass(frozen=True)
 class ShallowDeepResult:
     """Metrics of the reproduction (also in ``metrics.json``), the adapters it built, and the verdict on each
-    claim the issue asks it to show."""
+    claim the issue asks it to show.
+
+    Attributes:
+        metrics: everything measured, with the config and the settings that produced it.
+        adapters: the ``aligned`` and ``deep`` adapter directories.
+        checks: each claim and whether the measured point estimates satisfy it.
+        markdown: the tables as markdown (``report.md``).
+        seconds: wall time of this call (stages finished before are not re-run).
+        notes: remarks on the run.
+    """
 
     metrics: dict[str, Any]
     adapters: dict[str, Path]
@@ -131,6 +142,44 @@ class ShallowDeepResult:
     markdown: str
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metrics": self.metrics,
+            "adapters": {k: str(v) for k, v in self.adapters.items()},
+            "checks": dict(self.checks),
+            "markdown": self.markdown,
+            "seconds": self.seconds,
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ShallowDeepResult:
+        return cls(
+            dict(d["metrics"]),
+            {k: Path(v) for k, v in d["adapters"].items()},
+            {k: bool(v) for k, v in d["checks"].items()},
+            str(d["markdown"]),
+            float(d.get("seconds", 0.0)),
+            list(d.get("notes", [])),
+        )
+
+    def summary(self) -> str:
+        held = sum(self.checks.values())
+        lines = [f"shallow vs deep: {held} of {len(self.checks)} claims hold", self.markdown]
+        lines += [f"- [{'x' if ok else ' '}] {name}" for name, ok in self.checks.items()]
+        return "\n".join(lines)
+
+
+def run_shallow_vs_deep(
+    config: ShallowDeepConfig | None = None, run: RunDir | None = None, *, progress: bool = True
+) -> ShallowDeepResult:
+    """The reproduction as an experiment: run (or resume) it into ``run`` (None: a new run directory under
+    ``runs/``); see :func:`reproduce_shallow_vs_deep`."""
+    config = config or ShallowDeepConfig()
+    if run is None:
+        run = RunDir.create("reproduce shallow-vs-deep", config.to_dict())
+    return reproduce_shallow_vs_deep(run, config, progress)
 
 
 def reproduce_shallow_vs_deep(

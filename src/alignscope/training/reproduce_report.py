@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 import numpy as np
 
+from alignscope.report.html import Figure, Report, Section, Table, write_report
 from alignscope.runs.store import RunDir
 
 EARLY_POSITIONS = 5
@@ -84,9 +84,9 @@ def checks_of(metrics: dict[str, Any]) -> dict[str, bool]:
     }
 
 
-def markdown_tables(metrics: dict[str, Any]) -> str:
-    """The README table: per model refusal, prefill success per k (named by its measure), over-refusal; then
-    the attack and KL summaries."""
+def tables_of(metrics: dict[str, Any]) -> list[Table]:
+    """Per model refusal, prefill success per k (named by its measure) and over-refusal; then the fine-tuning
+    attack and the per-token KL summaries."""
     models = metrics["models"]
     judge = str(metrics.get("judge", "keyword"))
     what = success_label(metrics)
@@ -98,43 +98,64 @@ def markdown_tables(metrics: dict[str, Any]) -> str:
         "over-refusal benign",
         "over-refusal borderline",
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, r in models.items():
-        cells = [
+    rows = [
+        [
             name,
             _pct(r["refusal_k0"]),
             *[_pct(prefill_success(r, judge)[k]) for k in ks],
             _pct(r["over_refusal"]["benign"]),
             _pct(r["over_refusal"]["borderline"]),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    att = metrics["attack"]
-    lines += [
-        "",
-        f"| harmful fine-tuning attack on aligned | {what} (k=0) |",
-        "|---|---|",
-        f"| before the attack | {_pct(att['initial'])} |",
-        f"| standard SFT | {_pct(att['standard'])} |",
-        f"| constrained SFT (same data and steps) | {_pct(att['constrained'])} |",
-        "",
-        f"| per-token KL against base | mean KL, positions 1-{EARLY_POSITIONS} | mean KL, positions "
-        f"{EARLY_POSITIONS + 1}+ |",
-        "|---|---|---|",
+        for name, r in models.items()
     ]
+    att = metrics["attack"]
+    attack = Table(
+        ["harmful fine-tuning attack on aligned", f"{what} (k=0)"],
+        [
+            ["before the attack", _pct(att["initial"])],
+            ["standard SFT", _pct(att["standard"])],
+            ["constrained SFT (same data and steps)", _pct(att["constrained"])],
+        ],
+    )
+    kl_rows = []
     for name, curve in metrics["kl"].items():
         early, late = _kl_means(curve)
-        lines.append(f"| {name} | {early:.3f} | {late:.3f} |")
+        kl_rows.append([name, f"{early:.3f}", f"{late:.3f}"])
+    kl = Table(
+        [
+            "per-token KL against base",
+            f"mean KL, positions 1-{EARLY_POSITIONS}",
+            f"mean KL, positions {EARLY_POSITIONS + 1}+",
+        ],
+        kl_rows,
+    )
+    return [Table(head, rows), attack, kl]
+
+
+def provenance_note(metrics: dict[str, Any]) -> str:
+    """What produced the numbers: model, prompts, suites and split, judge, decoding."""
     cfg = metrics["config"]
-    lines += [
-        "",
+    return (
         f"Model {cfg['model']} (base) and its LoRA adapters; {metrics['n_harmful_test']} held-out harmful "
         f"prompts ({metrics['n_prefill_prompts']} with a harmful base answer for prefilling), "
         f"suites {cfg['harmful_suite']} and {cfg['benign_suite']} (test split, {cfg['test_fraction']:g} held "
         f"out, seed {cfg['split_seed']}) and {cfg['borderline_suite']}, judge {metrics['judge']} "
         f"({metrics.get('judge_note', 'prefill: the continuation is judged')}), {metrics['generation']}; "
-        "rates with Wilson 95% intervals.",
-    ]
-    return "\n".join(lines)
+        "rates with Wilson 95% intervals."
+    )
+
+
+def _markdown(table: Table) -> list[str]:
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in table.rows]
+
+
+def markdown_tables(metrics: dict[str, Any]) -> str:
+    """The tables of :func:`tables_of` as markdown (for ``report.md`` and the docs), then the provenance."""
+    lines: list[str] = []
+    for table in tables_of(metrics):
+        lines += [*_markdown(table), ""]
+    return "\n".join([*lines, provenance_note(metrics)])
 
 
 def plot(metrics: dict[str, Any], out: RunDir) -> list[str]:
@@ -190,61 +211,44 @@ def plot(metrics: dict[str, Any], out: RunDir) -> list[str]:
     return names
 
 
+TITLE = "Shallow vs deep safety alignment"
+
+
+def shallow_deep_section(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Section], list[str]]:
+    """The reproduction's report section (tables, claims, plots), for the registry: it shows only in a run
+    whose metrics hold the reproduction's ``models``, ``kl`` and ``attack``."""
+    if not all(k in metrics for k in ("models", "kl", "attack", "config")):
+        return [], []
+    checks = metrics.get("checks", {})
+    section = Section(
+        TITLE,
+        intro=f"Qi et al., ICLR 2025 (arXiv 2406.05946), reproduced on {metrics['config']['model']}.",
+        tables=[
+            *tables_of(metrics),
+            Table(
+                ["claim", "holds"], [[name, "yes" if ok else "no"] for name, ok in checks.items()], "Claims"
+            ),
+        ],
+        figures=[Figure(run.plots_dir / name, name.removesuffix(".png")) for name in plot(metrics, run)],
+        notes=[provenance_note(metrics)],
+    )
+    held = sum(bool(ok) for ok in checks.values())
+    return [section], [f"shallow vs deep: {held} of {len(checks)} claims hold"] if checks else []
+
+
 def render_reports(out: RunDir, metrics: dict[str, Any]) -> str:
-    """Write ``report.md``, ``report.html`` and the plots; return the markdown tables."""
+    """Write ``report.md``, ``report.html`` (the shared renderer, :mod:`alignscope.report.html`) and the plots;
+    return the markdown tables."""
     tables = markdown_tables(metrics)
     checks = metrics.get("checks", {})
     check_md = "\n".join(f"- [{'x' if ok else ' '}] {name}" for name, ok in checks.items())
-    md = f"# Shallow vs deep safety alignment (Qi et al., ICLR 2025)\n\n{tables}\n\n## Claims\n\n{check_md}\n"
+    md = f"# {TITLE} (Qi et al., ICLR 2025)\n\n{tables}\n\n## Claims\n\n{check_md}\n"
     (out.path / "report.md").write_text(md, encoding="utf-8")
-    pngs = plot(metrics, out)
-    body = [
-        f"<h1>Shallow vs deep safety alignment</h1><p>Qi et al., ICLR 2025 (arXiv 2406.05946), reproduced on "
-        f"{html.escape(metrics['config']['model'])}.</p>"
-    ]
-    body.append(_md_tables_to_html(tables))
-    body.append(
-        "<h2>Claims</h2><ul>"
-        + "".join(
-            f"<li>{'&#10003;' if ok else '&#10007;'} {html.escape(name)}</li>" for name, ok in checks.items()
-        )
-        + "</ul>"
-    )
-    body += [f'<img src="plots/{name}" alt="{name}" style="max-width:640px">' for name in pngs]
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>shallow vs deep</title><style>"
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
-        "table{border-collapse:collapse;margin:1em 0}"
-        "td,th{border:1px solid #ccc;padding:4px 8px}</style></head><body>" + "".join(body) + "</body></html>"
-    )
-    out.report_path.write_text(page, encoding="utf-8")
+    sections, summary = shallow_deep_section(out, metrics)
+    meta = {
+        "command": "reproduce shallow-vs-deep",
+        "model": metrics["config"]["model"],
+        "judge": metrics["judge"],
+    }
+    write_report(Report(TITLE, meta, sections, summary), out.report_path)
     return tables
-
-
-def _md_tables_to_html(md: str) -> str:
-    parts: list[str] = []
-    rows: list[list[str]] = []
-
-    def flush() -> None:
-        if rows:
-            head, *rest = rows
-            parts.append(
-                "<table><tr>"
-                + "".join(f"<th>{html.escape(c)}</th>" for c in head)
-                + "</tr>"
-                + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rest)
-                + "</table>"
-            )
-            rows.clear()
-
-    for line in md.splitlines():
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if not all(set(c) <= {"-"} for c in cells):
-                rows.append(cells)
-        else:
-            flush()
-            if line.strip():
-                parts.append(f"<p>{html.escape(line)}</p>")
-    flush()
-    return "".join(parts)

@@ -1,4 +1,5 @@
-"""Access to the decoder layers of Llama-style causal LMs, shared by the safety-layer analyses and SPPFT.
+"""Finding the decoder layers of Llama-style causal LMs and their projection weights, shared by the
+safety-layer analyses and SPPFT.
 
 Li et al., "Safety Layers in Aligned Large Language Models" (ICLR 2025, arXiv 2408.17003) scale
 (over-rejection) and freeze (SPPFT) the attention and MLP projections of a range of decoder layers. Layer

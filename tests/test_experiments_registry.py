@@ -1,0 +1,62 @@
+"""Every registered experiment resolves, is importable from the package root in one hop, and its config
+round-trips through ``to_dict`` / ``from_dict`` (JSON included)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+
+import alignscope
+from alignscope.experiments import EXPERIMENTS, report_sections
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_experiment_resolves_and_imports_from_the_root(name: str) -> None:
+    exp = EXPERIMENTS[name]
+    config_cls, runner, result_cls = exp.config_class, exp.runner, exp.result_class
+    config_name, run_name, result_name = exp.names
+    root = importlib.import_module("alignscope")
+    assert getattr(root, config_name) is config_cls
+    assert getattr(root, run_name) is runner
+    assert getattr(root, result_name) is result_cls
+    assert {config_name, run_name, result_name} <= set(alignscope.__all__)
+    assert callable(runner) and hasattr(result_cls, "to_dict")
+
+
+# judges/ is being reworked on another branch; remove this entry when JudgeEvaluation gains from_dict
+_NO_FROM_DICT_YET = {"judge-eval"}
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_result_has_from_dict(name: str) -> None:
+    if name in _NO_FROM_DICT_YET:
+        pytest.xfail(f"{EXPERIMENTS[name].result} has no from_dict yet")
+    assert hasattr(EXPERIMENTS[name].result_class, "from_dict")
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_config_round_trips(name: str) -> None:
+    cls = EXPERIMENTS[name].config_class
+    config = cls()
+    data = json.loads(json.dumps(config.to_dict()))
+    assert cls.from_dict(data) == config
+    assert cls.from_dict(data).to_dict() == data
+
+
+def test_one_hop_imports() -> None:
+    from alignscope import (  # noqa: F401
+        FinetuneAttackConfig,
+        PrefillConfig,
+        SafetyLayersConfig,
+        ShallowDeepConfig,
+        run_finetune_attack,
+        run_prefill,
+        run_safety_layers,
+        run_shallow_vs_deep,
+    )
+
+
+def test_report_sections_resolve() -> None:
+    assert all(callable(s) for s in report_sections())
