@@ -96,7 +96,9 @@ def test_documented_command_exists_with_its_options(where: str, line: str) -> No
     for word in rest:
         if word.startswith("--"):
             flag = word.split("=", 1)[0]
-            assert flag in known, f"{where}: {line!r}: {flag} is not an option of {cmd.name} ({sorted(known)})"
+            assert flag in known, (
+                f"{where}: {line!r}: {flag} is not an option of {cmd.name} ({sorted(known)})"
+            )
 
 
 def _python_blocks() -> list[tuple[str, str]]:
