@@ -386,6 +386,137 @@ def test_probe_guard_load_errors(tiny4, tmp_path: Path):
         ProbeGuard(probe, 0.0).check([user_turn("hi")])
 
 
+def test_guard_splits_keep_test_halves_out_of_fitting():
+    from alignscope.analysis.probe_contrast import DEFAULT_SOURCES, ROLES, guard_splits
+    from alignscope.data import load_suite
+
+    splits = guard_splits(test_fraction=0.5, split_seed=0)
+    assert set(splits) == set(ROLES)
+    for role, sp in splits.items():
+        half, test = load_suite(DEFAULT_SOURCES[role]).split(0.5, 0)
+        train, val, held = (set(sp.ids()[p]) for p in ("train", "validation", "test"))
+        assert train and val and held
+        assert not (train & val) and not (train & held) and not (val & held)
+        assert train | val == {s.id for s in half}  # validation is carved from the train half only
+        assert held == {s.id for s in test}  # the held-out half is the suite's own test split
+    assert splits["safe"].suite == "safe-alarming" and splits["unsafe"].suite == "unsafe-contrast"
+    again = guard_splits(test_fraction=0.5, split_seed=0)
+    assert all(again[r].ids() == splits[r].ids() for r in ROLES)  # seeded
+    with pytest.raises(ValueError, match="at least 2"):
+        guard_splits({"benign": ["only one prompt"]})
+
+
+def _contrast_states(seed: int = 0, hidden: int = 12):
+    """Synthetic states in which feature 0 marks alarming words (harmful, unsafe and safe prompts) and feature
+    1 harmful intent (harmful and unsafe only), on layer 1 of 2."""
+    from alignscope.analysis.probe_contrast import guard_splits
+
+    g = torch.Generator().manual_seed(seed)
+    prompts = {r: [f"{r} prompt {i}" for i in range(40)] for r in ("harmful", "unsafe", "benign", "safe")}
+    splits = guard_splits(prompts, test_fraction=0.5, split_seed=0)
+    shift = {"harmful": (4.0, 3.0), "unsafe": (4.0, 3.0), "benign": (0.0, 0.0), "safe": (4.0, 0.0)}
+    states = {}
+    for role, sp in splits.items():
+        states[role] = {}
+        for part in ("train", "validation", "test"):
+            x = torch.randn(len(sp.part(part)), 2, hidden, generator=g)
+            x[:, 1, 0] += shift[role][0]
+            x[:, 1, 1] += shift[role][1]
+            states[role][part] = x
+    return splits, states
+
+
+def test_contrast_fit_meets_target_fpr_on_validation_and_reports_held_out():
+    from alignscope.analysis.probe_contrast import NEGATIVE_ROLES, fit_contrast_probes, role_rates
+
+    splits, states = _contrast_states()
+    cfg = ProbeConfig(target_fpr=0.1)
+    fit = fit_contrast_probes(
+        states, splits, config=cfg, split_settings={"test_fraction": 0.5, "split_seed": 0}
+    )
+    assert fit.chosen_layer == 1
+    d = fit.to_dict()
+    json.dumps(d)
+    assert d["fit"] == "contrast" and d["target_fpr"] == 0.1 and d["threshold"] == fit.guard.threshold
+    for role in NEGATIVE_ROLES:  # the threshold meets the target on each safe role's validation prompts
+        assert d["validation"]["false_positive_rate"][role]["rate"] <= 0.1
+    probe = fit.probes[1]
+    logits = probe.logits(states["safe"]["validation"][:, 1])
+    assert (logits > fit.guard.threshold).mean() <= 0.1
+    held = d["held_out"]
+    for role in ("benign", "safe"):
+        r = held["false_positive_rate"][role]
+        assert r["n"] == len(splits[role].test) and r["ci_low"] <= r["rate"] <= r["ci_high"]
+    for role in ("harmful", "unsafe"):
+        assert held["true_positive_rate"][role]["n"] == len(splits[role].test)
+    assert held == role_rates(probe, fit.guard.threshold, states, "test")
+    assert held["auroc_unsafe_vs_safe"] > 0.9
+    assert d["data"]["safe"]["suite"] == "custom[40]" and d["data"]["unsafe"]["n_train"] > 0
+    assert fit.guard.metrics["held_out"] == held and fit.guard.metrics["fit"] == "contrast"
+    # fitted on harmful vs benign alone, the probe flags far more of the alarming-but-safe prompts
+    old = fit_probes(
+        torch.cat([states["harmful"][p] for p in ("train", "validation")]),
+        torch.cat([states["benign"][p] for p in ("train", "validation")]),
+        config=cfg,
+    )
+    old_safe = (old.probes[1].logits(states["safe"]["test"][:, 1]) > old.guard.threshold).mean()
+    assert held["false_positive_rate"]["safe"]["rate"] < old_safe - 0.3
+
+
+def test_old_probe_guard_files_still_load(tiny4, tmp_path: Path):
+    hidden = tiny4.model.config.hidden_size
+    old = {  # a probe_guard.json written before the contrastive fit: no fit, target or held-out metadata
+        "format": "alignscope-probe-guard",
+        "version": 1,
+        "model": tiny4.name,
+        "template": "chat",
+        "layer": 1,
+        "n_layers": tiny4.num_layers,
+        "hidden_size": hidden,
+        "threshold": 0.5,
+        "intercept": 0.0,
+        "coef": [0.01] * hidden,
+        "mean": [0.0] * hidden,
+        "scale": [1.0] * hidden,
+        "metrics": {"validation_auroc": 0.9, "validation_tpr": 0.8, "validation_fpr": 0.05},
+    }
+    path = tmp_path / "probe_guard.json"
+    path.write_text(json.dumps(old))
+    guard = ProbeGuard.load(path, tiny4)
+    assert guard.layer == 1 and guard.threshold == 0.5 and guard.metrics["validation_auroc"] == 0.9
+    assert len(guard.check_prompts(["hi"])) == 1
+
+
+def test_safety_layers_old_guard_fit_is_reachable(tiny4, tmp_path: Path):
+    from alignscope.analysis.safety_layers import SafetyLayersConfig, run_safety_layers
+    from alignscope.validation import OptionError
+
+    with pytest.raises(OptionError, match="guard_fpr"):
+        SafetyLayersConfig(guard_fpr=1.5)
+    cfg = SafetyLayersConfig(model="tiny4", n=6, draws=10, saliency=0, guard_contrast=False, guard_fpr=0.2)
+    assert cfg.probe_config().target_fpr == 0.2
+    run = RunDir.create("analyze safety-layers", cfg.to_dict(), out=tmp_path / "run")
+    result = run_safety_layers(cfg, run, models={"tiny4": tiny4}, progress=False)
+    probe = result.probe
+    assert probe["fit"] == "harmful-vs-benign" and "held_out" not in probe
+    assert probe["config"]["target_fpr"] == 0.2
+    # the same numbers as the harmful-vs-benign fit on the scan's prompts
+    from alignscope.data import load_suite
+
+    fit = fit_probe_guard(
+        tiny4,
+        load_suite("harmful").take(6).prompts,
+        load_suite("benign").take(6).prompts,
+        load_suite("borderline").prompts,
+        config=ProbeConfig(target_fpr=0.2),
+    )
+    assert [s["threshold"] for s in probe["per_layer"]] == pytest.approx(
+        [s.threshold for s in fit.scores], rel=1e-4, abs=1e-4
+    )
+    saved = ProbeGuard.load(run.path / "probe_guard.json", tiny4)
+    assert saved.metrics["fit"] == "harmful-vs-benign"
+
+
 # -- transparency view ---------------------------------------------------------------------------------------
 
 
@@ -444,6 +575,21 @@ def test_analyze_safety_layers_end_to_end(tiny4, tmp_path: Path):
         assert summary.localization["chosen"]
     assert summary.probe["guard_file"] == "probe_guard.json"
     assert ProbeGuard.load(run.path / "probe_guard.json", tiny4).layer == summary.probe["chosen_layer"]
+    probe = summary.probe  # the default fit: contrastive twins, threshold on validation, held-out rates
+    assert probe["fit"] == "contrast" and probe["data"]["safe"]["suite"] == "safe-alarming"
+    assert probe["data"]["unsafe"]["suite"] == "unsafe-contrast" and probe["data"]["unsafe"]["n_train"] > 0
+    for role, ids in probe["ids"].items():
+        assert not set(ids["test"]) & (set(ids["train"]) | set(ids["validation"])), role
+    assert probe["held_out"]["false_positive_rate"]["safe"]["n"] == len(probe["ids"]["safe"]["test"])
+    saved = json.loads((run.path / "probe_guard.json").read_text())
+    assert saved["metrics"]["held_out"] == probe["held_out"] and saved["metrics"]["target_fpr"] == 0.05
+    assert "held-out false positives" in summary.summary()
+    from alignscope.report.safety_section import safety_layers_section
+
+    sections, lines = safety_layers_section(run, run.metrics())
+    captions = [t.caption for t in sections[0].tables]
+    assert any("held-out" in c and "target false-positive rate of 5%" in c for c in captions)
+    assert any("alarming-but-safe" in line for line in lines)
     assert len(summary.saliency) == 2
     for p in summary.plots:
         assert (run.path / p).exists()

@@ -10,6 +10,10 @@ over the prompt, no generation.
 and an operating point (the threshold that keeps the false-positive rate on benign validation prompts at or
 below ``target_fpr``); with borderline-safe prompts it also reports each layer's false-refusal rate there. The
 guard (:class:`ProbeGuard`) keeps the best layer's probe and is saved as a small JSON file.
+
+That is the harmful-vs-benign fit. The default fit of the safety-layers experiment adds contrastive pairs
+(alarming-but-safe prompts vs their unsafe twins) and reports held-out rates:
+:mod:`alignscope.analysis.probe_contrast`.
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ class ProbeConfig:
         C: inverse L2 regularisation strength of the logistic regression (scikit-learn's ``C``).
         validation_fraction: share of each class held out to measure AUROC and set the threshold.
         target_fpr: operating point: the threshold is the smallest that flags at most this share of the benign
-            validation prompts.
+            validation prompts (in the contrastive fit: of each negative group's validation prompts, benign and
+            alarming-but-safe).
         seed: seed of the train/validation split.
         max_iter: iteration cap of the lbfgs solver.
         template: ``"chat"`` or ``"plain"``, as in
@@ -135,6 +140,15 @@ def operating_threshold(benign_logits: np.ndarray, target_fpr: float) -> float:
     return float(s[n - allowed - 1]) if allowed < n else float(s[0]) - 1.0
 
 
+def centred_threshold(threshold: float, logits: np.ndarray) -> float:
+    """Move ``threshold`` up to midway between it and the lowest of ``logits`` above it: every validation
+    prompt stays on the same side (the validation rates do not change), but a held-out prompt scoring just
+    above the highest allowed negative is no longer flagged. Unchanged when nothing lies above it."""
+    above = np.asarray(logits, dtype=np.float64)
+    above = above[above > threshold]
+    return float((threshold + above.min()) / 2) if len(above) else float(threshold)
+
+
 def split_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A seeded (train, validation) split of ``range(n)`` with at least one item on each side."""
     if n < 2:
@@ -144,9 +158,16 @@ def split_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def fit_layer_probe(harmful: np.ndarray, benign: np.ndarray, layer: int, config: ProbeConfig) -> LinearProbe:
+def fit_layer_probe(
+    harmful: np.ndarray,
+    benign: np.ndarray,
+    layer: int,
+    config: ProbeConfig,
+    sample_weight: np.ndarray | None = None,
+) -> LinearProbe:
     """Fit the logistic regression on ``(n_h, hidden)`` harmful and ``(n_b, hidden)`` benign states of a
-    layer."""
+    layer. The classes are weighted to balance; ``sample_weight`` (``(n_h + n_b,)``, harmful first) replaces
+    that weighting when given."""
     from sklearn.linear_model import LogisticRegression
 
     x = np.concatenate([harmful, benign]).astype(np.float64)
@@ -154,8 +175,9 @@ def fit_layer_probe(harmful: np.ndarray, benign: np.ndarray, layer: int, config:
     mean = x.mean(axis=0)
     scale = x.std(axis=0)
     scale[scale < 1e-8] = 1.0
-    clf = LogisticRegression(C=config.C, max_iter=config.max_iter, class_weight="balanced")
-    clf.fit((x - mean) / scale, y)
+    balance = "balanced" if sample_weight is None else None
+    clf = LogisticRegression(C=config.C, max_iter=config.max_iter, class_weight=balance)
+    clf.fit((x - mean) / scale, y, sample_weight=sample_weight)
     return LinearProbe(layer, clf.coef_[0].copy(), float(clf.intercept_[0]), mean, scale)
 
 
@@ -213,34 +235,13 @@ def fit_probes(
         probe = fit_layer_probe(
             harmful[h_train, layer].numpy(), benign[b_train, layer].numpy(), layer, config
         )
-        pos = probe.logits(harmful[h_val, layer])
-        neg = probe.logits(benign[b_val, layer])
-        t = operating_threshold(neg, config.target_fpr)
-        fr = n_o = None
-        if borderline is not None:
-            n_o = int(borderline.shape[0])
-            fr = int((probe.logits(borderline[:, layer]) > t).sum())
         probes[layer] = probe
         scores.append(
-            LayerProbeScore(
-                layer=layer,
-                auroc=_auroc(pos, neg),
-                separation=_separation(pos, neg),
-                threshold=t,
-                tpr=float((pos > t).mean()),
-                fpr=float((neg > t).mean()),
-                false_refusals=fr,
-                n_borderline=n_o,
-            )
+            score_layer(probe, harmful[h_val, layer], [benign[b_val, layer]], borderline, config.target_fpr)
         )
-    allowed = set(layers if guard_layers is None else guard_layers) & set(layers)
-    if not allowed:
-        raise ValueError(f"guard_layers {list(guard_layers or [])} share no layer with the fitted layers")
-    best = min(
-        (s for s in scores if s.layer in allowed),
-        key=lambda s: (-s.auroc, -s.separation, s.layer),
-    )
+    best = choose_layer(scores, layers, guard_layers)
     details = {
+        "fit": "harmful-vs-benign",
         "n_train": {"harmful": len(h_train), "benign": len(b_train)},
         "n_validation": {"harmful": len(h_val), "benign": len(b_val)},
         "n_borderline": None if borderline is None else int(borderline.shape[0]),
@@ -252,9 +253,66 @@ def fit_probes(
         template=config.template,
         model_name=model.name if model is not None else "",
         n_layers=n_layers,
-        metrics={"validation_auroc": best.auroc, "validation_tpr": best.tpr, "validation_fpr": best.fpr},
+        metrics={
+            "fit": "harmful-vs-benign",
+            "target_fpr": config.target_fpr,
+            "validation_auroc": best.auroc,
+            "validation_tpr": best.tpr,
+            "validation_fpr": best.fpr,
+        },
     )
     return ProbeFit(probes, scores, best.layer, config, guard, details)
+
+
+def score_layer(
+    probe: LinearProbe,
+    positive: np.ndarray | torch.Tensor,
+    negative_groups: Sequence[np.ndarray | torch.Tensor],
+    borderline: torch.Tensor | None,
+    target_fpr: float,
+    centred: bool = False,
+) -> LayerProbeScore:
+    """Score one layer's probe on validation states: ``positive`` is ``(n_p, hidden)``, each negative group
+    ``(n_g, hidden)``. The threshold keeps every negative group's false-positive rate at or below
+    ``target_fpr`` (the largest of the groups' :func:`operating_threshold`; ``centred``: then moved by
+    :func:`centred_threshold`); ``fpr`` is over all negatives. ``borderline`` is ``(n_o, n_layers, hidden)``
+    (all layers), only counted, never used to set anything."""
+    pos = probe.logits(positive)
+    groups = [probe.logits(g) for g in negative_groups if len(g)]
+    if not groups or not len(pos):
+        raise ValueError("a validation split needs at least one positive and one negative prompt")
+    t = max(operating_threshold(g, target_fpr) for g in groups)
+    neg = np.concatenate(groups)
+    if centred:
+        t = centred_threshold(t, np.concatenate([pos, neg]))
+    fr = n_o = None
+    if borderline is not None:
+        n_o = int(borderline.shape[0])
+        fr = int((probe.logits(borderline[:, probe.layer]) > t).sum())
+    return LayerProbeScore(
+        layer=probe.layer,
+        auroc=_auroc(pos, neg),
+        separation=_separation(pos, neg),
+        threshold=t,
+        tpr=float((pos > t).mean()),
+        fpr=float((neg > t).mean()),
+        false_refusals=fr,
+        n_borderline=n_o,
+    )
+
+
+def choose_layer(
+    scores: Sequence[LayerProbeScore], layers: Sequence[int], guard_layers: Sequence[int] | None
+) -> LayerProbeScore:
+    """The guard's layer among ``guard_layers`` (None: all fitted ``layers``): the highest validation AUROC,
+    on ties the largest separation d', then the lowest layer."""
+    allowed = set(layers if guard_layers is None else guard_layers) & set(layers)
+    if not allowed:
+        raise ValueError(f"guard_layers {list(guard_layers or [])} share no layer with the fitted layers")
+    return min(
+        (s for s in scores if s.layer in allowed),
+        key=lambda s: (-s.auroc, -s.separation, s.layer),
+    )
 
 
 def fit_probe_guard(

@@ -34,6 +34,7 @@ from alignscope.analysis.layer_scan import (
 )
 from alignscope.analysis.overrejection import DEFAULT_ALPHA, localize_safety_layers, plot_overrejection
 from alignscope.analysis.probe import ProbeConfig, fit_probes
+from alignscope.analysis.probe_contrast import fit_contrast_probes, guard_splits, split_states
 from alignscope.analysis.saliency import plot_saliency, refusal_saliency
 from alignscope.config_io import ConfigIO
 from alignscope.judges.base import Judge
@@ -79,12 +80,23 @@ class SafetyLayersConfig(ConfigIO):
         max_new_tokens: tokens generated per over-rejection answer.
         radius: layers each end of the range moves in the localisation.
         probe: fit the per-layer probes and save the probe guard (``probe_guard.json``).
+        guard_contrast: the probe guard's default fit: harmful and benign prompts plus contrastive twins
+            (``guard_safe`` as negatives, ``guard_unsafe`` as positives), each suite used whole and split into a
+            train half (fit, with a validation part carved from it) and a held-out test half
+            (:mod:`alignscope.analysis.probe_contrast`). False: the earlier fit on the scan's harmful vs benign
+            prompts, with no held-out rates.
+        guard_fpr: target false-positive rate of the guard's threshold on the validation split (with
+            ``guard_contrast``: on each of the benign and alarming-but-safe validation prompts).
+        guard_safe: alarming-but-safe prompts (XSTest-style), the negatives' contrastive half.
+        guard_unsafe: their unsafe twins, the positives' contrastive half.
+        guard_test_fraction: share of each suite held out as the test half (the training recipes' split).
+        guard_split_seed: seed of that split (:meth:`Suite.split`).
         saliency: prompts shown in the transparency view (0 skips it).
         device: cuda, mps or cpu (None: the best available).
         dtype: float32, bfloat16 or float16 (None: by device).
     """
 
-    suite_fields = ("normal", "malicious", "overrejection")
+    suite_fields = ("normal", "malicious", "overrejection", "guard_safe", "guard_unsafe")
     model: str = DEFAULT_MODEL
     control: str | None = None
     normal: str = "benign"
@@ -104,12 +116,20 @@ class SafetyLayersConfig(ConfigIO):
     max_new_tokens: int = 16
     radius: int = 3
     probe: bool = True
+    guard_contrast: bool = True
+    guard_fpr: float = 0.05
+    guard_safe: str = "safe-alarming"
+    guard_unsafe: str = "unsafe-contrast"
+    guard_test_fraction: float = 0.5
+    guard_split_seed: int = 0
     saliency: int = 3
     device: str | None = None
     dtype: str | None = None
 
     def __post_init__(self) -> None:
         check = FieldChecks(self)
+        check.in_range("guard_fpr", 0, 1, high_open=True)
+        check.in_range("guard_test_fraction", 0, 1, low_open=True, high_open=True)
         check.at_least(2, "n")  # the scan compares pairs of normal and of malicious prompts
         check.at_least(1, "draws", "batch_size", "max_new_tokens")
         check.at_least(0, "radius", "saliency")
@@ -124,6 +144,9 @@ class SafetyLayersConfig(ConfigIO):
                     self.initial_range,
                 )
         check_judge_spec(self.judge)
+
+    def probe_config(self) -> ProbeConfig:
+        return ProbeConfig(target_fpr=self.guard_fpr, template=self.template, batch_size=self.batch_size)
 
     def scan_config(self) -> SafetyLayerScanConfig:
         return SafetyLayerScanConfig(
@@ -199,7 +222,15 @@ class SafetyLayersResult(ConfigIO):
         if self.localization is not None and "chosen" in self.localization:
             parts.append(f"localised to {self.localization['chosen']}")
         if self.probe is not None:
-            parts.append(f"probe guard on layer {self.probe['chosen_layer']}")
+            text = f"probe guard on layer {self.probe['chosen_layer']}"
+            held = self.probe.get("held_out")
+            if held:
+                fp = held["false_positive_rate"]
+                text += (
+                    f" (held-out false positives: alarming-but-safe {fp['safe']['rate']:.1%} of "
+                    f"{fp['safe']['n']}, benign {fp['benign']['rate']:.1%} of {fp['benign']['n']})"
+                )
+            parts.append(text)
         return "; ".join(parts)
 
 
@@ -238,6 +269,12 @@ def run_safety_layers(
         max_new_tokens=config.max_new_tokens,
         radius=config.radius,
         probe=config.probe,
+        probe_config=config.probe_config(),
+        guard_contrast=config.guard_contrast,
+        guard_safe=config.guard_safe,
+        guard_unsafe=config.guard_unsafe,
+        guard_test_fraction=config.guard_test_fraction,
+        guard_split_seed=config.guard_split_seed,
         saliency=config.saliency,
         progress=progress,
     )
@@ -284,6 +321,11 @@ def analyze_safety_layers(
     radius: int = 3,
     probe: bool = True,
     probe_config: ProbeConfig | None = None,
+    guard_contrast: bool = True,
+    guard_safe: str | Sequence[str] = "safe-alarming",
+    guard_unsafe: str | Sequence[str] = "unsafe-contrast",
+    guard_test_fraction: float = 0.5,
+    guard_split_seed: int = 0,
     saliency: int | Sequence[str] = 3,
     device: str | None = None,
     progress: bool = False,
@@ -309,6 +351,14 @@ def analyze_safety_layers(
         alpha, judge, max_new_tokens, radius: over-rejection settings (see :func:`localize_safety_layers`).
         probe: fit the per-layer probes and save the guard (harmful = ``malicious``, benign = ``normal``,
             false refusals on ``overrejection``).
+        probe_config: the probe fit's settings (target false-positive rate, validation share, seed).
+        guard_contrast: the default fit (:func:`alignscope.analysis.probe_contrast.fit_contrast_probes`):
+            ``malicious`` and ``guard_unsafe`` as positives, ``normal`` and ``guard_safe`` as negatives, each
+            used whole and split by ``guard_test_fraction`` / ``guard_split_seed``; the threshold is set on a
+            validation part of the train halves and the held-out rates are read on the test halves. False:
+            the earlier fit on the scan's ``malicious`` vs ``normal`` prompts (validation rates only).
+        guard_safe, guard_unsafe: the contrastive suites (specs or prompt lists).
+        guard_test_fraction, guard_split_seed: the held-out split of every suite of the contrastive fit.
         saliency: how many prompts to show in the transparency view (the first harmful ones, then the first
             borderline one), or the prompts themselves; 0 skips it.
 
@@ -403,9 +453,27 @@ def analyze_safety_layers(
     if probe:
         border_h = states(lm, over_p) if over_p else None
         guard_layers = list(range(found.start, found.end + 1)) if found else None
-        fit = fit_probes(
-            malicious_h, normal_h, border_h, guard_layers=guard_layers, config=probe_config, model=lm
-        )
+        if guard_contrast:
+            splits = guard_splits(
+                {"harmful": malicious, "benign": normal, "safe": guard_safe, "unsafe": guard_unsafe},
+                test_fraction=guard_test_fraction,
+                split_seed=guard_split_seed,
+                validation_fraction=probe_config.validation_fraction,
+                seed=probe_config.seed,
+            )
+            fit = fit_contrast_probes(
+                split_states(lm, splits, config.template, config.batch_size, config.system_prompt),
+                splits,
+                border_h,
+                guard_layers=guard_layers,
+                config=probe_config,
+                model=lm,
+                split_settings={"test_fraction": guard_test_fraction, "split_seed": guard_split_seed},
+            )
+        else:
+            fit = fit_probes(
+                malicious_h, normal_h, border_h, guard_layers=guard_layers, config=probe_config, model=lm
+            )
         summary["probe"] = {**fit.to_dict(), "guard_layers": "safety range" if found else "all layers"}
         if out is not None:
             path = fit.guard.save(out.path / "probe_guard.json")

@@ -88,9 +88,68 @@ def safety_layers_section(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Se
                     ]
                     for s in best
                 ],
-                f"linear probe (harmful vs benign), best layers on the validation split; guard uses layer "
+                f"linear probe ({_fit_text(probe)}), best layers on the validation split; guard uses layer "
                 f"{probe.get('chosen_layer')}",
             )
         )
+        if "held_out" in probe:
+            sec.tables.append(_guard_rates_table(probe))
     summary = [f"Safety layers ({sl['model']}): {sl['range_text']}."]
+    if probe and "held_out" in probe:
+        fp = probe["held_out"]["false_positive_rate"]
+        summary.append(
+            f"Probe guard (layer {probe.get('chosen_layer')}): held-out false positives "
+            f"{_pct(fp['safe'])} of alarming-but-safe, {_pct(fp['benign'])} of benign prompts."
+        )
     return [sec], summary
+
+
+ROLE_TEXT = {
+    "benign": "benign",
+    "safe": "alarming-but-safe (XSTest-style)",
+    "harmful": "harmful",
+    "unsafe": "unsafe twins",
+}
+
+
+def _fit_text(probe: dict[str, Any]) -> str:
+    if probe.get("fit") == "contrast":
+        return "harmful + unsafe twins vs benign + alarming-but-safe"
+    return "harmful vs benign"
+
+
+def _pct(r: dict[str, Any]) -> str:
+    if not r.get("n"):
+        return "n/a (n=0)"
+    return f"{100 * r['rate']:.1f}% [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}] (n={r['n']})"
+
+
+def _guard_rates_table(probe: dict[str, Any]) -> Table:
+    """The guard at its threshold: flagged shares per role on validation and on the held-out test halves."""
+    data = probe.get("data", {})
+    rows = []
+    for kind, measure in (
+        ("false_positive_rate", "false-positive rate"),
+        ("true_positive_rate", "true-positive rate"),
+    ):
+        for role, held in probe["held_out"][kind].items():
+            if role == "all":
+                continue
+            suite = data.get(role, {}).get("suite", role)
+            val = probe["validation"][kind].get(role, {})
+            rows.append([f"{ROLE_TEXT.get(role, role)} ({suite})", measure, _pct(val), _pct(held)])
+    ho = probe["held_out"]
+    auc = ", ".join(
+        f"{name} {ho[key]:.3f}"
+        for key, name in (("auroc", "AUROC"), ("auroc_unsafe_vs_safe", "AUROC unsafe vs safe twins"))
+        if ho.get(key) is not None
+    )
+    split = probe.get("split", {})
+    return Table(
+        ["prompts", "measure", "validation [95% CI]", "held-out test half [95% CI]"],
+        rows,
+        f"probe guard on layer {probe.get('chosen_layer')} at threshold {probe['threshold']:.3g} (log-odds), "
+        f"chosen on the validation split for a target false-positive rate of {probe['target_fpr']:.0%} on each "
+        f"safe role; test halves: test_fraction={split.get('test_fraction')}, "
+        f"split_seed={split.get('split_seed')}, never used to fit or choose; held-out {auc}",
+    )
