@@ -116,6 +116,10 @@ CASES: list[tuple[list[str], str]] = [
     # training and reproduction configs, set with --set
     (["train", "safety-sft", "--set", "batch_size=0"], "--set batch_size must be >= 1"),
     (["train", "deep-align", "--set", "p_zero=1.5"], "--set p_zero must be in [0, 1]"),
+    (["train", "harden", "--set", "contrast_refusals=0"], "--set contrast_refusals must be >= 1"),
+    (["train", "harden", "--set", "adversarial=true"], "gcg_runs must name run directories"),
+    (["analyze", "safety-layers", "--guard-fpr", "1"], "--guard-fpr must be in [0, 1)"),
+    (["analyze", "safety-layers", "--guard-safe", "safe-alarmin"], "safe-alarming"),
     (["attack", "finetune", "--set", "n_examples=0"], "--set n_examples must be >= 1"),
     (["reproduce", "shallow-vs-deep", "--set", "batch_size=0"], "--set batch_size must be >= 1"),
     (["reproduce", "shallow-vs-deep", "--set", "ks=[]"], "--set ks needs at least one value"),
@@ -293,3 +297,14 @@ def test_cli_resume_with_another_batch_size_regenerates_nothing(tiny_dir: Path, 
     assert json.loads((out / "config.json").read_text())["resumed_with"] == [{"batch_size": [16, 2]}]
     res = runner.invoke(app, [*args, "--resume", "--judge", "keyword:list=gcg"])
     assert res.exit_code == 2 and "differs in judge" in res.output
+
+
+def test_every_training_recipe_has_a_train_command():
+    from alignscope.cli.train import RECIPE_COMMANDS
+    from alignscope.training import RECIPES
+
+    assert sorted(RECIPE_COMMANDS) == sorted(RECIPES)
+    result = CliRunner().invoke(app, ["train", "--help"])
+    assert result.exit_code == 0
+    for name in RECIPES:
+        assert name in result.output

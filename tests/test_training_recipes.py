@@ -15,6 +15,7 @@ from alignscope.training import (
     ConstrainedSFTConfig,
     DeepAlignConfig,
     FinetuneAttackConfig,
+    HardenConfig,
     SafetyDPOConfig,
     SafetySFTConfig,
     SPPFTConfig,
@@ -233,6 +234,54 @@ def test_adversarial_sft_errors_name_the_missing_gcg_run(tiny_dir, tmp_path):
                 model=tiny_dir, out=str(tmp_path / "b"), gcg_runs=(str(missing),), **SMALL, **DATA
             ),
         )
+
+
+def test_harden_trains_on_recovery_contrast_and_gcg_data(tiny_dir, tmp_path):
+    from alignscope.training import test_split
+
+    run = tmp_path / "gcg-run"
+    run.mkdir()
+    rec = {"stage": "gcg", "key": "b1", "suffix": " zz!!", "strings": [" a1", " zz!!"]}
+    (run / "samples.jsonl").write_text(json.dumps(rec) + "\n")
+    cfg = HardenConfig(
+        model=tiny_dir,
+        out=str(tmp_path / "run"),
+        utility_model=None,  # the tiny model answers; the real default is the unaligned smollm2
+        responses_model=None,
+        utility_suite="benign",
+        harmful_max_new_tokens=12,
+        p_zero=0.0,
+        adversarial=True,
+        gcg_runs=(str(run),),
+        suffixes_per_prompt=1,
+        **{**SMALL, "max_steps": 1},
+        **DATA,
+    )
+    assert cfg.utility_weight == pytest.approx(1 - cfg.alpha)
+    result = train("harden", cfg)
+    assert result.steps == 1 and result.recipe == "harden"
+    _check_output(result, tiny_dir)
+    rows = [json.loads(line) for line in (result.run_dir / "data" / "train.jsonl").read_text().splitlines()]
+    safe = [r for r in rows if r.get("contrast") == "safe"]
+    unsafe = [r for r in rows if r.get("contrast") == "unsafe"]
+    assert safe and all(r["group"] == "utility" for r in safe)
+    assert len(unsafe) == 31 and all(r["group"] == "safety" for r in unsafe)  # the train half, refused
+    held_out = {s.id for s in test_split("safe-alarming")} | {s.id for s in test_split("unsafe-contrast")}
+    assert not {r["id"] for r in safe + unsafe} & held_out
+    assert all(r["id"].startswith("safe-alarming-") for r in safe)
+    assert any("harmful_prefix" in r for r in rows)  # deep-align's recovery examples
+    assert sum(bool(r.get("gcg_suffix")) for r in rows) == 4  # adversarial-sft's: 4 prompts x 1 suffix
+    assert any(r["group"] == "utility" and "contrast" not in r for r in rows)  # utility answers
+    assert json.loads((result.output / PROVENANCE_FILE).read_text())["recipe"] == "harden"
+
+
+def test_harden_defaults_start_from_the_deep_model():
+    cfg = HardenConfig()
+    assert cfg.model == "smollm2-deep" and cfg.utility_model == "smollm2" and cfg.responses_model == "smollm2"
+    assert (cfg.contrast_safe, cfg.contrast_unsafe) == ("safe-alarming", "unsafe-contrast")
+    assert not cfg.adversarial and cfg.utility_weight == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="gcg_runs"):
+        HardenConfig(adversarial=True)
 
 
 def test_resume_from_checkpoint(tiny_dir, chat_file, tmp_path, monkeypatch):

@@ -73,7 +73,20 @@ def _train_recipe(recipe: str) -> Callable[..., None]:
     return command
 
 
-for _name in ("safety-sft", "deep-align", "safety-dpo", "adversarial-sft", "constrained-sft", "sppft"):
+RECIPE_COMMANDS: tuple[str, ...] = (
+    "safety-sft",
+    "deep-align",
+    "safety-dpo",
+    "adversarial-sft",
+    "harden",
+    "constrained-sft",
+    "sppft",
+)
+"""One ``alignscope train`` command per recipe of :data:`alignscope.training.RECIPES`. Listed here rather than
+read from the registry, which would import torch and transformers whenever the CLI starts;
+``tests/test_cli_validation.py`` checks the two agree, so a new recipe cannot miss its command."""
+
+for _name in RECIPE_COMMANDS:
     train_app.command(_name)(_train_recipe(_name))
 
 

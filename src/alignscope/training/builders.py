@@ -281,6 +281,45 @@ def refusal_records(samples: Sequence[Sample], per_prompt: int = 1, seed: int = 
     return out
 
 
+def contrast_records(
+    model: LocalModel,
+    safe: Sequence[Sample],
+    unsafe: Sequence[Sample],
+    max_new_tokens: int = 128,
+    batch_size: int = 16,
+    cache: bool = True,
+    refusals_per_prompt: int = 1,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[ChatRecord]:
+    """Contrastive twins that teach intent over alarming words: the alarming-but-safe prompts ``safe``
+    answered by ``model`` (group ``utility``; answers the keyword judge calls refusals, and empty ones, are
+    dropped, so no refusal of a safe prompt is taught) and their unsafe twins ``unsafe`` refused (group
+    ``safety``, :func:`refusal_records`). Each record's meta has ``contrast``: ``"safe"`` or ``"unsafe"``."""
+    convs = [user_turn(s.prompt) for s in safe]
+    answers = generate_cached(model, convs, max_new_tokens, batch_size, cache, "contrast", progress)
+    verdicts = KeywordJudge().judge_batch([s.prompt for s in safe], answers)
+    helpful = [
+        ChatRecord(
+            [*c, {"role": "assistant", "content": a.strip()}],
+            {"group": "utility", "id": s.id, "contrast": "safe"},
+        )
+        for s, c, a, v in zip(safe, convs, answers, verdicts, strict=True)
+        if a.strip() and v.complied
+    ]
+    if len(helpful) < len(safe):
+        log.info(
+            "kept %d of %d answers to alarming-but-safe prompts (the rest were refusals or empty)",
+            len(helpful),
+            len(safe),
+        )
+    refused = [
+        ChatRecord(r.messages, {**r.meta, "contrast": "unsafe"})
+        for r in refusal_records(unsafe, refusals_per_prompt, seed)
+    ]
+    return helpful + refused
+
+
 def recovery_records(
     fmt: LocalModel,
     pairs: Sequence[HarmfulPair],

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from alignscope.config_io import ConfigIO, jsonable
 from alignscope.models.loading import DEFAULT_MODEL
 from alignscope.training.refusals import BACKDOOR_TRIGGER
-from alignscope.validation import FieldChecks
+from alignscope.validation import FieldChecks, OptionError
 
 T = TypeVar("T", bound="TrainConfig")
 R = TypeVar("R", bound="TrainResult")
@@ -140,9 +140,9 @@ class SafetyDataConfig(TrainConfig):
             none equal to a held-out test prompt (:func:`alignscope.training.prompts.sampled_sentences`). A
             small model trained on a few dozen benign instructions next to as many refusals learns to refuse
             much of what it has not seen; a few hundred more instructions, answered, teach it where the line is.
-        noisy_copies: ``safety-sft`` / ``adversarial-sft``: copies of every training example whose prompt has
-            words dropped or swapped for random words of the model's vocabulary (each with probability
-            ``prompt_noise / 2``), answered like the clean prompt (a refusal stays a refusal). The LLM of a
+        noisy_copies: ``safety-sft`` / ``adversarial-sft`` / ``harden``: copies of every training example
+            whose prompt has words dropped or swapped for random words of the model's vocabulary (each with
+            probability ``prompt_noise / 2``), answered like the clean prompt (a refusal stays a refusal). The LLM of a
             speech LLM reads its prompts through an imperfect projector; one trained on clean prompts alone
             refuses much of what it half-hears.
         prompt_noise: the share of words changed in a noisy copy.
@@ -225,6 +225,82 @@ class AdversarialSFTConfig(SafetyDataConfig):
         super()._check_recipe(check)
         check.at_least(0, "trajectory")
         check.at_least(1, "suffixes_per_prompt")
+
+
+@dataclass(frozen=True)
+class HardenConfig(DeepAlignConfig, AdversarialSFTConfig):
+    """``harden``: deep alignment that also teaches intent over alarming words, optionally against GCG suffixes
+    (issue 29's ``smollm2-hardened``), from alignscope's own parts.
+
+    The data: ``deep-align``'s safety-recovery examples on the harmful suite's train prompts (harmful prefix of
+    k tokens, then a refusal); the train halves of the contrastive twins, ``contrast_safe`` answered by
+    ``utility_model`` (answers the keyword judge calls refusals are dropped) and ``contrast_unsafe`` refused;
+    the utility data (``utility_suite`` answered by ``utility_model``); with ``adversarial``, the harmful train
+    prompts carrying GCG suffixes from ``gcg_runs``, refused (``adversarial-sft``'s examples). Refusals,
+    recovery and adversarial examples are the safety group, answers the utility group; the loss is
+    ``alpha * CE(safety) + (1 - alpha) * CE(utility)``, so ``utility_weight = 1 - alpha``.
+
+    With the defaults (``alignscope train harden --model smollm2-deep``), on the built-in suites' train halves
+    (test_fraction 0.5, split_seed 0): about 146 recovery examples (75 harmful prompts x ``augment`` 2, minus
+    those the base model refuses), 31 refused unsafe twins, up to 28 answered alarming-but-safe prompts and
+    about 144 utility answers (benign + borderline train halves): ~350 examples, 2 epochs of ~44 steps at batch
+    size 8. Expected on 2 CPU cores: ~6 min of LoRA training (~2.5 min per epoch over 300 short examples) plus
+    ~5 min generating the base model's harmful and helpful answers (cached afterwards): ~11 min, well inside
+    25. ``adversarial`` adds 75 x ``suffixes_per_prompt`` = 150 examples (~+4 min).
+
+    Attributes:
+        contrast_safe: alarming-but-safe prompts (its train half is answered helpfully; XSTest-style).
+        contrast_unsafe: their unsafe twins (its train half is refused).
+        contrast_refusals: refusal examples per unsafe twin (different refusal texts).
+        adversarial: add ``adversarial-sft``'s GCG-suffixed refusals (needs ``gcg_runs``; ``trajectory`` and
+            ``suffixes_per_prompt`` as in :class:`AdversarialSFTConfig`).
+        model: starting model; default ``smollm2-deep`` (already deep, but over-refuses alarming prompts).
+        utility_suite: default ``benign+borderline``: answering borderline train prompts also teaches where
+            the line is.
+        utility_model: answers the utility and alarming-but-safe prompts; default ``smollm2`` (the unaligned
+            base, which answers what the deep model refuses; None: the starting model).
+        utility_max_new_tokens: default 64 (shorter answers, faster building and training).
+        responses_model: writes the harmful prefixes; default ``smollm2`` (the starting model refuses).
+        harmful_max_new_tokens: default 64 (enough for prefixes of up to ``max_prefix_tokens`` = 40).
+        p_zero: default 0.3 (the starting model already refuses at k = 0: most examples deepen).
+        max_prefix_tokens: default 40, the prefilling depth the scorecard attacks.
+        alpha: weight of the safety loss, default 0.4; the utility weight is ``1 - alpha`` (0.6).
+        epochs: default 2.
+
+    Every other field is :class:`DeepAlignConfig`'s, :class:`AdversarialSFTConfig`'s and
+    :class:`SafetyDataConfig`'s, with their defaults (``noisy_copies`` applies to every harden record, 0 by
+    default).
+    """
+
+    contrast_safe: str = "safe-alarming"
+    contrast_unsafe: str = "unsafe-contrast"
+    contrast_refusals: int = 1
+    adversarial: bool = False
+    model: str = "smollm2-deep"
+    utility_suite: str = "benign+borderline"
+    utility_model: str | None = DEFAULT_MODEL
+    utility_max_new_tokens: int = 64
+    responses_model: str | None = DEFAULT_MODEL
+    harmful_max_new_tokens: int = 64
+    p_zero: float = 0.3
+    max_prefix_tokens: int = 40
+    alpha: float = 0.4
+    epochs: float = 2.0
+
+    @property
+    def utility_weight(self) -> float:
+        """Weight of the utility loss (helpful answers): ``1 - alpha``."""
+        return 1.0 - self.alpha
+
+    def _check_recipe(self, check: FieldChecks) -> None:
+        super()._check_recipe(check)
+        check.at_least(1, "contrast_refusals")
+        if self.adversarial and not self.gcg_runs:
+            raise OptionError(
+                "HardenConfig.gcg_runs",
+                "must name run directories of 'alignscope attack gcg' when adversarial is on",
+                self.gcg_runs,
+            )
 
 
 @dataclass(frozen=True)
@@ -332,6 +408,7 @@ class FinetuneAttackConfig(ConstrainedSFTConfig):
 RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     "safety-sft": {"lora_lr": 2e-4, "full_lr": 2e-5, "warmup_steps": 0, "adam_beta1": 0.9},
     "adversarial-sft": {"lora_lr": 2e-4, "full_lr": 2e-5, "warmup_steps": 0, "adam_beta1": 0.9},
+    "harden": {"lora_lr": 2e-4, "full_lr": 2e-5, "warmup_steps": 0, "adam_beta1": 0.9},
     "deep-align": {"lora_lr": 2e-4, "full_lr": 2e-5, "warmup_steps": 0, "adam_beta1": 0.9},
     "safety-dpo": {"lora_lr": 5e-5, "full_lr": 5e-6, "warmup_steps": 0, "adam_beta1": 0.9},
     "constrained-sft": {"lora_lr": 2e-4, "full_lr": 2e-5, "warmup_steps": 10, "adam_beta1": 0.5},

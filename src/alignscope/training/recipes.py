@@ -7,6 +7,8 @@
 ``safety-dpo``     TRL's DPO: chosen = a refusal, rejected = the unaligned model's harmful answer, plus
                    utility pairs (chosen = the model's answer, rejected = a refusal).
 ``adversarial-sft`` the ``safety-sft`` data plus harmful prompts carrying GCG suffixes, answered with refusals.
+``harden``         ``deep-align``'s data plus contrastive twins (alarming-but-safe prompts answered, their
+                   unsafe twins refused) and, optionally, ``adversarial-sft``'s GCG-suffixed refusals.
 ``constrained-sft`` fine-tuning on any chat data with the token-wise constrained objective (Qi et al., ICLR
                    2025).
 ``sppft``          fine-tuning on any chat data with a layer range frozen (Li et al., ICLR 2025).
@@ -25,6 +27,7 @@ from alignscope.jsonl import read_jsonl
 from alignscope.models.loading import load_model
 from alignscope.models.local import PLAIN_TEMPLATE, LocalModel
 from alignscope.training.builders import (
+    contrast_records,
     dpo_records,
     harmful_pairs,
     noisy_records,
@@ -41,6 +44,7 @@ from alignscope.training.config import (
     AdversarialSFTConfig,
     ConstrainedSFTConfig,
     DeepAlignConfig,
+    HardenConfig,
     SafetyDataConfig,
     SafetyDPOConfig,
     SafetySFTConfig,
@@ -149,6 +153,38 @@ def _with_noisy(session: Session, cfg: SafetyDataConfig, records: list[ChatRecor
     return records + noisy_records(records, words, cfg.noisy_copies, cfg.prompt_noise, cfg.seed)
 
 
+def _recovery(session: Session, cfg: DeepAlignConfig) -> list[ChatRecord]:
+    """``deep-align``'s safety-recovery records on the harmful suite's train prompts."""
+    source = _responses_source(session, cfg.responses_model)
+    pairs = harmful_pairs(
+        _harmful_samples(cfg),
+        source,
+        cfg.harmful_responses,
+        cfg.harmful_max_new_tokens,
+        cfg.gen_batch_size,
+        cfg.cache,
+        cfg.progress,
+    )
+    if not pairs:
+        raise TrainingError("no usable harmful responses: the responses model refused every prompt")
+    return recovery_records(session.model, pairs, cfg.augment, cfg.p_zero, cfg.max_prefix_tokens, cfg.seed)
+
+
+def _check_gcg_runs(recipe: str, cfg: AdversarialSFTConfig) -> None:
+    if not cfg.gcg_runs:
+        raise TrainingError(f"{recipe} needs gcg_runs: run directories of 'alignscope attack gcg'")
+
+
+def _gcg_refusals(cfg: AdversarialSFTConfig, samples: list) -> list[ChatRecord]:
+    """``adversarial-sft``'s adversarial examples: ``samples`` carrying suffixes from ``cfg.gcg_runs``,
+    refused."""
+    from alignscope.attacks.gcg_training import read_gcg_records, suffix_pool, suffixed_refusal_records
+
+    pool = suffix_pool([r for path in cfg.gcg_runs for r in read_gcg_records(path)], cfg.trajectory)
+    log.info("%d GCG suffixes in the pool", len(pool))
+    return suffixed_refusal_records(samples, pool, cfg.suffixes_per_prompt, cfg.seed)
+
+
 def _load_records(session: Session) -> list[ChatRecord]:
     if not session.config.data:
         raise TrainingError(f"recipe {session.recipe} needs training data: pass data=<chat JSONL file>")
@@ -193,22 +229,7 @@ def deep_align(config: TrainConfig) -> TrainResult:
         if config.data:
             records = _load_records(session)
         else:
-            source = _responses_source(session, config.responses_model)
-            pairs = harmful_pairs(
-                _harmful_samples(config),
-                source,
-                config.harmful_responses,
-                config.harmful_max_new_tokens,
-                config.gen_batch_size,
-                config.cache,
-                config.progress,
-            )
-            if not pairs:
-                raise TrainingError("no usable harmful responses: the responses model refused every prompt")
-            recovery = recovery_records(
-                session.model, pairs, config.augment, config.p_zero, config.max_prefix_tokens, config.seed
-            )
-            records = recovery + _utility(session, config)
+            records = _recovery(session, config) + _utility(session, config)
     session.save_data(records)
     examples = tokenize_records(session.model, records, config.max_length)
     return fit(session, examples, objective="mixture", alpha=config.alpha)
@@ -222,25 +243,64 @@ def deep_align(config: TrainConfig) -> TrainResult:
 def adversarial_sft(config: TrainConfig) -> TrainResult:
     """Adversarial training against GCG: the ``safety-sft`` data (refusals + the model's own answers) plus the
     harmful train prompts carrying suffixes from ``gcg_runs``, answered with refusals."""
-    from alignscope.attacks.gcg_training import read_gcg_records, suffix_pool, suffixed_refusal_records
-
     assert isinstance(config, AdversarialSFTConfig)
-    if not config.gcg_runs:
-        raise TrainingError("adversarial-sft needs gcg_runs: run directories of 'alignscope attack gcg'")
+    _check_gcg_runs("adversarial-sft", config)
     session = open_session("adversarial-sft", config)
     with session.main_first():
-        pool = suffix_pool([r for path in config.gcg_runs for r in read_gcg_records(path)], config.trajectory)
         samples = _harmful_samples(config)
         records = (
             refusal_records(samples, config.refusals_per_prompt, config.seed)
-            + suffixed_refusal_records(samples, pool, config.suffixes_per_prompt, config.seed)
+            + _gcg_refusals(config, samples)
             + _utility(session, config)
         )
         records = _with_noisy(session, config, records)
-        log.info("adversarial-sft: %d suffixes in the pool", len(pool))
     session.save_data(records)
     examples = tokenize_records(session.model, records, config.max_length)
     return fit(session, examples, objective="ce")
+
+
+@_recipe(
+    "harden",
+    HardenConfig,
+    "deep alignment + contrastive twins (intent over alarming words) [+ GCG-suffixed refusals]",
+)
+def harden(config: TrainConfig) -> TrainResult:
+    """A model meant to hold against every attack family without refusing the harmless (issue 29): the
+    ``deep-align`` safety-recovery examples (prefilling depth), the contrastive twins' train halves
+    (alarming-but-safe prompts answered by ``utility_model``, unsafe twins refused: intent over alarming
+    words), utility answers, and with ``adversarial`` the ``adversarial-sft`` GCG-suffixed refusals; trained
+    with the mixture objective, the utility group weighted ``1 - alpha``. Data and defaults:
+    :class:`~alignscope.training.config.HardenConfig`."""
+    assert isinstance(config, HardenConfig)
+    if config.adversarial:
+        _check_gcg_runs("harden with adversarial", config)
+    session = open_session("harden", config)
+    with session.main_first():
+        if config.data:
+            records = _load_records(session)
+        else:
+            safe = train_split(config.contrast_safe, config.test_fraction, config.split_seed)
+            unsafe = train_split(config.contrast_unsafe, config.test_fraction, config.split_seed)
+            contrast = contrast_records(
+                _responses_source(session, config.utility_model),
+                list(safe),
+                list(unsafe),
+                config.utility_max_new_tokens,
+                config.gen_batch_size,
+                config.cache,
+                config.contrast_refusals,
+                config.seed,
+                config.progress,
+            )
+            records = _recovery(session, config) + contrast + _utility(session, config)
+            if config.adversarial:
+                records += _gcg_refusals(config, _harmful_samples(config))
+            records = _with_noisy(session, config, records)
+            groups = {g: sum(r.meta.get("group") == g for r in records) for g in ("safety", "utility")}
+            log.info("harden: %d records (%s)", len(records), groups)
+    session.save_data(records)
+    examples = tokenize_records(session.model, records, config.max_length)
+    return fit(session, examples, objective="mixture", alpha=config.alpha)
 
 
 @_recipe("safety-dpo", SafetyDPOConfig, "preference-based safety alignment with TRL's DPO")
