@@ -431,16 +431,9 @@ class SpeechLM:
         batch_index: int,
     ) -> list[str]:
         inputs = self.embed_conversations(clips, conversations, prefills)
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": config.max_new_tokens,
-            "do_sample": config.do_sample,
-            "pad_token_id": self.tokenizer.pad_token_id,
-        }
-        if config.do_sample:
+        kwargs = config.generate_kwargs(self.tokenizer.pad_token_id)
+        if config.do_sample:  # one seed per batch: a sampled run is reproducible batch by batch
             torch.manual_seed(config.seed + batch_index)
-            kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k or None)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
         # with inputs_embeds alone, a decoder-only model returns the new tokens only
         new = self.llm.model.generate(
             inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask, **kwargs
