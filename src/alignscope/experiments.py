@@ -40,6 +40,9 @@ class Experiment:
         summary: one line for help texts.
         section: dotted path of the report section builder ``(run, metrics) -> (sections, summary lines)``,
             None when the experiment writes no records of its own.
+        generated: the CLI command is generated from the config (:mod:`alignscope.cli.generate`); False when
+            it is written by hand in :mod:`alignscope.cli` (the speech commands, whose options such as
+            ``--budget snr:30,snr:20`` and ``--defense tdnf:snr=20`` are not config fields one to one).
     """
 
     name: str
@@ -49,6 +52,7 @@ class Experiment:
     result: str
     summary: str
     section: str | None = None
+    generated: bool = True
 
     @property
     def config_class(self) -> type[Any]:
@@ -69,9 +73,16 @@ class Experiment:
 
 
 def _e(name: str, command: str, module: str, config: str, run: str, result: str, summary: str,
-       section: str | None = None) -> Experiment:  # fmt: skip
+       section: str | None = None, generated: bool = True) -> Experiment:  # fmt: skip
     return Experiment(
-        name, command, f"{module}:{config}", f"{module}:{run}", f"{module}:{result}", summary, section
+        name,
+        command,
+        f"{module}:{config}",
+        f"{module}:{run}",
+        f"{module}:{result}",
+        summary,
+        section,
+        generated,
     )
 
 
@@ -147,6 +158,49 @@ EXPERIMENTS: dict[str, Experiment] = {
             "score a judge against hand-labelled outputs",
             "alignscope.report.judge_eval_section:judge_eval_section",
         ),
+        _e(
+            "audio-pgd",
+            "attack audio-pgd",
+            "alignscope.speech.attacks.experiments",
+            "AudioPGDAttackConfig",
+            "run_audio_pgd",
+            "SpokenAttackResult",
+            "white-box audio PGD on spoken harmful questions, optionally through TDNF and adaptive",
+            "alignscope.speech.attacks.report:speech_attack_section",
+            generated=False,
+        ),
+        _e(
+            "audio-transfer",
+            "attack audio-transfer",
+            "alignscope.speech.attacks.experiments",
+            "AudioTransferConfig",
+            "run_audio_transfer",
+            "SpokenAttackResult",
+            "black-box audio transfer: PGD on a surrogate speech LLM, the clips played to the target",
+            "alignscope.speech.attacks.report:speech_attack_section",
+            generated=False,
+        ),
+        _e(
+            "speech-evaluate",
+            "speech evaluate",
+            "alignscope.speech.evaluation.held_out",
+            "SpeechEvalConfig",
+            "run_speech_eval",
+            "SpeechEvalResult",
+            "held-out spoken evaluation of a speech LLM: refusal, helpfulness, agreement with its LLM",
+            generated=False,
+        ),
+        _e(
+            "speechguard",
+            "reproduce speechguard",
+            "alignscope.speech.evaluation.speechguard",
+            "SpeechGuardConfig",
+            "run_speechguard",
+            "SpeechGuardResult",
+            "SpeechGuard reproduction: white-box, TDNF, adaptive and transfer audio attacks in one table",
+            "alignscope.speech.attacks.report:speech_attack_section",
+            generated=False,
+        ),
     )
 }
 """Every experiment by name. Sections appear in reports in this order."""
@@ -154,11 +208,10 @@ EXPERIMENTS: dict[str, Experiment] = {
 EXTRA_SECTIONS: tuple[str, ...] = (
     "alignscope.report.build:harmful_responses_section",
     "alignscope.report.safety_section:safety_layers_section",
-    "alignscope.speech.attack_report:speech_attack_section",
     "alignscope.report.build:notes_section",
 )
 """Report sections of record stages that belong to no single experiment above (reference responses shared by
-prefilling and KL, the safety-layer scan, spoken attacks, notes), in report order."""
+prefilling and KL, the safety-layer scan, notes), in report order."""
 
 
 def get_experiment(name: str) -> Experiment:

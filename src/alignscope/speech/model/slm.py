@@ -31,8 +31,8 @@ from tqdm.auto import tqdm
 from alignscope.models.base import Conversation, GenerationConfig, user_turn
 from alignscope.models.local import LocalModel, ResponseBatch
 from alignscope.speech.errors import SpeechError
-from alignscope.speech.features import N_SAMPLES_30S, log_mel
-from alignscope.speech.projector import Projector
+from alignscope.speech.model.features import N_SAMPLES_30S, log_mel
+from alignscope.speech.model.projector import Projector
 
 AUDIO_MARKER = "<|audio|>"
 """Where the audio goes in a user turn (text; replaced by the audio embeddings, never tokenised)."""
@@ -468,7 +468,7 @@ class SpokenChatModel:
 
     The last user turn of each conversation names its clip: ``audio[text]`` (a mapping, e.g. a spoken suite's
     prompt -> waveform, or a callable). That turn's text is replaced by the marker (and ``prompt_text``); other
-    turns and system prompts stay as they are. ``defense`` (e.g. :class:`alignscope.speech.defense.TDNF`)
+    turns and system prompts stay as they are. ``defense`` (e.g. :class:`alignscope.speech.attacks.defense.TDNF`)
     transforms every clip before the model, with a fresh draw per query.
     """
 
