@@ -305,9 +305,9 @@ def adversarial_train(
     """Harden the projector of ``slm`` (default: ``load_speech_model(config.slm)``) by adversarial training; see
     the module docstring. Rounds already finished in ``out`` are loaded, not redone."""
     from alignscope.models.loading import cache_dir
-    from alignscope.speech.build.builder import copy_llm_adapter
     from alignscope.speech.build.data import FeatureCache, suite_prompts
     from alignscope.speech.build.distill import SpeechExample
+    from alignscope.speech.build.saving import copy_llm_adapter
     from alignscope.speech.spoken.tts import synthesize
     from alignscope.training.builders import generate_cached
 

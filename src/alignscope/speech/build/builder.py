@@ -37,7 +37,6 @@ import copy
 import json
 import logging
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -71,6 +70,7 @@ from alignscope.speech.build.distill import (
     collate_examples,
     target_starts,
 )
+from alignscope.speech.build.saving import build_result, finished_build, save_build
 from alignscope.speech.errors import SpeechError
 from alignscope.speech.model.loading import adapted_llm, load_encoder
 from alignscope.speech.model.projector import CONFIG_FILE, Projector, ProjectorConfig
@@ -78,22 +78,8 @@ from alignscope.speech.model.slm import SpeechLM
 
 log = logging.getLogger("alignscope.speech.build")
 
-BUILD_FILE = "build.json"
-MAX_SHIPPED_BYTES = 10 * 1024**2
-"""Projectors are saved as float16 when that keeps them under this size (the shipped ones are package data)."""
 
 __all__ = ["BuildResult", "SpeechBuildConfig", "build_slm", "lora_student", "validation_agreement"]
-
-
-def _finished(out: Path, config: SpeechBuildConfig) -> dict[str, Any] | None:
-    """The recorded build of ``out`` if it finished with ``config``'s identity, else None."""
-    build_file, proj_cfg = out / BUILD_FILE, out / PROJECTOR_DIR / CONFIG_FILE
-    if not build_file.is_file() or not proj_cfg.is_file():
-        return None
-    record = json.loads(build_file.read_text())
-    if record.get("identity") != config.identity():
-        return None
-    return dict(record)
 
 
 def _end_of_turn(llm: LocalModel) -> list[int]:
@@ -447,10 +433,10 @@ def build_slm(
     cfg = config or SpeechBuildConfig()
     out = Path(cfg.out) if cfg.out else default_build_dir(cfg)
     command = command or " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv))
-    record = _finished(out, cfg)
+    record = finished_build(out, cfg)
     if record is not None and (not cfg.evaluate or "evaluation" in record.get("metrics", {})):
         log.info("speech build found finished in %s", out)
-        return _result(out, cfg, record, cached=True)
+        return build_result(out, cfg, record, cached=True)
     cfg_file = out / "build_config.json"
     if cfg_file.is_file():
         old = json.loads(cfg_file.read_text())
@@ -502,48 +488,7 @@ def build_slm(
                           lead_silence=cfg.lead_silence, progress=cfg.progress)  # fmt: skip
         b.metrics["evaluation"] = ev.to_dict(samples=False)
         b.times["evaluate"] = time.perf_counter() - t0
-    return _save(b, projector)
-
-
-def _save(b: _Builder, projector: Projector) -> BuildResult:
-    """Write the projector (float16 when that keeps it under 10 MB) with its provenance, and ``build.json``."""
-    import alignscope
-
-    cfg = b.config
-    n_params = sum(p.numel() for p in projector.parameters())
-    dtype = torch.float16 if 2 * n_params <= MAX_SHIPPED_BYTES else None
-    provenance = {
-        "built_by": "alignscope.speech.build.builder.build_slm",
-        "command": b.command,
-        "library_call": f"build_slm(SpeechBuildConfig.from_dict({cfg.identity()!r}))",
-        "alignscope_version": alignscope.__version__,
-        "seed": cfg.seed,
-        "llm": cfg.llm,
-        "encoder": cfg.encoder,
-        "encoder_fingerprint": b.cache.fingerprint,
-        "crop": cfg.crop,
-        "config": cfg.to_dict(),
-        "metrics": {k: _summary(v) for k, v in b.metrics.items()},
-        "times": b.times,
-        "dtype": str(dtype or projector.linear_1.weight.dtype).replace("torch.", ""),
-    }
-    if b.adapter is not None:
-        provenance["llm_adapter"] = LLM_ADAPTER_DIR
-    directory = projector.save(b.out / PROJECTOR_DIR, dtype=dtype, metadata=provenance)
-    copy_llm_adapter(b.adapter, directory)
-    record = {"identity": cfg.identity(), "config": cfg.to_dict(), "metrics": b.metrics, "times": b.times}
-    (b.out / BUILD_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
-    return _result(b.out, cfg, record, cached=False)
-
-
-def _summary(v: Any) -> Any:
-    return {k: x for k, x in v.items() if k != "log"} if isinstance(v, dict) else v
-
-
-def _result(out: Path, cfg: SpeechBuildConfig, record: dict[str, Any], cached: bool) -> BuildResult:
-    return BuildResult(
-        out, out / PROJECTOR_DIR, cfg, dict(record.get("metrics", {})), dict(record.get("times", {})), cached
-    )
+    return save_build(b.out, cfg, projector, b.command, b.cache.fingerprint, b.metrics, b.times, b.adapter)
 
 
 def lora_student(model: Any, config: SpeechBuildConfig) -> Any:
@@ -558,12 +503,3 @@ def lora_student(model: Any, config: SpeechBuildConfig) -> Any:
         target_modules=list(config.llm_lora_targets), task_type="CAUSAL_LM",
     )  # fmt: skip
     return get_peft_model(student, lora)
-
-
-def copy_llm_adapter(adapter: Path | None, directory: Path) -> None:
-    """Put the LLM adapter ``adapter`` (None: none) next to the projector saved in ``directory``."""
-    if adapter is None:
-        return
-    target = directory / LLM_ADAPTER_DIR
-    if adapter.resolve() != target.resolve():
-        shutil.copytree(adapter, target, dirs_exist_ok=True)
