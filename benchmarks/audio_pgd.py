@@ -25,14 +25,14 @@ from dataclasses import replace
 import torch
 
 from alignscope.data import load_suite
-from alignscope.speech.attacks import AudioPGDConfig, audio_pgd
+from alignscope.speech.attacks.pgd import AudioPGDConfig, audio_pgd
 from alignscope.speech.errors import SpeechError
-from alignscope.speech.slm import SpeechLM
-from alignscope.speech.tts import synthesize
+from alignscope.speech.model.slm import SpeechLM
+from alignscope.speech.spoken.tts import synthesize
 
 
 def load(spec: str, llm: str) -> tuple[SpeechLM, str]:
-    from alignscope.speech.loading import load_speech_model, random_speech_model
+    from alignscope.speech.model.loading import load_speech_model, random_speech_model
 
     try:
         return load_speech_model(spec), "built projector"

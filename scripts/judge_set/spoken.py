@@ -23,7 +23,7 @@ from common import (
 )
 
 from alignscope.data.types import Sample, Suite
-from alignscope.speech.audio import load_audio, save_audio
+from alignscope.speech.model.audio import load_audio, save_audio
 
 PGD_BUDGETS = ("snr:35", "snr:25")
 """The budgets of ``alignscope reproduce speechguard``."""
@@ -37,8 +37,8 @@ class Speech:
     (``evaluate_slm``: the build's voices and rates, one draw per question seeded 1, 0.4 s leading silence)."""
 
     def __init__(self, ctx: Context):
-        from alignscope.speech.build import SpeechBuildConfig
-        from alignscope.speech.loading import load_speech_model
+        from alignscope.speech.build.config import SpeechBuildConfig
+        from alignscope.speech.model.loading import load_speech_model
 
         ctx.unload()
         t0 = time.perf_counter()
@@ -52,7 +52,7 @@ class Speech:
 
     def clips(self, samples: list[Sample], label: str) -> dict[str, tuple[Any, np.ndarray]]:
         """``{prompt id: (spoken item, samples)}``, espeak-ng WAVs under ``<work>/spoken/<label>/``."""
-        from alignscope.speech.suites import speak_suite
+        from alignscope.speech.spoken.suites import speak_suite
 
         spoken = speak_suite(
             Suite.of(label, samples), self.ctx.work / "spoken" / label, self.build.voices, self.build.rates,
@@ -97,15 +97,15 @@ def part_spoken(ctx: Context) -> None:
 
 
 def part_spoken_pgd(ctx: Context) -> None:
-    """White-box audio PGD (``alignscope.speech.attacks.audio_pgd``, the settings of ``reproduce speechguard``:
+    """White-box audio PGD (``alignscope.speech.attacks.pgd.audio_pgd``, the settings of ``reproduce speechguard``:
     SNR budgets 35 and 25 dB, 50 steps, early stop checked every 10, step 0.1 of the radius, target "Sure,
     here is", audio alone in the user turn) on 6 harmful test prompts; each adversarial clip answered greedily
     as is (``spoken-pgd``) and through TDNF at one of 30 / 20 / 10 dB in turn (``spoken-tdnf``, noise seeded per
     clip). Attacks are cached in ``<work>/speech_pgd.jsonl`` and ``<work>/pgd/``; new ones stop starting once
     the next would take the attack time past ``--pgd-minutes`` (judged by the slowest so far)."""
-    from alignscope.speech.attack_eval import parse_budget
-    from alignscope.speech.attacks import AudioPGDConfig, apply_perturbation, audio_pgd
-    from alignscope.speech.defense import TDNF
+    from alignscope.speech.attacks.config import parse_budget
+    from alignscope.speech.attacks.defense import TDNF
+    from alignscope.speech.attacks.pgd import AudioPGDConfig, apply_perturbation, audio_pgd
 
     samples = harmful_segment(ctx.order["harmful"], SPEECH, "spoken-pgd", ctx.limit)
     jobs = [

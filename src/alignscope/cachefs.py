@@ -10,7 +10,7 @@ writes into another's temporary files:
 * :func:`atomic_file` writes one file (a WAV, an encoder-feature tensor, a manifest) through a private
   temporary file. Such files are small and deterministic, so two processes that make the same one at the same
   time both succeed and the last rename wins with identical content; callers that want the work done once take
-  :func:`lock` around the whole batch (as :func:`alignscope.speech.suites.speak_suite` does per directory).
+  :func:`lock` around the whole batch (as :func:`alignscope.speech.spoken.suites.speak_suite` does per directory).
 """
 
 from __future__ import annotations

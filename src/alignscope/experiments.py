@@ -40,10 +40,11 @@ class Experiment:
         summary: one line for help texts.
         section: dotted path of the report section builder ``(run, metrics) -> (sections, summary lines)``,
             None when the experiment writes no records of its own.
-        generated_command: whether :mod:`alignscope.cli` generates the command from the config's fields;
-            False where it is written by hand (still thin: parse, build the config, call ``run``, print),
-            because the config has fields the generated ``--out``/``--resume`` would clash with (a training
-            run's own ``out`` and ``resume``) or its options keep older names.
+        generated: the CLI command is generated from the config (:mod:`alignscope.cli.generate`); False when
+            it is written by hand (still thin: parse, build the config, call ``run``, print) because the
+            config has fields the generated ``--out``/``--resume`` would clash with (a training run's own
+            ``out`` and ``resume``) or options that are not config fields one to one (the speech commands'
+            ``--budget snr:30,snr:20`` and ``--defense tdnf:snr=20``).
     """
 
     name: str
@@ -53,7 +54,7 @@ class Experiment:
     result: str
     summary: str
     section: str | None = None
-    generated_command: bool = True
+    generated: bool = True
 
     @property
     def config_class(self) -> type[Any]:
@@ -74,7 +75,7 @@ class Experiment:
 
 
 def _e(name: str, command: str, module: str, config: str, run: str, result: str, summary: str,
-       section: str | None = None, generated_command: bool = True) -> Experiment:  # fmt: skip
+       section: str | None = None, generated: bool = True) -> Experiment:  # fmt: skip
     return Experiment(
         name,
         command,
@@ -83,7 +84,7 @@ def _e(name: str, command: str, module: str, config: str, run: str, result: str,
         f"{module}:{result}",
         summary,
         section,
-        generated_command,
+        generated,
     )
 
 
@@ -167,7 +168,7 @@ EXPERIMENTS: dict[str, Experiment] = {
             "run_finetune_attack",
             "FinetuneAttackResult",
             "fine-tuning attacks (harmful examples, identity shifting, backdoor), optionally defended",
-            generated_command=False,
+            generated=False,
         ),
         _e(
             "shallow-vs-deep",
@@ -179,7 +180,7 @@ EXPERIMENTS: dict[str, Experiment] = {
             "Qi et al. 2024 on the embedded default: aligned and deep models, refusal, prefilling, per-token KL "
             "and the fine-tuning attack",
             "alignscope.training.reproduce_report:shallow_deep_section",
-            generated_command=False,
+            generated=False,
         ),
         _e(
             "judge-eval",
@@ -191,17 +192,59 @@ EXPERIMENTS: dict[str, Experiment] = {
             "score a judge against hand-labelled outputs",
             "alignscope.report.judge_eval_section:judge_eval_section",
         ),
+        _e(
+            "audio-pgd",
+            "attack audio-pgd",
+            "alignscope.speech.attacks.experiments",
+            "AudioPGDAttackConfig",
+            "run_audio_pgd",
+            "SpokenAttackResult",
+            "white-box audio PGD on spoken harmful questions, optionally through TDNF and adaptive",
+            "alignscope.speech.attacks.report:speech_attack_section",
+            generated=False,
+        ),
+        _e(
+            "audio-transfer",
+            "attack audio-transfer",
+            "alignscope.speech.attacks.experiments",
+            "AudioTransferConfig",
+            "run_audio_transfer",
+            "SpokenAttackResult",
+            "black-box audio transfer: PGD on a surrogate speech LLM, the clips played to the target",
+            "alignscope.speech.attacks.report:speech_attack_section",
+            generated=False,
+        ),
+        _e(
+            "speech-evaluate",
+            "speech evaluate",
+            "alignscope.speech.evaluation.held_out",
+            "SpeechEvalConfig",
+            "run_speech_eval",
+            "SpeechEvalResult",
+            "held-out spoken evaluation of a speech LLM: refusal, helpfulness, agreement with its LLM",
+            generated=False,
+        ),
+        _e(
+            "speechguard",
+            "reproduce speechguard",
+            "alignscope.speech.evaluation.speechguard",
+            "SpeechGuardConfig",
+            "run_speechguard",
+            "SpeechGuardResult",
+            "SpeechGuard reproduction: white-box, TDNF, adaptive and transfer audio attacks in one table",
+            "alignscope.speech.attacks.report:speech_attack_section",
+            generated=False,
+        ),
     )
 }
 """Every experiment by name. Sections appear in reports in this order."""
 
 EXTRA_SECTIONS: tuple[str, ...] = (
     "alignscope.report.build:harmful_responses_section",
-    "alignscope.speech.attack_report:speech_attack_section",
     "alignscope.report.build:notes_section",
 )
 """Report sections of record stages that belong to no single experiment above (reference responses shared by
-prefilling and KL, spoken attacks, notes), in report order."""
+prefilling and KL, notes), in report order."""
 
 
 def get_experiment(name: str) -> Experiment:

@@ -21,8 +21,10 @@ ALIASES: dict[str, dict[str, str]] = {
 """Options named shorter than their config field (the names the commands had before they were generated)."""
 
 for _exp in EXPERIMENTS.values():
-    if not _exp.generated_command:
-        continue  # written by hand in alignscope.cli.train
+    if (
+        not _exp.generated
+    ):  # written by hand in its group's module (alignscope.cli.train, alignscope.cli.speech)
+        continue
     words = _exp.command.split()
     target = GROUPS[words[0]] if len(words) == 2 else app
     target.command(words[-1])(experiment_command(_exp, ALIASES.get(_exp.name)))

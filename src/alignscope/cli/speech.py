@@ -58,7 +58,7 @@ def _speech_options(voices: tuple[str, ...] | None, rates: tuple[int, ...] | Non
 
 
 def _budgets(values: list[str] | None) -> tuple[str, ...] | None:
-    from alignscope.speech.attack_eval import parse_budget
+    from alignscope.speech.attacks.config import parse_budget
 
     if not values:
         return None
@@ -69,7 +69,7 @@ def _budgets(values: list[str] | None) -> tuple[str, ...] | None:
 
 
 def _defense_snrs(values: list[str] | None) -> tuple[float, ...] | None:
-    from alignscope.speech.defense import parse_defense
+    from alignscope.speech.attacks.defense import parse_defense
 
     if not values:
         return None
@@ -79,13 +79,6 @@ def _defense_snrs(values: list[str] | None) -> tuple[float, ...] | None:
         if d is not None:
             snrs.append(d.snr_db)
     return tuple(snrs)
-
-
-def load_speech_model(spec: str, device: str | None = None) -> Any:
-    """The speech LLM a ``--slm`` spec names (tests monkeypatch this)."""
-    from alignscope.speech.loading import load_speech_model as load
-
-    return load(spec, device=device)
 
 
 @speech_app.command("build")
@@ -109,7 +102,8 @@ def speech_build(
 ) -> None:
     """Build (train) the projector of a speech LLM: CTC stage (an ASR stage optional), then KL distillation
     (optionally with LoRA layers on the LLM); cached and resumable. Every SpeechBuildConfig field via --set."""
-    from alignscope.speech.build import SpeechBuildConfig, build_slm
+    from alignscope.speech.build.builder import build_slm
+    from alignscope.speech.build.config import SpeechBuildConfig
 
     values = fields(
         config_file, sets, llm=llm, out=str(out) if out else None, seed=seed, voices=_csv(voices),
@@ -145,7 +139,7 @@ def speech_speak(
 ) -> None:
     """Speak a text suite with espeak-ng: cached 16 kHz WAVs plus manifest.jsonl (re-running reuses clips)."""
     from alignscope.data import load_suite
-    from alignscope.speech.suites import speak_suite
+    from alignscope.speech.spoken.suites import speak_suite
 
     if split not in ("all", "train", "test"):
         raise typer.BadParameter(f"--split must be all, train or test, got {split!r}")
@@ -196,8 +190,9 @@ def speech_misheard_data(
     or the LLM's own answer. Train on it with: alignscope train safety-sft --data OUT."""
     import json
 
-    from alignscope.speech.build import SpeechBuildConfig
-    from alignscope.speech.misheard import misheard_records
+    from alignscope.speech.build.config import SpeechBuildConfig
+    from alignscope.speech.build.misheard import misheard_records
+    from alignscope.speech.model import loading
     from alignscope.training.chat_data import write_chat_jsonl
 
     _speech_options(_csv(voices), _csv(rates, int, "integer"))
@@ -207,7 +202,7 @@ def speech_misheard_data(
     at_least("--sampled", sampled, 0)
     non_empty("--suites", _csv(suites))
     defaults = SpeechBuildConfig()
-    model = load_speech_model(slm)
+    model = loading.load_speech_model(slm)
     data = misheard_records(
         model, _csv(suites) or (), _csv(refuse) or (), _csv(voices) or defaults.voices,
         _csv(rates, int, "integer") or defaults.rates, defaults.pitches, variants, clean, max_new_tokens,
@@ -250,22 +245,14 @@ def speech_evaluate(
     ones answered, agreement with its LLM reading the written question, and the heard transcripts."""
     import json
 
-    from alignscope.judges.registry import check_judge_spec
-    from alignscope.models.pool import load_judge_for
-    from alignscope.speech.build import SpeechBuildConfig
-    from alignscope.speech.evaluation import evaluate_slm
+    from alignscope.speech.evaluation.held_out import SpeechEvalConfig, run_speech_eval
 
-    _speech_options(_csv(voices), _csv(rates, int, "integer"))
-    at_least("--limit", limit, 1)
-    at_least("--max-new-tokens", max_new_tokens, 1)
-    check_judge_spec(judge)
-    defaults = SpeechBuildConfig()
-    model = load_speech_model(slm, device=device)
-    result = evaluate_slm(
-        model, _csv(voices) or defaults.voices, _csv(rates, int, "integer") or defaults.rates, harmful_suite,
-        benign_suite, limit=limit, max_new_tokens=max_new_tokens, judge=load_judge_for(judge, model.text_llm),
-        seed=seed,
+    config = SpeechEvalConfig(
+        slm=slm, harmful_suite=harmful_suite, benign_suite=benign_suite, voices=_csv(voices),
+        rates=_csv(rates, int, "integer"), limit=limit, max_new_tokens=max_new_tokens, judge=judge, seed=seed,
+        device=device,
     )  # fmt: skip
+    result = run_speech_eval(config)
     console.print(result.summary())
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -290,12 +277,13 @@ def speech_adversarial_train(
 ) -> None:
     """Adversarial training of the projector: PGD clips of harmful questions with refusal targets (the LLM
     reading the transcript) mixed into distillation. Every AdversarialTrainingConfig field via --set."""
-    from alignscope.speech.adversarial import AdversarialTrainingConfig, adversarial_train
+    from alignscope.speech.build.adversarial import AdversarialTrainingConfig, adversarial_train
+    from alignscope.speech.model import loading
 
     values = fields(config_file, sets, slm=slm, out=str(out) if out else None, budget=budget, rounds=rounds,
                      eval_n=eval_n)  # fmt: skip
     cfg = AdversarialTrainingConfig.from_dict(values)
-    result = adversarial_train(cfg, slm=load_speech_model(cfg.slm))
+    result = adversarial_train(cfg, slm=loading.load_speech_model(cfg.slm))
     for r in result.rounds:
         console.print(
             f"round {r['round']}: PGD success on the training clips {r['attack_success']}, kept {r['kept']}, "
@@ -314,28 +302,26 @@ def speech_adversarial_train(
 
 
 # -- attack audio-pgd / audio-transfer ------------------------------------------------------------------------
-def _attack(
-    command: str,
-    slm_spec: str,
-    surrogate_spec: str | None,
-    values: dict[str, Any],
-    judge: str,
-    out: Path | None,
-    resume: bool,
-    device: str | None,
-) -> None:
-    from alignscope.models.pool import load_judge_for
+def _attack(config: Any, out: Path | None, resume: bool) -> None:
+    """Make the run directory of an audio attack config, run it, print its summary."""
     from alignscope.runs import RunDir
-    from alignscope.speech.attack_eval import SpokenAttackConfig, run_spoken_attacks
+    from alignscope.speech.attacks.experiments import AudioPGDAttackConfig, run_audio_pgd, run_audio_transfer
 
-    cfg = SpokenAttackConfig.from_dict({k: v for k, v in values.items() if v is not None})
-    record = {"model": slm_spec, "surrogate": surrogate_spec, "judge": cfg.judge, "seed": cfg.seed,
-              "attack": cfg.to_dict()}  # fmt: skip
-    run = RunDir.create(command, record, out=out, resume=resume)
-    target = load_speech_model(slm_spec, device=device)
-    surrogate = load_speech_model(surrogate_spec, device=device) if surrogate_spec else None
-    run_spoken_attacks(run, cfg, target, surrogate, judge=load_judge_for(judge, target.llm))
+    command = "attack audio-pgd" if isinstance(config, AudioPGDAttackConfig) else "attack audio-transfer"
+    run = RunDir.create(command, config.record(), out=out, resume=resume)
+    result = (
+        run_audio_pgd(config, run)
+        if isinstance(config, AudioPGDAttackConfig)
+        else run_audio_transfer(config, run)
+    )
+    console.print(result.summary())
     done(run)
+
+
+def _spoken_attack(values: dict[str, Any]) -> Any:
+    from alignscope.speech.attacks.config import SpokenAttackConfig
+
+    return SpokenAttackConfig.from_dict({k: v for k, v in values.items() if v is not None})
 
 
 _SuiteOpt = Annotated[
@@ -398,7 +384,9 @@ def attack_audio_pgd(
         n_benign=0 if benign_suite in ("none", "") else n_benign, preference_judge=preference_judge,
         max_new_tokens=max_new_tokens, resample=None if resample else False, seed=seed,
     )  # fmt: skip
-    _attack("attack audio-pgd", slm, None, values, judge, out, resume, device)
+    from alignscope.speech.attacks.experiments import AudioPGDAttackConfig
+
+    _attack(AudioPGDAttackConfig(slm=slm, attack=_spoken_attack(values), device=device), out, resume)
 
 
 @attack_app.command("audio-transfer")
@@ -437,7 +425,10 @@ def attack_audio_transfer(
         n_benign=n_benign, judge=judge, preference_judge=preference_judge, max_new_tokens=max_new_tokens,
         seed=seed, white_box=False, transfer=True, adaptive=0,
     )  # fmt: skip
-    _attack("attack audio-transfer", slm, surrogate, values, judge, out, resume, device)
+    from alignscope.speech.attacks.experiments import AudioTransferConfig
+
+    config = AudioTransferConfig(slm=slm, surrogate=surrogate, attack=_spoken_attack(values), device=device)
+    _attack(config, out, resume)
 
 
 # -- reproduce speechguard ------------------------------------------------------------------------------------
@@ -450,15 +441,10 @@ def reproduce_speechguard_cmd(
     attacker and transfer from a second build, with SNRs, in one table and report. Builds are cached and
     every clip is resumable (--resume)."""
     from alignscope.runs import RunDir
-    from alignscope.speech.reproduce import SpeechGuardConfig, reproduce_speechguard
+    from alignscope.speech.evaluation.speechguard import SpeechGuardConfig, run_speechguard
 
     cfg = SpeechGuardConfig.from_dict(fields(config_file, sets))
-    run = RunDir.create("reproduce speechguard", {"model": cfg.slm or "default build", **cfg.to_dict()}, out=out,
-                        resume=resume)  # fmt: skip
-    slm = load_speech_model(cfg.slm) if cfg.slm else None
-    surrogate = load_speech_model(cfg.surrogate) if cfg.surrogate else None
-    result = reproduce_speechguard(run, cfg, slm=slm, surrogate=surrogate)
-    console.print(result.markdown)
-    for s in result.checks["statements"]:
-        console.print(f"- {s}")
+    run = RunDir.create("reproduce speechguard", cfg.record(), out=out, resume=resume)
+    result = run_speechguard(cfg, run)
+    console.print(result.summary())
     done(run)

@@ -68,6 +68,21 @@ class GenerationConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def generate_kwargs(self, pad_token_id: int | None) -> dict[str, Any]:
+        """Keyword arguments of Hugging Face ``generate`` for these settings. Greedy decoding passes the
+        sampling parameters as None, so a model's own ``generation_config`` (which may set a temperature or
+        top-p) does not make transformers warn or sample. Seeding a sampled batch is the caller's job."""
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.do_sample,
+            "pad_token_id": pad_token_id,
+        }
+        if self.do_sample:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or None)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        return kwargs
+
     def describe(self) -> str:
         """Short human-readable form, used in reports next to every number."""
         if not self.do_sample:

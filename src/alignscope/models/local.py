@@ -206,16 +206,9 @@ class LocalModel:
         self, batch: list[list[int]], config: GenerationConfig, batch_index: int
     ) -> list[str]:
         input_ids, attention = self.left_pad(batch)
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": config.max_new_tokens,
-            "do_sample": config.do_sample,
-            "pad_token_id": self.tokenizer.pad_token_id,
-        }
-        if config.do_sample:
+        kwargs = config.generate_kwargs(self.tokenizer.pad_token_id)
+        if config.do_sample:  # one seed per batch: a sampled run is reproducible batch by batch
             torch.manual_seed(config.seed + batch_index)
-            kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k or None)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
         shared = self._shared_prefix(batch)
         if shared:
             input_ids, attention, cache = self._prefix_cached(batch, shared)

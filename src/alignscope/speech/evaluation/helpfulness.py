@@ -7,7 +7,7 @@ written question (the reference ``t``, the LLM's greedy answer to the transcript
   puts its highest logit on ``t``'s token, given ``t``'s preceding tokens.
 
 The third measure, *answered* (the keyword judge finds no refusal and the answer is not empty), is a judge
-verdict; :mod:`alignscope.speech.attack_eval` records all three.
+verdict; :mod:`alignscope.speech.attacks.evaluation` records all three.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from alignscope.speech.slm import SpeechLM
+from alignscope.speech.model.slm import SpeechLM
 
 __all__ = ["answer_token_f1", "teacher_forced_agreement"]
 

@@ -2,7 +2,7 @@
 written question.
 
 A distilled speech LLM behaves much like its LLM reading the projector's heard transcript
-(:func:`alignscope.speech.evaluation.heard_transcripts`). When the LLM refuses a misheard benign question, the
+(:func:`alignscope.speech.evaluation.held_out.heard_transcripts`). When the LLM refuses a misheard benign question, the
 speech LLM tends to as well. ``noisy_copies`` in the safety recipes trains on random word swaps; this module builds
 copies with the projector's real mistakes: each train-split prompt is spoken by espeak-ng, encoded, projected and
 read out as text. Every copy, clean or misheard, gets the label of the clean prompt:
@@ -14,8 +14,8 @@ read out as text. Every copy, clean or misheard, gets the label of the clean pro
   :data:`alignscope.training.refusals.REFUSALS`.
 
 Labels the LLM itself writes ask nothing new of it on the clean copies; what the data asks is the same
-decision on the misheard ones (``only_changed`` keeps just the misheard copies it decides otherwise). The README
-(Speech LLMs) has what training on this data did to the LLM and its speech LLM as measured.
+decision on the misheard ones (``only_changed`` keeps just the misheard copies it decides otherwise). What training
+on this data did to the LLM and its speech LLM is in docs/speech.md.
 
 The records are chat JSONL for any training recipe (``alignscope train safety-sft --data FILE``). Only the
 train splits enter, so the held-out spoken evaluation stays unseen.
@@ -32,10 +32,10 @@ import torch
 from tqdm.auto import tqdm
 
 from alignscope.models.base import user_turn
-from alignscope.speech.build_data import FeatureCache, plan_utterances, sampled_prompts, suite_prompts
+from alignscope.speech.build.data import FeatureCache, plan_utterances, sampled_prompts, suite_prompts
 from alignscope.speech.errors import SpeechError
-from alignscope.speech.evaluation import embedding_reader, word_error_rate
-from alignscope.speech.slm import SpeechLM
+from alignscope.speech.evaluation.held_out import embedding_reader, word_error_rate
+from alignscope.speech.model.slm import SpeechLM
 from alignscope.training.chat_data import ChatRecord
 
 __all__ = ["MisheardData", "misheard_records"]
@@ -103,7 +103,7 @@ def misheard_records(
     by ``seed`` and the prompt; encoder outputs are shared with the speech builds' feature cache. ``limit``
     takes the first prompts of each suite's train split only. ``sampled`` adds up to that many request-like
     sentences the LLM writes (of ``sampled_from`` drawn; the sentences a speech build with the same seed uses,
-    :func:`~alignscope.speech.build_data.sampled_prompts`; never a test prompt), labelled like the other
+    :func:`~alignscope.speech.build.data.sampled_prompts`; never a test prompt), labelled like the other
     prompts outside the refuse suites: the LLM's answer. ``only_changed`` keeps only the misheard copies on which
     the LLM (greedy, 32 tokens, keyword judge) refuses where the label answers or answers where it refuses.
     ``drop_refused`` leaves out the prompts outside the refuse suites that the LLM refuses when written (their

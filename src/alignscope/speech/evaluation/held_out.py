@@ -21,23 +21,29 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from tqdm.auto import tqdm
 
 from alignscope.models.base import GenerationConfig, user_turn
 from alignscope.models.loading import cache_dir
-from alignscope.speech.slm import SpeechLM
+from alignscope.runs.store import RunDir
+from alignscope.speech.config_io import SpeechConfigIO
+from alignscope.speech.errors import SpeechOptionError
+from alignscope.speech.model.slm import SpeechLM
 from alignscope.stats import Rate, rate_of
+from alignscope.validation import FieldChecks
 
 __all__ = [
+    "SpeechEvalConfig",
     "SpeechEvalResult",
     "embedding_reader",
     "evaluate_slm",
     "heard_transcripts",
+    "run_speech_eval",
     "word_error_rate",
     "word_errors",
 ]
@@ -105,6 +111,18 @@ class SpeechEvalResult:
             d["samples"] = self.samples
         return d
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SpeechEvalResult:
+        """The result :meth:`to_dict` wrote (``samples`` empty when it was left out)."""
+        rates = {k: _rate(d[k]) for k in _RATE_FIELDS}
+        return cls(
+            model=str(d["model"]), top1_agreement=float(d["top1_agreement"]),
+            top1_by_suite={str(k): float(v) for k, v in d["top1_by_suite"].items()}, heard_wer=float(d["heard_wer"]),
+            judge=str(d["judge"]), generation=str(d["generation"]), voices=list(d["voices"]),
+            rates=[int(r) for r in d["rates"]], seconds=float(d["seconds"]), samples=list(d.get("samples", [])),
+            **rates,
+        )  # fmt: skip
+
     def summary(self) -> str:
         return (
             f"{self.model}, held-out spoken questions ({', '.join(self.voices)} at {self.rates} wpm; "
@@ -119,13 +137,99 @@ class SpeechEvalResult:
         )
 
 
+_RATE_FIELDS = (
+    "harmful_refusal",
+    "benign_answered",
+    "refusal_agreement",
+    "text_harmful_refusal",
+    "text_benign_answered",
+    "heard_harmful_refusal",
+    "heard_benign_answered",
+)
+
+
+def _rate(d: Mapping[str, Any]) -> Rate:
+    return Rate(int(d["k"]), int(d["n"]), float(d["ci_low"]), float(d["ci_high"]))
+
+
+@dataclass(frozen=True)
+class SpeechEvalConfig(SpeechConfigIO):
+    """Settings of ``alignscope speech evaluate``: the held-out evaluation of a speech LLM, as its build measures
+    it (:func:`evaluate_slm`).
+
+    Attributes:
+        slm: spec of the speech LLM: ``default`` (the embedded build), ``build:KEY=VALUE,...``, a projector or
+            build directory, or ``random[:LLM]`` (untrained projector, smoke tests only).
+        harmful_suite: harmful suite spec (any suite, e.g. ``advbench:PATH``); its test half is spoken.
+        benign_suite: benign suite spec (e.g. ``jsonl:PATH#instruction``); its test half is spoken.
+        voices: espeak-ng voices (None: the build recipe's, :class:`~alignscope.speech.build.config.SpeechBuildConfig`).
+        rates: speaking rates in words per minute (None: the build recipe's).
+        limit: first test questions of each suite only (None: all).
+        max_new_tokens: length of the greedy answers.
+        judge: judge spec (keyword, llm-rubric[:MODEL], strongreject[:MODEL], ...).
+        seed: seed of the voice and rate draw per question.
+        device: cuda, mps or cpu (None: the best available).
+    """
+
+    settings_name: ClassVar[str] = "speech evaluation"
+
+    slm: str = "default"
+    harmful_suite: str = "harmful"
+    benign_suite: str = "benign"
+    voices: tuple[str, ...] | None = None
+    rates: tuple[int, ...] | None = None
+    limit: int | None = None
+    max_new_tokens: int = 64
+    judge: str = "keyword"
+    seed: int = 1
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        from alignscope.judges.registry import check_judge_spec
+
+        check = FieldChecks(self, SpeechOptionError)
+        check.non_empty("voices")
+        check.each_at_least(1, "rates")
+        check.at_least(1, "limit", "max_new_tokens")
+        check_judge_spec(self.judge)
+
+
+def run_speech_eval(
+    config: SpeechEvalConfig | None = None,
+    run: RunDir | None = None,
+    *,
+    slm: SpeechLM | None = None,
+    progress: bool = True,
+) -> SpeechEvalResult:
+    """Load the speech LLM and the judge ``config`` names and run :func:`evaluate_slm`; with ``run``, its
+    metrics (without the per-clip samples) go into the run's ``metrics.json`` under ``speech_evaluation``.
+    ``slm`` replaces the speech LLM ``config.slm`` names."""
+    from alignscope.models.pool import load_judge_for
+    from alignscope.speech.build.config import SpeechBuildConfig
+    from alignscope.speech.model import loading
+
+    config = config or SpeechEvalConfig()
+    recipe = SpeechBuildConfig()
+    model = slm if slm is not None else loading.load_speech_model(config.slm, device=config.device)
+    result = evaluate_slm(
+        model, config.voices or recipe.voices, config.rates or recipe.rates, config.harmful_suite,
+        config.benign_suite, limit=config.limit, max_new_tokens=config.max_new_tokens,
+        judge=load_judge_for(config.judge, model.text_llm), seed=config.seed, progress=progress,
+    )  # fmt: skip
+    if run is not None:
+        metrics = run.metrics()
+        metrics["speech_evaluation"] = result.to_dict(samples=False)
+        run.write_metrics(metrics)
+    return result
+
+
 def _spoken_test_split(
     suite: str, voices: Sequence[str], rates: Sequence[int], test_fraction: float, split_seed: int, seed: int,
     lead_silence: float, limit: int | None, progress: bool,
 ) -> Any:  # fmt: skip
     from alignscope.data import load_suite
     from alignscope.data.types import Suite
-    from alignscope.speech.suites import speak_suite
+    from alignscope.speech.spoken.suites import speak_suite
 
     test = load_suite(suite).split(test_fraction, split_seed)[1]
     if limit is not None:

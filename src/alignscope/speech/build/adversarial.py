@@ -2,7 +2,7 @@
 
 SpeechGuard (Peri et al. 2024) proposes TDNF as the defence; adversarial training is the classic alternative
 (Madry et al. 2018). Here only the projector is trained, on transformers' Trainer through the build's machinery
-(:class:`~alignscope.speech.distill.ProjectorTrainer`, objective ``distill``):
+(:class:`~alignscope.speech.build.distill.ProjectorTrainer`, objective ``distill``):
 
 1. spoken versions of harmful *train-split* questions are attacked with audio PGD against the current
    projector (target ``"Sure, here is"``, budget e.g. ``snr:30``);
@@ -14,7 +14,7 @@ SpeechGuard (Peri et al. 2024) proposes TDNF as the defence; adversarial trainin
 4. repeat for ``rounds`` (each round attacks the projector the previous round produced).
 
 The hardened projector is saved like a build (``<out>/projector``, loadable with
-:func:`~alignscope.speech.build.load_slm`) with its provenance. With ``eval_n > 0`` the effect is measured on
+:func:`~alignscope.speech.model.loading.load_slm`) with its provenance. With ``eval_n > 0`` the effect is measured on
 held-out (test-split) spoken questions: white-box PGD success and benign answered rate, before and after.
 """
 
@@ -25,23 +25,24 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from alignscope.models.base import GenerationConfig, user_turn
-from alignscope.speech.attack_eval import parse_budget
-from alignscope.speech.attacks import AudioPGDConfig, audio_pgd
+from alignscope.speech.attacks.config import parse_budget
+from alignscope.speech.attacks.pgd import AudioPGDConfig, audio_pgd
+from alignscope.speech.config_io import SpeechConfigIO
 from alignscope.speech.errors import SpeechError, SpeechOptionError
-from alignscope.speech.projector import CONFIG_FILE, Projector
-from alignscope.speech.slm import SpeechLM
+from alignscope.speech.model.projector import CONFIG_FILE, Projector
+from alignscope.speech.model.slm import SpeechLM
 from alignscope.validation import FieldChecks
 
-log = logging.getLogger("alignscope.speech.adversarial")
+log = logging.getLogger("alignscope.speech.build.adversarial")
 
 __all__ = [
     "AdversarialTrainingConfig",
@@ -53,11 +54,11 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class AdversarialTrainingConfig:
+class AdversarialTrainingConfig(SpeechConfigIO):
     """Settings of projector adversarial training; every field has a default.
 
     Attributes:
-        slm: spec of the speech LLM to harden (:func:`~alignscope.speech.attack_eval.load_speech_model`).
+        slm: spec of the speech LLM to harden (:func:`~alignscope.speech.model.loading.load_speech_model`).
         out: output directory (None: ``$ALIGNSCOPE_CACHE/speech/adversarial/<digest>``).
         harmful_suites: suites whose train-split questions are attacked.
         clean_suites: suites whose train-split questions give the clean distillation examples mixed in.
@@ -81,6 +82,8 @@ class AdversarialTrainingConfig:
         seed: seeds PGD starts, the speech draws and the data order.
         progress: progress bars.
     """
+
+    settings_name: ClassVar[str] = "adversarial-training"
 
     slm: str = "default"
     out: str | None = None
@@ -132,29 +135,10 @@ class AdversarialTrainingConfig:
             step_size=self.step_size, steps=steps or self.pgd_steps, check_every=5, seed=self.seed,
         )  # fmt: skip
 
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    def replace(self, **changes: Any) -> AdversarialTrainingConfig:
-        return replace(self, **changes)
-
-    @staticmethod
-    def from_dict(d: dict[str, Any]) -> AdversarialTrainingConfig:
-        import dataclasses
-
-        known = {f.name for f in dataclasses.fields(AdversarialTrainingConfig)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise SpeechError(f"unknown adversarial-training settings: {', '.join(unknown)}")
-        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return AdversarialTrainingConfig(**kwargs)
-
-    def digest(self) -> str:
-        import hashlib
-
-        skip = {"out", "progress", "eval_n", "eval_steps"}
-        ident = {k: v for k, v in self.to_dict().items() if k not in skip}
-        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+    def digest(self, exclude: Iterable[str] = ("out", "progress", "eval_n", "eval_steps")) -> str:
+        """12 hex digits of the SHA-256 of the settings that decide the hardened weights: the cache key of
+        ``out`` (where, how verbosely and how much it is measured afterwards do not count)."""
+        return super().digest(exclude)
 
 
 @dataclass
@@ -199,7 +183,7 @@ def _teacher_ids(slm: SpeechLM, transcript: str, prefix: list[int]) -> list[int]
 def encode_clip(slm: SpeechLM, wave: torch.Tensor | np.ndarray) -> torch.Tensor:
     """``(frames, d_model)`` float32 encoder output of one clip, exactly as ``slm`` computes it (cropped or
     padded to 30 s)."""
-    from alignscope.speech.features import N_SAMPLES_30S, log_mel
+    from alignscope.speech.model.features import N_SAMPLES_30S, log_mel
 
     w = torch.as_tensor(np.asarray(wave, dtype=np.float32) if isinstance(wave, np.ndarray) else wave).float()
     w = w.to(slm.device)
@@ -221,12 +205,12 @@ def adversarial_examples(
     """Attack each clip with PGD against ``slm`` and turn the adversarial clip into a distillation example whose
     teacher reads the clean transcript (``teacher_answers[i]``, the LLM's greedy answer to it, is the target).
 
-    Returns the examples (:class:`~alignscope.speech.distill.SpeechExample`) and statistics: attack success on
+    Returns the examples (:class:`~alignscope.speech.build.distill.SpeechExample`) and statistics: attack success on
     these clips, median SNR, examples dropped because the teacher did not refuse."""
     from tqdm.auto import tqdm
 
     from alignscope.judges.keyword import KeywordJudge
-    from alignscope.speech.distill import SpeechExample
+    from alignscope.speech.build.distill import SpeechExample
 
     prefix, after = slm.split_prompt(slm.conversation(None))
     refused = [bool(v.refused) for v in KeywordJudge().judge_batch(list(transcripts), list(teacher_answers))]
@@ -259,7 +243,7 @@ def adversarial_examples(
 
 
 def _spoken(texts: Sequence[str], config: AdversarialTrainingConfig, seed: int) -> list[Any]:
-    from alignscope.speech.build_data import plan_utterances
+    from alignscope.speech.build.data import plan_utterances
 
     return [
         p[0]
@@ -281,7 +265,7 @@ def _train_round(
     from transformers import TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
-    from alignscope.speech.distill import (
+    from alignscope.speech.build.distill import (
         ExampleDataset,
         ProjectorTrainer,
         SpeechTrainingModule,
@@ -321,15 +305,15 @@ def adversarial_train(
     """Harden the projector of ``slm`` (default: ``load_speech_model(config.slm)``) by adversarial training; see
     the module docstring. Rounds already finished in ``out`` are loaded, not redone."""
     from alignscope.models.loading import cache_dir
-    from alignscope.speech.build import copy_llm_adapter
-    from alignscope.speech.build_data import FeatureCache, suite_prompts
-    from alignscope.speech.distill import SpeechExample
-    from alignscope.speech.tts import synthesize
+    from alignscope.speech.build.data import FeatureCache, suite_prompts
+    from alignscope.speech.build.distill import SpeechExample
+    from alignscope.speech.build.saving import copy_llm_adapter
+    from alignscope.speech.spoken.tts import synthesize
     from alignscope.training.builders import generate_cached
 
     cfg = config or AdversarialTrainingConfig()
     if slm is None:
-        from alignscope.speech.loading import load_speech_model
+        from alignscope.speech.model.loading import load_speech_model
 
         slm = load_speech_model(cfg.slm)
     out = Path(cfg.out) if cfg.out else cache_dir() / "speech" / "adversarial" / cfg.digest()
@@ -402,8 +386,8 @@ def measure_hardening(before: SpeechLM, after: SpeechLM, config: AdversarialTrai
     answer starts with the target; ``non_refusal``: the keyword judge finds no refusal in it, which counts
     off-topic answers too: it is not a harmful rate) and the benign answered rate, for both models."""
     from alignscope.judges.keyword import KeywordJudge
-    from alignscope.speech.build_data import suite_prompts
-    from alignscope.speech.tts import synthesize
+    from alignscope.speech.build.data import suite_prompts
+    from alignscope.speech.spoken.tts import synthesize
     from alignscope.stats import rate_of
 
     judge = KeywordJudge()

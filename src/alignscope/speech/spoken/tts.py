@@ -8,7 +8,7 @@ espeak-ng's formant voices are robotic but intelligible to Whisper, and they nee
 versions of the text suites can be made on any machine, offline. The output is not bit-identical from call to
 call: the voice's pitch flutter runs on a phase counter inside the library that carries over between utterances
 (and no API resets it), so the same text differs slightly depending on what was spoken before. A fresh process
-speaking the same texts in the same order reproduces the same samples; :func:`~alignscope.speech.suites.speak_suite`
+speaking the same texts in the same order reproduces the same samples; :func:`~alignscope.speech.spoken.suites.speak_suite`
 caches its WAVs so a suite is spoken only once.
 """
 
@@ -20,15 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from alignscope.speech.audio import resample
 from alignscope.speech.errors import SpeechError
-from alignscope.speech.features import SAMPLE_RATE
+from alignscope.speech.model.audio import resample
+from alignscope.speech.model.features import SAMPLE_RATE
 
-# English voices of the bundled data, "language[+variant]", best recognised first. Word error rates of Whisper
-# tiny.en on eight everyday sentences: en-us+klatt4 9-10 % at 150 wpm, 16 % at 175; the plain formant voices
-# ("en-us"; "en" is British) 20-30 % (they blur plosives: "bake" -> "make", "of" -> "on"). On 24 suite questions
-# (README: Speech LLMs) the order differed: en-us+klatt4 32 % at 150 wpm and 57 % at 175, en-us+m1 19 % / 24 %,
-# en-us 23 % / 26 %; projectors trained on either voice set hear equally well.
+# English voices of the bundled data, "language[+variant]" ("en" is British), the klatt variants first: Whisper
+# tiny.en hears them best on short sentences (word error rates per voice in docs/speech.md).
 VOICES: list[str] = ["en-us+klatt4", "en-us+klatt3", "en-us+klatt5", "en+klatt4", "en-us", "en", "en-us+f3"]
 DEFAULT_VOICE = "en-us+klatt4"
 

@@ -4,7 +4,7 @@ chosen SNR added to every incoming clip before the speech model, a fresh draw pe
 The noise is scaled to its *realised* power, per clip, so every defended clip has exactly the requested SNR
 (not just in expectation). The result is not clipped to [-1, 1]: the model takes float samples, and clipping
 would lower the noise actually added. ``tdnf`` is differentiable w.r.t. the clip, so an adaptive attacker
-can optimise through it (expectation over noise draws; see :mod:`alignscope.speech.attacks`).
+can optimise through it (expectation over noise draws; see :mod:`alignscope.speech.attacks.pgd`).
 
 Spec strings (the CLI's ``--defense``): ``none``, ``tdnf:snr=<dB>`` and optionally ``,seed=<int>``.
 """

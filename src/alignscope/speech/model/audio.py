@@ -10,7 +10,7 @@ import numpy as np
 
 from alignscope.cachefs import atomic_file
 from alignscope.speech.errors import SpeechError
-from alignscope.speech.features import SAMPLE_RATE
+from alignscope.speech.model.features import SAMPLE_RATE
 
 __all__ = ["load_audio", "resample", "save_audio", "snr_db"]
 

@@ -31,7 +31,7 @@ from alignscope.models.base import GenerationConfig, user_turn
 from alignscope.models.loading import cache_dir
 from alignscope.models.local import LocalModel
 from alignscope.speech.errors import SpeechError
-from alignscope.speech.features import N_SAMPLES_30S, log_mel
+from alignscope.speech.model.features import N_SAMPLES_30S, log_mel
 from alignscope.training.prompts import (
     prompt_starts,
     sampled_sentences,
@@ -41,7 +41,7 @@ from alignscope.training.prompts import (
     vocabulary_words,
 )
 
-log = logging.getLogger("alignscope.speech.build")
+log = logging.getLogger("alignscope.speech.build.builder")
 
 __all__ = [
     "FeatureCache",
@@ -272,7 +272,7 @@ class FeatureCache:
     """Encoder outputs of synthesised utterances, computed once and kept on disk.
 
     ``features(utterances)`` gives, per utterance, the ``(frames, d_model)`` float16 encoder output of its clip
-    exactly as :meth:`alignscope.speech.slm.SpeechLM.audio_embeds` computes it (log-mel of the clip, cropped
+    exactly as :meth:`alignscope.speech.model.slm.SpeechLM.audio_embeds` computes it (log-mel of the clip, cropped
     to its length or padded to 30 s, then the encoder). ``hits`` and ``misses`` count reuse.
 
     Args:
@@ -314,7 +314,7 @@ class FeatureCache:
     ) -> list[torch.Tensor]:
         from safetensors.torch import load_file, save_file
 
-        from alignscope.speech.tts import synthesize
+        from alignscope.speech.spoken.tts import synthesize
 
         out = []
         for utt in tqdm(utterances, desc=f"{desc}: synthesise + encode", disable=not progress, leave=False):

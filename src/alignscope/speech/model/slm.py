@@ -31,8 +31,8 @@ from tqdm.auto import tqdm
 from alignscope.models.base import Conversation, GenerationConfig, user_turn
 from alignscope.models.local import LocalModel, ResponseBatch
 from alignscope.speech.errors import SpeechError
-from alignscope.speech.features import N_SAMPLES_30S, log_mel
-from alignscope.speech.projector import Projector
+from alignscope.speech.model.features import N_SAMPLES_30S, log_mel
+from alignscope.speech.model.projector import Projector
 
 AUDIO_MARKER = "<|audio|>"
 """Where the audio goes in a user turn (text; replaced by the audio embeddings, never tokenised)."""
@@ -431,16 +431,9 @@ class SpeechLM:
         batch_index: int,
     ) -> list[str]:
         inputs = self.embed_conversations(clips, conversations, prefills)
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": config.max_new_tokens,
-            "do_sample": config.do_sample,
-            "pad_token_id": self.tokenizer.pad_token_id,
-        }
-        if config.do_sample:
+        kwargs = config.generate_kwargs(self.tokenizer.pad_token_id)
+        if config.do_sample:  # one seed per batch: a sampled run is reproducible batch by batch
             torch.manual_seed(config.seed + batch_index)
-            kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k or None)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
         # with inputs_embeds alone, a decoder-only model returns the new tokens only
         new = self.llm.model.generate(
             inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask, **kwargs
@@ -475,7 +468,7 @@ class SpokenChatModel:
 
     The last user turn of each conversation names its clip: ``audio[text]`` (a mapping, e.g. a spoken suite's
     prompt -> waveform, or a callable). That turn's text is replaced by the marker (and ``prompt_text``); other
-    turns and system prompts stay as they are. ``defense`` (e.g. :class:`alignscope.speech.defense.TDNF`)
+    turns and system prompts stay as they are. ``defense`` (e.g. :class:`alignscope.speech.attacks.defense.TDNF`)
     transforms every clip before the model, with a fresh draw per query.
     """
 

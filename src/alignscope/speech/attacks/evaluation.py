@@ -4,7 +4,7 @@ For every held-out spoken harmful question, in order and resumable per clip:
 
 * **clean**: the speech LLM's greedy answer to the clean clip, and (for reference) the LLM's answer to the
   written question;
-* **white-box**: audio PGD (:func:`~alignscope.speech.attacks.audio_pgd`) at each budget of ``budgets``
+* **white-box**: audio PGD (:func:`~alignscope.speech.attacks.pgd.audio_pgd`) at each budget of ``budgets``
   (``"snr:30"``, ``"linf:0.002"``), or one universal perturbation over all clips (``universal=True``);
 * **TDNF, non-adaptive**: every clip (clean or attacked) is also played through TDNF at each SNR of
   ``defenses``, a fresh noise draw per query (seeded per query, so a rerun draws the same noise);
@@ -31,7 +31,7 @@ reading the transcript (its greedy answer ``t``):
 Records (stages of :class:`~alignscope.runs.RunDir`): ``speech_attack`` (one per crafted perturbation),
 ``speech_universal`` (one per universal perturbation), ``speech_answer`` (one per judged answer: prompt,
 response, verdict, condition) and ``speech_help`` (one per benign clip and defence). The report section is
-:mod:`alignscope.speech.attack_report`.
+:mod:`alignscope.speech.attacks.report`.
 """
 
 from __future__ import annotations
@@ -40,29 +40,25 @@ import hashlib
 import logging
 import re
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from alignscope.judges.registry import check_judge_spec
 from alignscope.models.base import GenerationConfig, user_turn
 from alignscope.runs.store import RunDir
-from alignscope.speech.attacks import AudioPGDConfig, apply_perturbation, audio_pgd, universal_audio_pgd
-from alignscope.speech.audio import load_audio, save_audio
-from alignscope.speech.defense import TDNF, snr_db_of
-from alignscope.speech.errors import SpeechError, SpeechOptionError
-from alignscope.speech.features import HOP_LENGTH, N_SAMPLES_30S
-from alignscope.speech.helpfulness import answer_token_f1, teacher_forced_agreement
-from alignscope.speech.loading import load_speech_model
-from alignscope.speech.slm import SpeechLM
-from alignscope.speech.suites import SpokenItem, SpokenSuite, load_spoken_suite, speak_suite
-from alignscope.validation import FieldChecks
+from alignscope.speech.attacks.clips import SpokenClip, spoken_clips
+from alignscope.speech.attacks.config import SpokenAttackConfig, parse_budget, tdnf_spec
+from alignscope.speech.attacks.defense import TDNF, snr_db_of
+from alignscope.speech.attacks.pgd import apply_perturbation, audio_pgd, universal_audio_pgd
+from alignscope.speech.errors import SpeechError
+from alignscope.speech.evaluation.helpfulness import answer_token_f1, teacher_forced_agreement
+from alignscope.speech.model.audio import save_audio
+from alignscope.speech.model.loading import load_speech_model
+from alignscope.speech.model.slm import SpeechLM
 
-log = logging.getLogger("alignscope.speech.attack_eval")
+log = logging.getLogger("alignscope.speech.attacks.evaluation")
 
 __all__ = [
     "SpokenAttackConfig",
@@ -84,242 +80,6 @@ STAGE_HELP = "speech_help"
 NO_DEFENSE = "none"
 
 
-def parse_budget(spec: str) -> tuple[str, float]:
-    """``"snr:30"`` -> ``("snr", 30.0)``, ``"linf:0.002"`` -> ``("linf", 0.002)``; a :class:`SpeechError`
-    naming the spec otherwise."""
-    kind, sep, value = str(spec).strip().partition(":")
-    kind = kind.strip().lower()
-    if not sep or kind not in ("snr", "linf"):
-        raise SpeechError(
-            f"bad budget {spec!r}: use 'linf:<eps>' (e.g. linf:0.002) or 'snr:<dB>' (e.g. snr:30)"
-        )
-    try:
-        number = float(value)
-    except ValueError:
-        raise SpeechError(f"bad budget {spec!r}: {value!r} is not a number") from None
-    if not np.isfinite(number) or (kind == "linf" and not 0 < number <= 2):
-        raise SpeechError(f"bad budget {spec!r}: an L-inf eps must lie in (0, 2] (samples are in [-1, 1])")
-    return kind, number
-
-
-def tdnf_spec(snr: float) -> str:
-    return f"tdnf:snr={snr:g}"
-
-
-@dataclass(frozen=True)
-class SpokenAttackConfig:
-    """Settings of a spoken attack evaluation; every field has a default.
-
-    Attributes:
-        suite: text suite of harmful questions, spoken with espeak-ng into ``<run>/spoken/`` (ignored with
-            ``manifest``).
-        manifest: a spoken-suite manifest (``manifest.jsonl`` or its directory) of the user's own clips; items
-            labelled ``benign`` go to the helpfulness set unless ``benign_manifest`` is given.
-        split: ``"test"`` (the held-out half no speech build trains on), ``"train"`` or ``"all"`` of ``suite``.
-        test_fraction, split_seed: the split (as in :class:`~alignscope.speech.build.SpeechBuildConfig`).
-        n: harmful clips (a category-stratified subset; None: all).
-        benign_suite, benign_manifest, n_benign: benign questions for helpfulness (None / 0: skipped).
-        voices, rates, lead_silence: how the suites are spoken (one voice and rate drawn per question).
-        budgets: perturbation budgets, ``"snr:<dB>"`` or ``"linf:<eps>"``; white-box and transfer attacks run
-            at each, the adaptive attacker at the first.
-        steps, restarts, step_size, check_every, random_start: PGD settings (see
-            :class:`~alignscope.speech.attacks.AudioPGDConfig`).
-        universal: one perturbation over all clips per budget instead of one per clip.
-        white_box: run the white-box attack on the target (off for a transfer-only run).
-        defenses: TDNF SNRs (dB); every clip is also answered through each (non-adaptive), and helpfulness is
-            measured under each.
-        adaptive: noise draws per PGD step of the adaptive attacker (0: no adaptive attack).
-        adaptive_snrs: the TDNF SNRs the adaptive attacker faces (None: every SNR of ``defenses``).
-        transfer: craft on the surrogate and play to the target (needs a surrogate).
-        target: the attack target for questions whose suite gives none.
-        judge: judge spec for every answer (:func:`alignscope.judges.get_judge`).
-        preference_judge: pairwise judge spec (``"preference:smollm2"``) comparing each attacked answer with
-            the clean one for safety (None: not used).
-        max_new_tokens, batch_size: decoding of the judged answers (greedy).
-        seed: seeds the PGD random starts and every TDNF draw.
-        resample: resample user clips at another rate to 16 kHz (False: refuse them, naming the file).
-        save_audio: write the adversarial and defended clips as WAV (the clean ones are always on disk).
-        progress: progress bars.
-    """
-
-    suite: str = "harmful"
-    manifest: str | None = None
-    split: str = "test"
-    test_fraction: float = 0.5
-    split_seed: int = 0
-    n: int | None = 8
-    benign_suite: str | None = "benign"
-    benign_manifest: str | None = None
-    n_benign: int | None = 8
-    voices: tuple[str, ...] = ("en-us+klatt4",)
-    rates: tuple[int, ...] = (175,)
-    lead_silence: float = 0.4
-    budgets: tuple[str, ...] = ("snr:30",)
-    steps: int = 100
-    restarts: int = 1
-    step_size: float = 0.1
-    check_every: int = 10
-    random_start: bool = False
-    universal: bool = False
-    white_box: bool = True
-    defenses: tuple[float, ...] = ()
-    adaptive: int = 0
-    adaptive_snrs: tuple[float, ...] | None = None
-    transfer: bool = False
-    target: str = "Sure, here is"
-    judge: str = "keyword"
-    preference_judge: str | None = None
-    max_new_tokens: int = 64
-    batch_size: int = 8
-    seed: int = 0
-    resample: bool = True
-    save_audio: bool = True
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if not self.budgets:
-            raise SpeechError("give at least one budget (e.g. 'snr:30')")
-        for b in self.budgets:
-            parse_budget(b)
-        if self.split not in ("test", "train", "all"):
-            raise SpeechError(f"split must be test, train or all, got {self.split!r}")
-        check = FieldChecks(self, SpeechOptionError)
-        check.at_least(1, "n", "steps", "restarts", "check_every", "max_new_tokens", "batch_size")
-        check.at_least(0, "n_benign", "adaptive", "lead_silence")
-        check.in_range("test_fraction", 0, 1, low_open=True, high_open=True)
-        check.non_empty("voices")
-        check.each_at_least(1, "rates")
-        check.each_finite("defenses", "adaptive_snrs")
-        check.positive("step_size")
-        check_judge_spec(self.judge)
-        if self.preference_judge is not None:
-            check_judge_spec(self.preference_judge)
-        if self.adaptive and not self.attack_snrs:
-            raise SpeechError(
-                "the adaptive attacker needs a defence to attack through: give defenses (TDNF SNRs)"
-            )
-        self.pgd(self.budgets[0])  # validates the PGD fields
-
-    @property
-    def attack_snrs(self) -> tuple[float, ...]:
-        """The TDNF SNRs the adaptive attacker faces."""
-        return tuple(self.adaptive_snrs) if self.adaptive_snrs is not None else tuple(self.defenses)
-
-    def pgd(self, budget: str, defense: str | None = None) -> AudioPGDConfig:
-        """The PGD settings for one budget (and, for the adaptive attacker, the defence it goes through)."""
-        kind, value = parse_budget(budget)
-        return AudioPGDConfig(
-            budget=kind,
-            eps=value if kind == "linf" else 0.002,
-            snr_db=value if kind == "snr" else 30.0,
-            step_size=self.step_size,
-            steps=self.steps,
-            restarts=self.restarts,
-            random_start=self.random_start,
-            check_every=self.check_every,
-            defense=defense,
-            eot_samples=max(1, self.adaptive) if defense else 1,
-            seed=self.seed,
-        )
-
-    def replace(self, **changes: Any) -> SpokenAttackConfig:
-        return replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (tuples as lists), so a resumed run's recorded config compares equal."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @staticmethod
-    def from_dict(d: dict[str, Any]) -> SpokenAttackConfig:
-        import dataclasses
-
-        known = {f.name for f in dataclasses.fields(SpokenAttackConfig)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise SpeechError(
-                f"unknown spoken-attack settings: {', '.join(unknown)} (known: {sorted(known)})"
-            )
-        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return SpokenAttackConfig(**kwargs)
-
-
-# -- clips ----------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SpokenClip:
-    """A spoken question ready to attack: its manifest item, its samples and the target to elicit."""
-
-    item: SpokenItem
-    wave: np.ndarray
-    target: str
-    label: str
-
-    @property
-    def id(self) -> str:
-        return self.item.id
-
-
-def _load_wave(item: SpokenItem, resample: bool) -> np.ndarray:
-    wave = load_audio(item.audio, resample=resample)
-    if wave.size > N_SAMPLES_30S:
-        raise SpeechError(
-            f"{item.audio} (id {item.id!r}) is {wave.size / 16000:.1f} s long; Whisper takes 30 s at most"
-        )
-    if wave.size < 2 * HOP_LENGTH:
-        raise SpeechError(f"{item.audio} (id {item.id!r}) is too short ({wave.size} samples)")
-    if not np.any(wave):
-        raise SpeechError(
-            f"{item.audio} (id {item.id!r}) is silent: no SNR budget or TDNF level exists for it"
-        )
-    return wave
-
-
-def _speak(run: RunDir, suite: str, label: str, n: int | None, config: SpokenAttackConfig) -> SpokenSuite:
-    from alignscope.data import load_suite
-
-    text = load_suite(suite)
-    if config.split != "all":
-        train, test = text.split(config.test_fraction, config.split_seed)
-        text = test if config.split == "test" else train
-    text = text.take(n, config.seed)
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{label}-{suite}")[:60]
-    return speak_suite(
-        text, run.path / "spoken" / slug, config.voices, config.rates, seed=config.seed,
-        lead_silence=config.lead_silence, progress=config.progress,
-    )  # fmt: skip
-
-
-def spoken_clips(run: RunDir, config: SpokenAttackConfig) -> tuple[list[SpokenClip], list[SpokenClip]]:
-    """(harmful, benign) clips of the evaluation: the suites spoken into ``<run>/spoken/`` (cached there, so a
-    resumed run reuses them) or read from the manifests."""
-    harmful: list[SpokenItem]
-    benign: list[SpokenItem] = []
-    if config.manifest:
-        items = list(load_spoken_suite(config.manifest))
-        harmful = [it for it in items if it.label in (None, "harmful")]
-        benign = [it for it in items if it.label == "benign"]
-        if not harmful:
-            raise SpeechError(f"{config.manifest}: no clip is labelled harmful (or unlabelled) to attack")
-        harmful = harmful[: config.n] if config.n is not None else harmful
-    else:
-        harmful = list(_speak(run, config.suite, "harmful", config.n, config))
-    if config.benign_manifest:
-        benign = list(load_spoken_suite(config.benign_manifest))
-    elif config.benign_suite and not config.manifest and config.n_benign != 0:
-        benign = list(_speak(run, config.benign_suite, "benign", config.n_benign, config))
-    if config.n_benign is not None:
-        benign = benign[: config.n_benign]
-    ids = [it.id for it in harmful] + [it.id for it in benign]
-    dup = [i for i, c in Counter(ids).items() if c > 1]
-    if dup:
-        raise SpeechError(f"clip ids must be unique across the harmful and benign sets; repeated: {dup[:5]}")
-
-    def make(it: SpokenItem, label: str) -> SpokenClip:
-        return SpokenClip(it, _load_wave(it, config.resample), it.target or config.target, label)
-
-    return [make(it, "harmful") for it in harmful], [make(it, "benign") for it in benign]
-
-
-# -- the evaluation -------------------------------------------------------------------------------------------
 def _seed_of(seed: int, key: str) -> int:
     return int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:12], 16)
 
@@ -559,7 +319,7 @@ def run_spoken_attacks(
 
     from alignscope.judges import get_judge, get_preference_judge
     from alignscope.report.build import rebuild
-    from alignscope.speech import attack_report
+    from alignscope.speech.attacks import report as attack_report
 
     cfg = config or SpokenAttackConfig()
     if cfg.transfer and surrogate is None:

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from alignscope.cachefs import atomic_file, lock
-from alignscope.speech.audio import load_audio, save_audio
 from alignscope.speech.errors import SpeechError
-from alignscope.speech.features import SAMPLE_RATE
+from alignscope.speech.model.audio import load_audio, save_audio
+from alignscope.speech.model.features import SAMPLE_RATE
 
 if TYPE_CHECKING:
     from alignscope.data import Suite
@@ -119,7 +119,7 @@ def speak_suite(
         suite: an :class:`alignscope.data.Suite` or a suite spec for :func:`alignscope.data.load_suite`
             (``"harmful@20"``).
         out_dir: directory for the clips and the manifest (created).
-        voices: espeak-ng voices to draw from (default: :data:`~alignscope.speech.tts.DEFAULT_VOICE` only).
+        voices: espeak-ng voices to draw from (default: :data:`~alignscope.speech.spoken.tts.DEFAULT_VOICE` only).
         rates: speaking rates in words per minute to draw from.
         seed: seed of the voice/rate draw.
         pitch: espeak-ng base pitch, 0..100.
@@ -130,7 +130,7 @@ def speak_suite(
         The spoken suite, named like the text suite, with ``manifest`` set.
     """
     from alignscope.data import Suite, load_suite
-    from alignscope.speech.tts import DEFAULT_VOICE
+    from alignscope.speech.spoken.tts import DEFAULT_VOICE
 
     text_suite: Suite = suite if isinstance(suite, Suite) else load_suite(suite)
     voices = list(voices) if voices else [DEFAULT_VOICE]
@@ -148,7 +148,7 @@ def _speak(
 ) -> SpokenSuite:  # fmt: skip
     from tqdm.auto import tqdm
 
-    from alignscope.speech.tts import synthesize
+    from alignscope.speech.spoken.tts import synthesize
 
     items: list[SpokenItem] = []
     records: list[dict[str, Any]] = []

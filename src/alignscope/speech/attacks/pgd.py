@@ -1,6 +1,6 @@
 """Adversarial audio against speech language models (Peri et al., "SpeechGuard", arXiv 2405.08317).
 
-White-box PGD on the raw waveform through the whole :class:`~alignscope.speech.slm.SpeechLM` (log-mel in torch,
+White-box PGD on the raw waveform through the whole :class:`~alignscope.speech.model.slm.SpeechLM` (log-mel in torch,
 frozen encoder, projector, LLM): minimise the cross-entropy of a target response start ("Sure, here is ...")
 with the perturbation bounded in L-inf (``eps``) or by an SNR (L2 radius ``||x|| / sqrt(10^(snr / 10))``).
 One config (:class:`AudioPGDConfig`), entry points :func:`audio_pgd` (one clip), :func:`universal_audio_pgd`
@@ -26,12 +26,12 @@ import torch
 from tqdm.auto import tqdm
 
 from alignscope.models.base import GenerationConfig
-from alignscope.speech.defense import TDNF, parse_defense, snr_db_of
+from alignscope.speech.attacks.defense import TDNF, parse_defense, snr_db_of
 from alignscope.speech.errors import SpeechError, SpeechOptionError
-from alignscope.speech.slm import Clips, SpeechLM, as_clips
+from alignscope.speech.model.slm import Clips, SpeechLM, as_clips
 from alignscope.validation import FieldChecks
 
-log = logging.getLogger("alignscope.speech.attacks")
+log = logging.getLogger("alignscope.speech.attacks.pgd")
 
 BUDGETS = ("linf", "snr")
 

@@ -6,18 +6,18 @@
    and without the CTC term in distillation (``surrogate_build``: another projector initialisation, voice draws
    and data order; the attacker knows the recipe, neither the projector nor the exact LLM weights; another
    ``llm``, ``seed`` or ``voices`` works too). Both ship as package data; any changed config is built on first
-   use (20-50 min here) and reused after.
+   use and reused after (build times in docs/speech.md).
 2. **Attacks** on held-out spoken harmful questions (the test split no build trains on), one table
-   (:func:`~alignscope.speech.attack_eval.run_spoken_attacks`): white-box PGD at each SNR budget; the same
+   (:func:`~alignscope.speech.attacks.evaluation.run_spoken_attacks`): white-box PGD at each SNR budget; the same
    clips through TDNF at several SNRs (non-adaptive); the adaptive attacker (expectation over noise draws)
    through TDNF; black-box transfer from the surrogate; helpfulness kept on benign spoken questions with and
    without TDNF. Every clip is resumable.
 3. **Checks**, stated as measured: white-box success above transfer success; TDNF lowers non-adaptive success;
    the adaptive attacker recovers part of it; TDNF's cost in helpfulness.
 
-Defaults fit this machine (2 CPU cores; about 0.65 s per PGD step on a 3 s clip at one thread): 6 harmful and
-6 benign questions, budgets 35 and 25 dB, 50 PGD steps with early stop, TDNF at 30/20/10 dB, the adaptive
-attacker (4 draws per step) against 20 dB.
+The defaults are sized to finish in minutes on a 2-core laptop CPU (the PGD step cost behind them is in
+docs/speech.md): 6 harmful and 6 benign questions, budgets 35 and 25 dB, 50 PGD steps with early stop, TDNF at
+30/20/10 dB, the adaptive attacker (4 draws per step) against 20 dB.
 """
 
 from __future__ import annotations
@@ -25,29 +25,31 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from alignscope.judges.outcomes import MEASURE_LABELS
 from alignscope.runs.store import RunDir
-from alignscope.speech.attack_eval import SpokenAttackConfig, run_spoken_attacks, tdnf_spec
+from alignscope.speech.attacks.config import SpokenAttackConfig, tdnf_spec
+from alignscope.speech.attacks.evaluation import run_spoken_attacks
+from alignscope.speech.config_io import SpeechConfigIO
 from alignscope.speech.errors import SpeechOptionError
-from alignscope.speech.slm import SpeechLM
+from alignscope.speech.model.slm import SpeechLM
 from alignscope.validation import FieldChecks
 
-log = logging.getLogger("alignscope.speech.reproduce")
+log = logging.getLogger("alignscope.speech.evaluation.speechguard")
 
-__all__ = ["SpeechGuardConfig", "SpeechGuardResult", "reproduce_speechguard", "speechguard_checks"]
+__all__ = ["SpeechGuardConfig", "SpeechGuardResult", "run_speechguard", "speechguard_checks"]
 
 
 @dataclass(frozen=True)
-class SpeechGuardConfig:
+class SpeechGuardConfig(SpeechConfigIO):
     """Settings of the reproduction; every field has a default.
 
     Attributes:
         slm: spec of the target speech LLM (None: the build of ``build``, made on first use).
         surrogate: spec of the surrogate (None: the build of ``build`` updated by ``surrogate_build``).
-        build: :class:`~alignscope.speech.build.SpeechBuildConfig` fields of the target build (empty: defaults).
+        build: :class:`~alignscope.speech.build.config.SpeechBuildConfig` fields of the target build (empty: defaults).
         surrogate_build: fields that make the surrogate build differ from the target's.
         n, n_benign: held-out harmful and benign spoken questions.
         budgets: SNR (or L-inf) budgets of the white-box and transfer attacks; the adaptive attacker uses the
@@ -57,10 +59,12 @@ class SpeechGuardConfig:
         adaptive_snrs: the TDNF SNRs the adaptive attacker faces.
         steps, check_every, step_size, restarts: PGD.
         voices, rates: the evaluation speech.
-        judge, preference_judge: judges (see :class:`~alignscope.speech.attack_eval.SpokenAttackConfig`).
+        judge, preference_judge: judges (see :class:`~alignscope.speech.attacks.config.SpokenAttackConfig`).
         max_new_tokens: length of the judged answers.
         seed: seeds PGD and TDNF.
     """
+
+    settings_name: ClassVar[str] = "SpeechGuard"
 
     slm: str | None = None
     surrogate: str | None = None
@@ -86,7 +90,7 @@ class SpeechGuardConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from alignscope.speech.build import SpeechBuildConfig
+        from alignscope.speech.build.config import SpeechBuildConfig
 
         check = FieldChecks(self, SpeechOptionError)
         check.at_least(1, "n", "steps", "check_every", "restarts", "max_new_tokens")
@@ -97,23 +101,9 @@ class SpeechGuardConfig:
         for build in (self.build, {**self.build, **self.surrogate_build}):
             SpeechBuildConfig.from_dict(build)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @staticmethod
-    def from_dict(d: dict[str, Any]) -> SpeechGuardConfig:
-        import dataclasses
-
-        from alignscope.speech.errors import SpeechError
-
-        known = {f.name for f in dataclasses.fields(SpeechGuardConfig)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise SpeechError(
-                f"unknown SpeechGuardConfig field(s): {', '.join(unknown)} (known: {sorted(known)})"
-            )
-        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return SpeechGuardConfig(**kwargs)
+    def record(self) -> dict[str, Any]:
+        """The run directory's recorded config: the fields, and the target model named for the report."""
+        return {"model": self.slm or "default build", **self.to_dict()}
 
     def attack_config(self) -> SpokenAttackConfig:
         return SpokenAttackConfig(
@@ -126,21 +116,37 @@ class SpeechGuardConfig:
         )  # fmt: skip
 
 
-@dataclass
-class SpeechGuardResult:
-    """The reproduction's table (markdown), checks stated as measured, and the speech section's metrics."""
+@dataclass(frozen=True)
+class SpeechGuardResult(SpeechConfigIO):
+    """What the reproduction measured.
 
-    metrics: dict[str, Any]
-    checks: dict[str, Any]
-    markdown: str
-    seconds: float
+    Attributes:
+        metrics: the speech section's metrics (``speech_attacks``: conditions, headline, helpfulness, ...).
+        checks: the paper's expected orderings, True / False / None each, and ``statements`` (one sentence per
+            check, stating what was measured).
+        markdown: the headline table as markdown.
+        seconds: wall time.
+    """
+
+    settings_name: ClassVar[str] = "SpeechGuard result"
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    checks: dict[str, Any] = field(default_factory=dict)
+    markdown: str = ""
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """The table, then one line per check."""
+        return "\n".join([self.markdown, *(f"- {s}" for s in self.checks.get("statements", []))])
 
 
 def _build(overrides: dict[str, Any], progress: bool) -> tuple[SpeechLM, dict[str, Any]]:
     """The build of the default config changed by ``overrides``: the shipped projector of that config when
     there is one, else built (or found) in the cache."""
-    from alignscope.speech.build import SpeechBuildConfig, build_slm, load_slm, shipped_projector
-    from alignscope.speech.projector import CONFIG_FILE
+    from alignscope.speech.build.builder import build_slm
+    from alignscope.speech.build.config import SpeechBuildConfig
+    from alignscope.speech.model.loading import load_slm, shipped_projector
+    from alignscope.speech.model.projector import CONFIG_FILE
 
     cfg = SpeechBuildConfig.from_dict({**SpeechBuildConfig().to_dict(), **overrides, "progress": progress})
     shipped = shipped_projector(cfg)
@@ -237,20 +243,23 @@ def markdown_table(m: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def reproduce_speechguard(
-    run: RunDir,
+def run_speechguard(
     config: SpeechGuardConfig | None = None,
+    run: RunDir | None = None,
+    *,
     slm: SpeechLM | None = None,
     surrogate: SpeechLM | None = None,
     judge: Any = None,
     progress: bool = True,
 ) -> SpeechGuardResult:
-    """Run (or resume) the reproduction into ``run``; ``slm`` / ``surrogate`` replace the builds (tests pass
-    tiny models). Writes ``speechguard`` (table, checks, builds) into ``metrics.json`` and rebuilds the report."""
+    """Run (or resume) the reproduction into ``run`` (None: a new ``runs/reproduce-speechguard-<time>``);
+    ``slm`` / ``surrogate`` replace the builds (tests pass tiny models). Writes ``speechguard`` (table, checks,
+    builds) into ``metrics.json``, the table into ``speechguard.md``, and rebuilds the report."""
     from alignscope.report.build import rebuild
-    from alignscope.speech.loading import load_speech_model
+    from alignscope.speech.model.loading import load_speech_model
 
     cfg = config or SpeechGuardConfig()
+    run = run if run is not None else RunDir.create("reproduce speechguard", cfg.record())
     t0 = time.perf_counter()
     builds: dict[str, Any] = {}
     if slm is None:
