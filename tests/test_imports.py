@@ -16,10 +16,6 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "alignscope"
 MAX_LINES = 600
 
-# TEMPORARY: speech/ is being split into subpackages on another branch (issue 27); drop this exclusion when
-# that branch is merged, so the line limit covers speech/ too.
-LINE_LIMIT_EXCLUDED = ("alignscope.speech",)
-
 
 def _module_name(path: Path) -> str:
     parts = path.relative_to(SRC).with_suffix("").parts
@@ -157,7 +153,6 @@ def test_no_module_over_the_line_limit() -> None:
     too_long = {
         name: n
         for name, path in _modules().items()
-        if not name.startswith(LINE_LIMIT_EXCLUDED)
-        and (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
     }
     assert not too_long, f"modules over {MAX_LINES} lines: {too_long}"
