@@ -58,8 +58,10 @@ HEX_PHI_CATEGORIES: tuple[str, ...] = (
 )
 """The 11 HEx-PHI harm categories (Qi et al. 2023), the category slugs of the built-in ``harmful`` suite."""
 
-BUILTIN_SUITES: tuple[str, ...] = ("harmful", "benign", "borderline")
-"""Names of the suites shipped inside the package (our own text, see ``data/builtin/``)."""
+BUILTIN_SUITES: tuple[str, ...] = ("harmful", "benign", "borderline", "safe-alarming", "unsafe-contrast")
+"""Names of the suites shipped inside the package (our own text, see ``data/builtin/``). ``safe-alarming``
+and ``unsafe-contrast`` are contrastive twins: the same alarming word with harmless and with harmful intent
+(ids ``safe-alarming-<category>-NNN`` and ``unsafe-contrast-<category>-NNN`` pair up)."""
 
 PROMPT_COLUMNS: tuple[str, ...] = ("prompt", "instruction", "goal")
 """Columns a bare ``.csv``/``.jsonl`` path is searched for, in order, when no column is named."""
@@ -243,7 +245,7 @@ def load_suite(spec: str | Path) -> Suite:
 
     Forms:
 
-    * ``harmful`` | ``benign`` | ``borderline``: built-in.
+    * ``harmful`` | ``benign`` | ``borderline`` | ``safe-alarming`` | ``unsafe-contrast``: built-in.
     * ``advbench:PATH``; ``strongreject:PATH``.
     * ``harmbench:PATH``: the standard and contextual behaviours (copyright ones left out). Selections, as
       ``#`` fragments: FunctionalCategory values comma-separated (``#copyright``,
