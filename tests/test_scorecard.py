@@ -87,9 +87,9 @@ def _manifest(directory: Path) -> Path:
     for i in range(2):
         t = np.arange(int(0.4 * SR)) / SR
         g = np.random.default_rng(i)
-        wave = (0.3 * (0.7 * np.sin(2 * math.pi * (200 + 50 * i) * t) + 0.3 * g.standard_normal(t.shape))).astype(
-            np.float32
-        )
+        wave = (
+            0.3 * (0.7 * np.sin(2 * math.pi * (200 + 50 * i) * t) + 0.3 * g.standard_normal(t.shape))
+        ).astype(np.float32)
         save_audio(directory / f"c{i}.wav", wave, sample_rate=SR)
         rows.append({"id": f"harmful-{i}", "text": f"question {i}", "audio": f"c{i}.wav", "label": "harmful"})
     (directory / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -107,7 +107,7 @@ def _slm(llm: Any) -> Any:
 
 
 def _config(dirs: tuple[str, ...], **changes: Any) -> ScorecardConfig:
-    return ScorecardConfig(models=tuple(dirs), base=dirs[0], source=dirs[0], **{**SMALL, **changes})
+    return ScorecardConfig(models=tuple(dirs), **{"base": dirs[0], "source": dirs[0], **SMALL, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,9 @@ def full_run(dirs, tmp_path_factory) -> tuple[RunDir, ScorecardResult, Scorecard
     models = {d: load_model(d) for d in dirs}
     cfg = _config(dirs, audio_manifest=str(manifest))
     run = RunDir.create("scorecard", cfg.to_dict(), out=tmp / "run")
-    result = run_scorecard(cfg, run, models=models, speech_models={dirs[0]: _slm(models[dirs[0]])}, progress=False)
+    result = run_scorecard(
+        cfg, run, models=models, speech_models={dirs[0]: _slm(models[dirs[0]])}, progress=False
+    )
     return run, result, cfg
 
 
@@ -148,7 +150,11 @@ def test_every_family_runs_on_tiny_models(full_run, dirs) -> None:
     for fam in FAMILIES:
         s = result.scores[a][fam]
         assert s.status == "done", (fam, s.reason)
-        assert s.rate is not None and s.rate["n"] > 0 and 0 <= s.rate["ci_low"] <= s.rate["rate"] <= s.rate["ci_high"]
+        assert (
+            s.rate is not None
+            and s.rate["n"] > 0
+            and 0 <= s.rate["ci_low"] <= s.rate["rate"] <= s.rate["ci_high"]
+        )
     assert result.scores[a]["prefill"].worst in {"k=1", "k=2"}
     assert set(result.scores[a]["prefill"].parts) == {"k=1", "k=2"}
     assert result.scores[a]["decoding"].worst == "worst case"
@@ -179,7 +185,9 @@ def test_families_are_skippable_and_shown_as_not_selected(dirs, tmp_path) -> Non
     res = run_scorecard(cfg, run, models={dirs[0]: load_model(dirs[0])}, progress=False)
     scores = res.scores[dirs[0]]
     assert scores["direct"].status == "done"
-    assert all(scores[f].status == "not_selected" and scores[f].value is None for f in FAMILIES if f != "direct")
+    assert all(
+        scores[f].status == "not_selected" and scores[f].value is None for f in FAMILIES if f != "direct"
+    )
     assert res.worst_family(dirs[0]).family == "direct"  # type: ignore[union-attr]
     assert "not selected" in run.report_path.read_text()
     # the quick profile leaves fine-tuning off, with its reason
@@ -197,7 +205,7 @@ def test_a_killed_run_resumes(dirs, tmp_path, monkeypatch) -> None:
     real = type(model).generate
     calls = {"n": 0, "kill": True}
 
-    def generate(self, conversations, config=None, prefills=None):  # noqa: ANN001
+    def generate(self, conversations, config=None, prefills=None):
         calls["n"] += 1
         if calls["kill"] and config is not None and config.do_sample:  # the decoding sweep's sampled settings
             raise RuntimeError("killed")
@@ -314,7 +322,7 @@ def test_report_renders_in_headless_chromium_with_leaderboard(full_run, tmp_path
     assert browser is not None
     base = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,2400"]  # fmt: skip
+            f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,5000"]  # fmt: skip
     shot = tmp_path / "shot.png"
     uri = run.report_path.resolve().as_uri()
     subprocess.run([*base, f"--screenshot={shot}", uri], check=True, capture_output=True, timeout=120)
@@ -322,5 +330,7 @@ def test_report_renders_in_headless_chromium_with_leaderboard(full_run, tmp_path
     blue = sum(1 for r, g, b in pixels if abs(r - 0x1F) < 20 and abs(g - 0x77) < 20 and abs(b - 0xB4) < 20)
     orange = sum(1 for r, g, b in pixels if abs(r - 0xFF) < 20 and abs(g - 0x7F) < 25 and abs(b - 0x0E) < 25)
     assert blue > 50 and orange > 20  # the chart's bars of both models rendered
-    dom = subprocess.run([*base, "--dump-dom", uri], check=True, capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(
+        [*base, "--dump-dom", uri], check=True, capture_output=True, text=True, timeout=120
+    ).stdout
     assert "Leaderboard" in dom and "Scorecard: worst family and over-refusal cost" in dom

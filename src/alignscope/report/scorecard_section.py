@@ -41,7 +41,14 @@ def scorecard_section(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Sectio
     if not records:
         return [], []
     from alignscope.scorecard.config import FAMILIES
-    from alignscope.scorecard.result import FAMILY_TITLES, FamilyScore, ScorecardResult, all_families, fmt_rate
+    from alignscope.scorecard.result import (
+        FAMILY_TITLES,
+        MEASURE_NAMES,
+        FamilyScore,
+        ScorecardResult,
+        all_families,
+        fmt_rate,
+    )
 
     cfg = run.config()
     models = list(cfg.get("models") or dict.fromkeys(r["model"] for r in records))
@@ -50,7 +57,7 @@ def scorecard_section(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Sectio
         by_model.setdefault(r["model"], {})[r["family"]] = FamilyScore.from_dict(r["score"])
     selected = set(cfg.get("families") or FAMILIES)
     scores = {m: all_families({f: s for f, s in fam.items() if f in selected}) for m, fam in by_model.items()}
-    for m, fam in scores.items():  # selected but not finished (a killed run): say so, never 0
+    for fam in scores.values():  # selected but not finished (a killed run): say so, never 0
         for f in selected:
             if fam[f].status == "not_selected":
                 fam[f] = FamilyScore(f, "skipped", reason="not finished (resume the run)")
@@ -91,8 +98,14 @@ def scorecard_section(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Sectio
         provenance=prov,
         tables=[
             Table(
-                ["model", "worst attack family (part)", "its success [95% CI]", "over-refusal (worst suite)",
-                 "benign answered", "agreement with base (token F1)"],  # fmt: skip
+                [
+                    "model",
+                    "worst attack family (part)",
+                    "its success [95% CI]",
+                    "over-refusal (worst suite)",
+                    "benign answered",
+                    "agreement with base (token F1)",
+                ],
                 head_rows,
             )
         ],
@@ -101,7 +114,11 @@ def scorecard_section(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Sectio
 
     grid = Section("Models x families", provenance=prov)
     grid.tables.append(
-        Table(["model", *[FAMILY_TITLES[f] for f in FAMILIES]], [[m, *[scores[m][f].cell() for f in FAMILIES]] for m in models])
+        Table(
+            ["model", *[FAMILY_TITLES[f] for f in FAMILIES]],
+            [[m, *[scores[m][f].cell() for f in FAMILIES]] for m in models],
+            f"attack families: {_attack_measure(scores)} [95% CI] (judge {judge}); over-refusal: refusal rate",
+        )
     )
     png = _family_chart(run.plots_dir / "scorecard_families", result, models)
     if png is not None:
@@ -136,7 +153,7 @@ def scorecard_section(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Sectio
                 continue
             for part, rate in s.parts.items():
                 plain = s.unguarded.get(part)
-                rows.append([m, part, f"{s.measure_name if part == s.worst else ''}".strip() or rate.get("measure", ""),
+                rows.append([m, part, MEASURE_NAMES.get(str(rate.get("measure")), s.measure_name),
                              fmt_rate(rate) + (" (family value)" if part == s.worst else ""),
                              fmt_rate(plain) if plain else ""])  # fmt: skip
             extra = "; ".join(f"{k}: {_txt(v)}" for k, v in s.details.items())
@@ -151,6 +168,15 @@ def scorecard_section(run: RunDir, metrics: dict[str, Any]) -> tuple[list[Sectio
     )
     sections.append(detail)
     return sections, summary
+
+
+def _attack_measure(scores: dict[str, Any]) -> str:
+    measures = {
+        s.measure for fam in scores.values() for f, s in fam.items() if f != "over_refusal" and s.measure
+    }
+    if measures == {"harmful"}:
+        return "harmful rate"
+    return "non-refusal rate" if measures <= {"non_refusal"} else "harmful or non-refusal rate (see details)"
 
 
 def _txt(v: Any) -> str:
@@ -195,7 +221,7 @@ def _family_chart(path: Path, result: Any, models: Sequence[str]) -> Path | None
             lo.append(max(0.0, v - 100 * float(s.rate["ci_low"])) if s.value is not None else 0.0)
             hi.append(max(0.0, 100 * float(s.rate["ci_high"]) - v) if s.value is not None else 0.0)
         xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(fams))]
-        ax.bar(xs, vals, width, yerr=[lo, hi], capsize=2, label=m, alpha=0.85)
+        ax.bar(xs, vals, width, yerr=[lo, hi], capsize=2, label=m)
     ax.set_xticks(range(len(fams)))
     ax.set_xticklabels([FAMILY_TITLES[f] for f in fams], rotation=20, ha="right", fontsize=8)
     ax.set_ylim(0, 100)

@@ -130,9 +130,7 @@ def _headline(
     if headline is None or headline not in guarded:
         headline = max(guarded, key=lambda k: (guarded[k]["rate"], guarded[k]["ci_high"]))
     measure = "harmful" if measures == {"harmful"} else "non_refusal"
-    return FamilyScore(
-        family, "done", measure, guarded[headline], headline, guarded, plain, details or {}
-    )
+    return FamilyScore(family, "done", measure, guarded[headline], headline, guarded, plain, details or {})
 
 
 def _suite_of(records: Records) -> dict[str, Records]:
@@ -152,7 +150,9 @@ def direct(ctx: FamilyContext) -> FamilyScore:
     specs = [cfg.harmful_suite, *([cfg.contrast_suite] if cfg.contrast_suite else []), *cfg.extra_suites]
     suites = [held_out(s, n, cfg) for s in specs]
     records = evaluate_suites(ctx.model, suites, ctx.judge, ctx.gen(), ctx.run, ctx.progress)
-    return attack_score("direct", _suite_of(records), ctx.guards, details={"suites": [s.name for s in suites]})
+    return attack_score(
+        "direct", _suite_of(records), ctx.guards, details={"suites": [s.name for s in suites]}
+    )
 
 
 def over_refusal(ctx: FamilyContext) -> FamilyScore:
@@ -181,7 +181,9 @@ def over_refusal(ctx: FamilyContext) -> FamilyScore:
             if cfg.base is not None:
                 base = ctx.pool.get(cfg.base)
                 items = [GenItem.of(s) for s in benign]
-                refs = generate_and_judge(base, items, "base_answers", ctx.gen(), ctx.judge, ctx.top, progress=False)
+                refs = generate_and_judge(
+                    base, items, "base_answers", ctx.gen(), ctx.judge, ctx.top, progress=False
+                )
                 ref_of = {r["sample_id"]: r["response"] for r in refs}
                 f1 = [
                     answer_token_f1("" if b else str(r["response"]), ref_of[r["sample_id"]])
@@ -190,7 +192,9 @@ def over_refusal(ctx: FamilyContext) -> FamilyScore:
                 details["agreement_f1"] = statistics.fmean(f1) if f1 else None
                 details["base"] = base.name
     headline = max(guarded, key=lambda k: (guarded[k]["rate"], guarded[k]["ci_high"]))
-    return FamilyScore("over_refusal", "done", "refusal", guarded[headline], headline, guarded, plain, details)
+    return FamilyScore(
+        "over_refusal", "done", "refusal", guarded[headline], headline, guarded, plain, details
+    )
 
 
 def prefill(ctx: FamilyContext) -> FamilyScore:
@@ -199,11 +203,15 @@ def prefill(ctx: FamilyContext) -> FamilyScore:
 
     cfg = ctx.config
     if not ctx.model.supports_prefill:
-        return FamilyScore("prefill", "skipped", reason=f"{ctx.model.name} does not accept an assistant prefill")
+        return FamilyScore(
+            "prefill", "skipped", reason=f"{ctx.model.name} does not accept an assistant prefill"
+        )
     source = ctx.pool.get(cfg.source or DEFAULT_MODEL)
     counter = source if isinstance(source, LocalModel) else None
     if not isinstance(ctx.model, LocalModel) and counter is None:
-        return FamilyScore("prefill", "skipped", reason="neither the model nor the source has a local tokenizer")
+        return FamilyScore(
+            "prefill", "skipped", reason="neither the model nor the source has a local tokenizer"
+        )
     samples = list(held_out(cfg.harmful_suite, cfg.size("n_prefill"), cfg))
     tokens = max(64, max(cfg.prefill_ks) + 8)
     responses = harmful_responses(source, samples, ctx.judge, tokens, cfg.batch_size, ctx.top)
@@ -258,7 +266,9 @@ def gcg(ctx: FamilyContext) -> FamilyScore:
 
     cfg = ctx.config
     if not isinstance(ctx.model, LocalModel):
-        return FamilyScore("gcg", "skipped", reason=f"GCG needs gradients: {ctx.model.name} is not a local model")
+        return FamilyScore(
+            "gcg", "skipped", reason=f"GCG needs gradients: {ctx.model.name} is not a local model"
+        )
     steps, width = cfg.size("gcg_steps"), cfg.size("gcg_search_width")
     samples = list(held_out(cfg.harmful_suite, cfg.size("n_gcg"), cfg))
     gcfg = GCGConfig(num_steps=steps, search_width=width, topk=min(256, max(width, 8)), seed=cfg.seed,
@@ -284,10 +294,14 @@ def finetune(ctx: FamilyContext) -> FamilyScore:
     cfg = ctx.config
     if not cfg.size("finetune"):
         return FamilyScore(
-            "finetune", "skipped", reason=f"off in the {cfg.profile} profile (LoRA training; --finetune to run it)"
+            "finetune",
+            "skipped",
+            reason=f"off in the {cfg.profile} profile (LoRA training; --finetune to run it)",
         )
     if not isinstance(ctx.model, LocalModel):
-        return FamilyScore("finetune", "skipped", reason=f"{ctx.model.name} is not a local model to fine-tune")
+        return FamilyScore(
+            "finetune", "skipped", reason=f"{ctx.model.name} is not a local model to fine-tune"
+        )
     out = (ctx.run.path if ctx.run is not None else ctx.scratch) / "finetune"
     finished = ctx.run.done("finetune_train") if ctx.run is not None else {}
     rec = finished.get("adapter")
@@ -370,7 +384,7 @@ def audio(ctx: FamilyContext) -> FamilyScore:
         if r.get("label") != "harmful":
             continue
         name = str(r["kind"]) + (f" via {r['attack_defense']}" if r.get("attack_defense") else "")
-        if r["kind"] != "clean":
+        if r.get("budget"):
             name += f" {r['budget']}"
         played = r.get("eval_defense", NO_DEFENSE)
         name += ", no defence" if played == NO_DEFENSE else f", played through {played}"
@@ -385,7 +399,14 @@ def audio(ctx: FamilyContext) -> FamilyScore:
     if attacked and score.status == "done":
         worst = max(attacked, key=lambda k: (score.parts[k]["rate"], score.parts[k]["ci_high"]))
         return FamilyScore(
-            "audio", "done", score.measure, score.parts[worst], worst, score.parts, score.unguarded, score.details
+            "audio",
+            "done",
+            score.measure,
+            score.parts[worst],
+            worst,
+            score.parts,
+            score.unguarded,
+            score.details,
         )
     return score
 

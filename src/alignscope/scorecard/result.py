@@ -180,13 +180,15 @@ class ScorecardResult:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ScorecardResult:
-        scores = {
-            m: {f: FamilyScore.from_dict(s) for f, s in fam.items()} for m, fam in d["scores"].items()
-        }
-        return cls(scores, str(d.get("judge", "keyword")), tuple(d.get("guard", ())), dict(d.get("profile", {})))
+        scores = {m: {f: FamilyScore.from_dict(s) for f, s in fam.items()} for m, fam in d["scores"].items()}
+        return cls(
+            scores, str(d.get("judge", "keyword")), tuple(d.get("guard", ())), dict(d.get("profile", {}))
+        )
 
     def summary(self) -> str:
-        lines = [f"scorecard, judge {self.judge}" + (f", guard {', '.join(self.guard)}" if self.guard else "")]
+        lines = [
+            f"scorecard, judge {self.judge}" + (f", guard {', '.join(self.guard)}" if self.guard else "")
+        ]
         for row in self.leaderboard():
             m = row["model"]
             worst = self.worst_family(m)
@@ -197,11 +199,17 @@ class ScorecardResult:
                 else "no attack family ran"
             )
             over = self.over_refusal(m)
-            cost = f"over-refusal {fmt_rate(over.rate)}" if over.value is not None else f"over-refusal {over.cell()}"
+            cost = (
+                f"over-refusal {fmt_rate(over.rate)}"
+                if over.value is not None
+                else f"over-refusal {over.cell()}"
+            )
             lines.append(f"  #{row['rank']} {m}: {head}; {cost}")
             for fam in FAMILIES:
                 s = self.scores[m][fam]
-                lines.append(f"      {FAMILY_TITLES[fam]}: {s.measure_name if s.status == 'done' else ''} {s.cell()}".rstrip())
+                lines.append(
+                    f"      {FAMILY_TITLES[fam]}: {s.measure_name if s.status == 'done' else ''} {s.cell()}".rstrip()
+                )
         return "\n".join(lines)
 
 

@@ -101,7 +101,9 @@ def run_scorecard(
                 rebuild(sub)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    result = ScorecardResult(scores, config.judge, config.guard, {"profile": config.profile, **config.sizes()})
+    result = ScorecardResult(
+        scores, config.judge, config.guard, {"profile": config.profile, **config.sizes()}
+    )
     if run is not None:
         from alignscope.report.build import rebuild
 
