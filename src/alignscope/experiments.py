@@ -183,6 +183,16 @@ EXPERIMENTS: dict[str, Experiment] = {
             generated=False,
         ),
         _e(
+            "scorecard",
+            "scorecard",
+            "alignscope.scorecard",
+            "ScorecardConfig",
+            "run_scorecard",
+            "ScorecardResult",
+            "every attack family against each model, with the over-refusal cost: one run, one report",
+            "alignscope.report.scorecard_section:scorecard_section",
+        ),
+        _e(
             "judge-eval",
             "judge-eval",
             "alignscope.judges.validation",

@@ -9,6 +9,7 @@ from alignscope.experiments import EXPERIMENTS
 ALIASES: dict[str, dict[str, str]] = {
     "audit": {"prefill_ks": "--ks"},
     "evaluate": {"suites": "--suite"},
+    "scorecard": {"models": "--model", "families": "--family", "extra_suites": "--suite"},
     "gcg": {
         "gcg.num_steps": "--steps",
         "gcg.search_width": "--search-width",
