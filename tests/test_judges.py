@@ -42,51 +42,21 @@ from alignscope.judges.rubric import RUBRIC_SCORE, STRONGREJECT_ITEMS, UNPARSEAB
 from alignscope.models.base import (
     ChatModel,
     Conversation,
-    GenerationConfig,
     ModelError,
     NoLogprobsError,
     user_turn,
 )
+from alignscope.testing import ScriptedModel as BaseScriptedModel
 from alignscope.testing import tiny_local_model
 
 Script = Sequence[str] | Callable[[str], str]
 
 
-class ScriptedModel:
-    """A fake :class:`ChatModel`: answers from a list (in call order) or a function of the user message."""
+class ScriptedModel(BaseScriptedModel):
+    """The shared fake :class:`ChatModel` (:class:`alignscope.testing.ScriptedModel`), named as a judge."""
 
     def __init__(self, script: Script, name: str = "fake-judge") -> None:
-        self.script = script
-        self.name = name
-        self.calls: list[list[Conversation]] = []
-        self.configs: list[GenerationConfig | None] = []
-        self._next = 0
-
-    @property
-    def supports_prefill(self) -> bool:
-        return False
-
-    @property
-    def messages(self) -> list[str]:
-        return [conv[-1]["content"] for call in self.calls for conv in call]
-
-    def generate(
-        self,
-        conversations: Sequence[Conversation],
-        config: GenerationConfig | None = None,
-        prefills: Sequence[str] | None = None,
-        progress: bool = False,
-    ) -> list[str]:
-        self.calls.append(list(conversations))
-        self.configs.append(config)
-        out = []
-        for conv in conversations:
-            if callable(self.script):
-                out.append(self.script(conv[-1]["content"]))
-            else:
-                out.append(self.script[self._next])
-                self._next += 1
-        return out
+        super().__init__(script, name)
 
 
 Scores = Callable[[Conversation, str | None], Mapping[str, float]]
