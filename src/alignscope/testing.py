@@ -7,6 +7,7 @@ Nothing here downloads anything, so every unit test runs offline in well under a
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -83,6 +84,14 @@ def tiny_local_model(
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     return LocalModel(model, tok, name=name or f"tiny-{template}-{seed}")
+
+
+def save_tiny_model(path: str | Path, seed: int = 0, template: str = "chatml", layers: int = 2) -> Path:
+    """Save a :func:`tiny_local_model` (weights and tokenizer) to ``path``, a model directory any loader reads."""
+    lm = tiny_local_model(seed=seed, template=template, layers=layers)
+    lm.model.save_pretrained(path)
+    lm.tokenizer.save_pretrained(path)
+    return Path(path)
 
 
 class ScriptedModel:
