@@ -27,6 +27,7 @@ from alignscope.jsonl import read_jsonl
 from alignscope.models.loading import load_model
 from alignscope.models.local import PLAIN_TEMPLATE, LocalModel
 from alignscope.training.builders import (
+    HarmfulPair,
     contrast_records,
     dpo_records,
     harmful_pairs,
@@ -143,6 +144,20 @@ def _responses_source(session: Session, spec: str | None) -> LocalModel:
     return load_model(spec, device=str(session.model.device), dtype=session.config.dtype)
 
 
+def _train_harmful_pairs(session: Session, cfg: DeepAlignConfig | SafetyDPOConfig) -> list[HarmfulPair]:
+    """Harmful responses to the harmful suite's train prompts: from ``cfg.harmful_responses`` or written by
+    ``cfg.responses_model`` (see :func:`harmful_pairs`)."""
+    return harmful_pairs(
+        _harmful_samples(cfg),
+        _responses_source(session, cfg.responses_model),
+        cfg.harmful_responses,
+        cfg.harmful_max_new_tokens,
+        cfg.gen_batch_size,
+        cfg.cache,
+        cfg.progress,
+    )
+
+
 def _with_noisy(session: Session, cfg: SafetyDataConfig, records: list[ChatRecord]) -> list[ChatRecord]:
     """``records`` and ``cfg.noisy_copies`` noisy copies of each (see :class:`SafetyDataConfig`)."""
     if cfg.noisy_copies <= 0:
@@ -155,16 +170,7 @@ def _with_noisy(session: Session, cfg: SafetyDataConfig, records: list[ChatRecor
 
 def _recovery(session: Session, cfg: DeepAlignConfig) -> list[ChatRecord]:
     """``deep-align``'s safety-recovery records on the harmful suite's train prompts."""
-    source = _responses_source(session, cfg.responses_model)
-    pairs = harmful_pairs(
-        _harmful_samples(cfg),
-        source,
-        cfg.harmful_responses,
-        cfg.harmful_max_new_tokens,
-        cfg.gen_batch_size,
-        cfg.cache,
-        cfg.progress,
-    )
+    pairs = _train_harmful_pairs(session, cfg)
     if not pairs:
         raise TrainingError("no usable harmful responses: the responses model refused every prompt")
     return recovery_records(session.model, pairs, cfg.augment, cfg.p_zero, cfg.max_prefix_tokens, cfg.seed)
@@ -319,16 +325,7 @@ def safety_dpo(config: TrainConfig) -> TrainResult:
         if config.data:
             pairs = [pair for _, pair in read_jsonl(config.data)]
         else:
-            source = _responses_source(session, config.responses_model)
-            harmful = harmful_pairs(
-                _harmful_samples(config),
-                source,
-                config.harmful_responses,
-                config.harmful_max_new_tokens,
-                config.gen_batch_size,
-                config.cache,
-                config.progress,
-            )
+            harmful = _train_harmful_pairs(session, config)
             utility = _utility(session, config) if config.utility_pairs else []
             pairs = dpo_records(harmful, utility, config.seed)
     if not pairs:
