@@ -20,6 +20,7 @@ from alignscope.judges.registry import check_judge_spec
 from alignscope.models.base import ChatModel, GenerationConfig, user_turn
 from alignscope.models.loading import DEFAULT_MODEL
 from alignscope.models.pool import ModelPool, pool_of
+from alignscope.runs.finish import rebuild_report
 from alignscope.runs.store import RunDir
 from alignscope.validation import FieldChecks
 
@@ -137,8 +138,5 @@ def run_evaluate(
     judge = pool.judge(config.judge)
     records = evaluate_suites(model, suites, judge, config.generation(), run, progress, config.system)
     rates = {s.name: outcome_rates([r for r in records if r["suite"] == s.name]) for s in suites}
-    if run is not None:
-        from alignscope.report.build import rebuild
-
-        rebuild(run)
+    rebuild_report(run)
     return EvaluateResult(rates, model.name, judge.name, records)

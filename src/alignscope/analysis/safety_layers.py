@@ -44,6 +44,7 @@ from alignscope.models.base import ChatModel, ModelError
 from alignscope.models.loading import DEFAULT_MODEL, load_model
 from alignscope.models.local import LocalModel
 from alignscope.models.pool import ModelPool, pool_of
+from alignscope.runs.finish import rebuild_report
 from alignscope.runs.store import RunDir
 from alignscope.validation import FieldChecks, OptionError
 
@@ -272,10 +273,7 @@ def run_safety_layers(
         saliency=config.saliency,
         progress=progress,
     )
-    if run is not None:
-        from alignscope.report.build import rebuild
-
-        rebuild(run)
+    rebuild_report(run)
     return result
 
 

@@ -20,6 +20,7 @@ from alignscope.config_io import ConfigIO, RunSettings
 from alignscope.judges.registry import check_judge_spec
 from alignscope.models.base import Conversation, ModelError
 from alignscope.models.local import LocalModel
+from alignscope.runs.finish import rebuild_report
 from alignscope.stats import bootstrap_mean_ci
 from alignscope.validation import FieldChecks
 
@@ -219,8 +220,5 @@ def run_token_kl(
         source, list(samples), pool.judge(config.judge), max(64, config.max_tokens), config.batch_size, run
     )
     profile = token_kl_stage(model, reference, samples, responses, config.max_tokens, run)
-    if run is not None:
-        from alignscope.report.build import rebuild
-
-        rebuild(run)
+    rebuild_report(run)
     return TokenKLResult(profile)

@@ -22,6 +22,7 @@ from alignscope.judges.registry import check_judge_spec
 from alignscope.models.base import ChatModel, GenerationConfig
 from alignscope.models.loading import DEFAULT_MODEL
 from alignscope.models.pool import ModelPool, pool_of
+from alignscope.runs.finish import rebuild_report
 from alignscope.runs.store import RunDir
 from alignscope.stats import rate_of
 from alignscope.validation import FieldChecks
@@ -187,8 +188,5 @@ def run_decoding(
         run,
         progress=progress,
     )
-    if run is not None:
-        from alignscope.report.build import rebuild
-
-        rebuild(run)
+    rebuild_report(run)
     return result

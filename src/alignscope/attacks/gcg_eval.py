@@ -27,6 +27,7 @@ from alignscope.models.base import ChatModel, Conversation, GenerationConfig
 from alignscope.models.loading import DEFAULT_MODEL
 from alignscope.models.local import LocalModel
 from alignscope.models.pool import ModelPool, pool_of
+from alignscope.runs.finish import rebuild_report
 from alignscope.runs.store import RunDir
 from alignscope.validation import FieldChecks
 
@@ -150,10 +151,7 @@ def run_gcg_attack(
         template=config.template,
         progress=progress,
     )
-    if run is not None:
-        from alignscope.report.build import rebuild
-
-        rebuild(run)
+    rebuild_report(run)
     return result
 
 

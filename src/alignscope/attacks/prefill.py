@@ -26,6 +26,7 @@ from alignscope.models.base import ChatModel, GenerationConfig, ModelError, user
 from alignscope.models.loading import DEFAULT_MODEL
 from alignscope.models.local import LocalModel
 from alignscope.models.pool import ModelPool, pool_of
+from alignscope.runs.finish import rebuild_report
 from alignscope.runs.store import RunDir
 from alignscope.validation import FieldChecks
 
@@ -202,8 +203,5 @@ def run_prefill(
     result = prefill_attack(
         model, samples, responses, judge, config, run, progress=progress, token_counter=counter
     )
-    if run is not None:
-        from alignscope.report.build import rebuild
-
-        rebuild(run)
+    rebuild_report(run)
     return result
