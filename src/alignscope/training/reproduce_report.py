@@ -202,16 +202,12 @@ def plot(metrics: dict[str, Any], out: RunDir) -> list[str]:
 def _save_figure(fig: Any, ax: Any, out: RunDir, stem: str, xlabel: str, ylabel: str) -> str:
     """Label the axes, add the legend, save ``fig`` as ``<stem>.png`` and ``.svg`` in the run's plots and close
     it; the png's name."""
-    import matplotlib.pyplot as plt
+    from alignscope.report.plots import save_figure
 
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend()
-    fig.tight_layout()
-    for ext in ("png", "svg"):
-        fig.savefig(out.plots_dir / f"{stem}.{ext}")
-    plt.close(fig)
-    return f"{stem}.png"
+    return save_figure(fig, out.plots_dir / stem).name
 
 
 TITLE = "Shallow vs deep safety alignment"
