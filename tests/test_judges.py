@@ -685,32 +685,19 @@ def test_preference_criteria_prompts_and_round_trip() -> None:
         PreferenceJudge(model, mode="logprob")
 
 
-class LogprobModel(ScriptedModel):
+def favouring(favourite: str) -> ScoringModel:
     """Scores candidate verdicts: prefers whatever answer contains ``favourite``."""
 
-    def __init__(self, favourite: str) -> None:
-        super().__init__([])
-        self.favourite = favourite
+    def scores(conv: Conversation, prefill: str | None) -> dict[str, float]:
+        msg = conv[-1]["content"]
+        best = "[[A]]" if msg.index(favourite) < msg.index("[The Start of Assistant B") else "[[B]]"
+        return {a: -0.1 if a == best else -3.0 for a in ("[[A]]", "[[B]]", "[[C]]")}
 
-    def answer_logprobs(
-        self,
-        prompts: Sequence[str | Conversation],
-        answers: Sequence[str],
-        prefills: Sequence[str] | None = None,
-        **kwargs: Any,
-    ) -> list[list[float]]:
-        out = []
-        for conv in prompts:
-            assert not isinstance(conv, str)
-            msg = conv[-1]["content"]
-            fav_first = msg.index(self.favourite) < msg.index("[The Start of Assistant B")
-            best = "[[A]]" if fav_first else "[[B]]"
-            out.append([-0.1 if a == best else -3.0 for a in answers])
-        return out
+    return ScoringModel([], scores)
 
 
 def test_preference_logprob_mode() -> None:
-    judge = PreferenceJudge(LogprobModel("rb-text"), mode="logprob")
+    judge = PreferenceJudge(favouring("rb-text"), mode="logprob")
     (v,) = judge.compare(["q"], ["ra-text"], ["rb-text"])
     assert v.winner == "b" and v.consistent and 0.0 <= v.p_a < 0.2
     assert v.raw_ab.startswith("logprob verdict:")
