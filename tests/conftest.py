@@ -1,10 +1,12 @@
-"""Shared fixtures: the embedded model once per session for slow tests, and the public data directory."""
+"""Shared fixtures: the embedded model once per session for slow tests, the public data directory, tiny models
+(in memory and saved), and a private cache on one thread for the heavier pipelines."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -30,3 +32,21 @@ def tiny():
     from alignscope.testing import tiny_local_model
 
     return tiny_local_model(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """:func:`tiny` saved to a model directory (read-only: shared by every test of the session)."""
+    from alignscope.testing import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny", seed=0)
+
+
+@pytest.fixture()
+def private_cache_one_thread(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """``$ALIGNSCOPE_CACHE`` in the test's own directory and torch on one thread (restored afterwards)."""
+    monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -10,27 +10,14 @@ import pytest
 from typer.testing import CliRunner
 
 from alignscope.cli import app
-from alignscope.testing import tiny_local_model
+from alignscope.testing import save_tiny_model
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("models") / "tiny"
-    m = tiny_local_model(seed=0)
-    m.model.save_pretrained(path)
-    m.tokenizer.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def tiny_ref_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("models") / "tiny-ref"
-    m = tiny_local_model(seed=1)
-    m.model.save_pretrained(path)
-    m.tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-ref", seed=1)
 
 
 def _audit_args(model: Path, out: Path, *extra: str) -> list[str]:

@@ -162,22 +162,11 @@ def _whisper_worker(cache: str, src: str, log: str, start: float) -> str:
 
 def test_whisper_conversion_cache_with_three_processes(tmp_path: Path) -> None:
     """Three processes converting one CTranslate2 Whisper on an empty cache (before: SafetensorError)."""
-    import torch
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
-
     from alignscope.speech.model.whisper import whisper_encoder
-    from test_speech_io import _hf_to_ct2
+    from test_speech_io import _tiny_ct2_whisper
 
-    torch.manual_seed(0)
-    config = WhisperConfig(
-        vocab_size=64, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_target_positions=16,
-        pad_token_id=0, bos_token_id=0, eos_token_id=0, decoder_start_token_id=1,
-    )  # fmt: skip
     src = tmp_path / "ct2"
-    src.mkdir()
-    _hf_to_ct2(WhisperForConditionalGeneration(config).eval(), src)
-    (src / "tokenizer.json").unlink()  # the stand-in holds only special tokens; the encoder needs none
+    _tiny_ct2_whisper(src, seed=0)
     log = tmp_path / "converted.log"
     results = _run_three(_whisper_worker, str(tmp_path / "cache"), str(src), str(log))
     assert len(set(results)) == 1 and len(log.read_text().splitlines()) == 1

@@ -21,7 +21,6 @@ from alignscope.models.base import GenerationConfig
 from alignscope.runs import RunDir, RunError
 from alignscope.speech.attacks.config import SpokenAttackConfig
 from alignscope.speech.errors import SpeechError
-from alignscope.testing import tiny_local_model
 from alignscope.training.config import DeepAlignConfig, SafetySFTConfig
 from alignscope.validation import OptionError, at_least, each_at_least, finite, in_range
 
@@ -273,15 +272,6 @@ def test_resume_accepts_batch_size_and_refuses_judge_and_suite(
         RunDir.create(
             "attack gcg", {**gcg, "gcg": {**gcg["gcg"], "num_steps": 3}}, out=tmp_path / "g", resume=True
         )
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("models") / "tiny"
-    m = tiny_local_model(seed=0)
-    m.model.save_pretrained(path)
-    m.tokenizer.save_pretrained(path)
-    return path
 
 
 def test_cli_resume_with_another_batch_size_regenerates_nothing(tiny_dir: Path, tmp_path: Path) -> None:

@@ -60,3 +60,21 @@ def test_one_hop_imports() -> None:
 
 def test_report_sections_resolve() -> None:
     assert all(callable(s) for s in report_sections())
+
+
+def test_shared_run_settings_keep_their_help_and_place() -> None:
+    """Fields inherited from RunSettings/DeviceSettings get their help from the base's docstring unless the
+    config documents them itself, and stay last in to_dict and in the generated options."""
+    from alignscope.analysis.safety_layers import SafetyLayersConfig
+    from alignscope.cli.generate import field_docs
+    from alignscope.config_io import DeviceSettings
+    from alignscope.evaluate import EvaluateConfig
+
+    docs = field_docs(EvaluateConfig)
+    assert docs["device"].startswith("cuda, mps or cpu") and docs["batch_size"] == "generation batch size."
+    assert field_docs(SafetyLayersConfig)["batch_size"] == "prompts per forward pass."
+    assert list(EvaluateConfig().to_dict())[-4:] == ["seed", "batch_size", "device", "dtype"]
+    shared = [e.config_class for e in EXPERIMENTS.values() if issubclass(e.config_class, DeviceSettings)]
+    assert len(shared) >= 8
+    for cls in shared:
+        assert {"device", "dtype"} <= set(field_docs(cls)), cls.__name__

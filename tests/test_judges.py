@@ -42,51 +42,21 @@ from alignscope.judges.rubric import RUBRIC_SCORE, STRONGREJECT_ITEMS, UNPARSEAB
 from alignscope.models.base import (
     ChatModel,
     Conversation,
-    GenerationConfig,
     ModelError,
     NoLogprobsError,
     user_turn,
 )
+from alignscope.testing import ScriptedModel as BaseScriptedModel
 from alignscope.testing import tiny_local_model
 
 Script = Sequence[str] | Callable[[str], str]
 
 
-class ScriptedModel:
-    """A fake :class:`ChatModel`: answers from a list (in call order) or a function of the user message."""
+class ScriptedModel(BaseScriptedModel):
+    """The shared fake :class:`ChatModel` (:class:`alignscope.testing.ScriptedModel`), named as a judge."""
 
     def __init__(self, script: Script, name: str = "fake-judge") -> None:
-        self.script = script
-        self.name = name
-        self.calls: list[list[Conversation]] = []
-        self.configs: list[GenerationConfig | None] = []
-        self._next = 0
-
-    @property
-    def supports_prefill(self) -> bool:
-        return False
-
-    @property
-    def messages(self) -> list[str]:
-        return [conv[-1]["content"] for call in self.calls for conv in call]
-
-    def generate(
-        self,
-        conversations: Sequence[Conversation],
-        config: GenerationConfig | None = None,
-        prefills: Sequence[str] | None = None,
-        progress: bool = False,
-    ) -> list[str]:
-        self.calls.append(list(conversations))
-        self.configs.append(config)
-        out = []
-        for conv in conversations:
-            if callable(self.script):
-                out.append(self.script(conv[-1]["content"]))
-            else:
-                out.append(self.script[self._next])
-                self._next += 1
-        return out
+        super().__init__(script, name)
 
 
 Scores = Callable[[Conversation, str | None], Mapping[str, float]]
@@ -715,32 +685,19 @@ def test_preference_criteria_prompts_and_round_trip() -> None:
         PreferenceJudge(model, mode="logprob")
 
 
-class LogprobModel(ScriptedModel):
+def favouring(favourite: str) -> ScoringModel:
     """Scores candidate verdicts: prefers whatever answer contains ``favourite``."""
 
-    def __init__(self, favourite: str) -> None:
-        super().__init__([])
-        self.favourite = favourite
+    def scores(conv: Conversation, prefill: str | None) -> dict[str, float]:
+        msg = conv[-1]["content"]
+        best = "[[A]]" if msg.index(favourite) < msg.index("[The Start of Assistant B") else "[[B]]"
+        return {a: -0.1 if a == best else -3.0 for a in ("[[A]]", "[[B]]", "[[C]]")}
 
-    def answer_logprobs(
-        self,
-        prompts: Sequence[str | Conversation],
-        answers: Sequence[str],
-        prefills: Sequence[str] | None = None,
-        **kwargs: Any,
-    ) -> list[list[float]]:
-        out = []
-        for conv in prompts:
-            assert not isinstance(conv, str)
-            msg = conv[-1]["content"]
-            fav_first = msg.index(self.favourite) < msg.index("[The Start of Assistant B")
-            best = "[[A]]" if fav_first else "[[B]]"
-            out.append([-0.1 if a == best else -3.0 for a in answers])
-        return out
+    return ScoringModel([], scores)
 
 
 def test_preference_logprob_mode() -> None:
-    judge = PreferenceJudge(LogprobModel("rb-text"), mode="logprob")
+    judge = PreferenceJudge(favouring("rb-text"), mode="logprob")
     (v,) = judge.compare(["q"], ["ra-text"], ["rb-text"])
     assert v.winner == "b" and v.consistent and 0.0 <= v.p_a < 0.2
     assert v.raw_ab.startswith("logprob verdict:")

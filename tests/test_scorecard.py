@@ -27,7 +27,7 @@ from alignscope.scorecard import (
     run_scorecard,
 )
 from alignscope.server.guards import GuardCheck
-from alignscope.testing import tiny_local_model
+from alignscope.testing import save_tiny_model
 from alignscope.validation import OptionError
 
 SR = 16000
@@ -55,20 +55,11 @@ SMALL: dict[str, Any] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path):
-    monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("private_cache_one_thread")
 
 
 def _save(tmp: Path, seed: int) -> str:
-    m = tiny_local_model(seed=seed)
-    m.model.save_pretrained(tmp)
-    m.tokenizer.save_pretrained(tmp)
-    return str(tmp)
+    return str(save_tiny_model(tmp, seed=seed))
 
 
 @pytest.fixture(scope="module")

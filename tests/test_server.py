@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from alignscope.judges import Verdict
-from alignscope.models import Conversation, GenerationConfig, ModelError, user_turn
+from alignscope.models import GenerationConfig, ModelError, user_turn
 from alignscope.server import (
     BackgroundServer,
     GuardAuditLog,
@@ -31,7 +31,7 @@ from alignscope.server import (
     create_app,
     parse_guard_spec,
 )
-from alignscope.testing import tiny_local_model
+from alignscope.testing import ScriptedModel, tiny_local_model
 
 CFG = GenerationConfig(max_new_tokens=10)
 
@@ -202,29 +202,21 @@ def test_oversized_body_is_413(tiny: Any) -> None:
         assert c.post("/v1/chat/completions", json=chat(tiny.name, temperature=0)).status_code == 200
 
 
-class ExplodingModel:
-    """A ChatModel that fails on prompts containing 'boom' (generation errors must not stop the server)."""
+def _explode(prompt: str) -> str:
+    """Fails on prompts containing 'boom' or 'crash' (generation errors must not stop the server)."""
+    if "boom" in prompt:
+        raise ModelError("out of memory (simulated)")
+    if "crash" in prompt:
+        raise ZeroDivisionError("bug")
+    return prompt[::-1]
 
-    name = "exploding"
-    supports_prefill = False
 
-    def generate(
-        self,
-        conversations: Sequence[Conversation],
-        config: GenerationConfig | None = None,
-        prefills: Sequence[str | Sequence[int] | None] | None = None,
-        progress: bool = False,
-    ) -> list[str]:
-        prompt = conversations[0][-1]["content"]
-        if "boom" in prompt:
-            raise ModelError("out of memory (simulated)")
-        if "crash" in prompt:
-            raise ZeroDivisionError("bug")
-        return [prompt[::-1] for _ in conversations]
+def exploding_model() -> ScriptedModel:
+    return ScriptedModel(_explode, name="exploding")
 
 
 def test_failing_generation_is_500_and_server_keeps_serving() -> None:
-    with TestClient(create_app(ExplodingModel())) as c:
+    with TestClient(create_app(exploding_model())) as c:
         r = c.post("/v1/chat/completions", json=chat("exploding", "boom"))
         assert r.status_code == 500 and "out of memory" in r.json()["error"]["message"]
         r = c.post("/v1/chat/completions", json=chat("exploding", "crash"))
@@ -435,7 +427,7 @@ def test_guard_specs(tiny: Any, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown guard"):
         build_guard("firewall=x", tiny)
     with pytest.raises(ModelError, match="not a local model"):
-        build_guard(f"probe={path}", ExplodingModel())
+        build_guard(f"probe={path}", exploding_model())
 
 
 def test_audio_guards_need_an_audio_model(tiny: Any) -> None:

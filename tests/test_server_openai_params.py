@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +14,10 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from alignscope.models import Conversation, GenerationConfig, user_turn
+from alignscope.models import GenerationConfig, user_turn
 from alignscope.server import GuardAuditLog, ServerSettings, create_app
 from alignscope.server.decoding import PresenceFrequencyPenalty, RowSampler, SampledRow, held_back
-from alignscope.testing import tiny_local_model
+from alignscope.testing import ScriptedModel, tiny_local_model
 
 URL = "/v1/chat/completions"
 
@@ -320,25 +320,14 @@ def test_text_response_format_and_garaks_default_request(client: TestClient, tin
 # -- models that are not local ---------------------------------------------------------------------------------------
 
 
-class Reverser:
+def reverser() -> ScriptedModel:
     """A ChatModel that is not local: answers the prompt reversed."""
-
-    name = "reverser"
-    supports_prefill = False
-
-    def generate(
-        self,
-        conversations: Sequence[Conversation],
-        config: GenerationConfig | None = None,
-        prefills: Sequence[str | Sequence[int] | None] | None = None,
-        progress: bool = False,
-    ) -> list[str]:
-        return [c[-1]["content"][::-1] for c in conversations]
+    return ScriptedModel(lambda prompt: prompt[::-1], name="reverser")
 
 
 def test_other_models_honour_stop_and_n_and_name_what_they_cannot_do() -> None:
-    with TestClient(create_app(Reverser(), settings=ServerSettings(default_temperature=0))) as c:
-        model = Reverser()
+    with TestClient(create_app(reverser(), settings=ServerSettings(default_temperature=0))) as c:
+        model = reverser()
         r = c.post(URL, json=chat(model, "abcdef", stop=["c"], n=2)).json()
         assert [x["message"]["content"] for x in r["choices"]] == ["fed", "fed"]
         assert r["choices"][0]["finish_reason"] == "stop"

@@ -297,23 +297,30 @@ def test_ct2_to_transformers_mapping_round_trip(tmp_path):
     assert torch.equal(rebuilt.proj_out.weight, rebuilt.model.decoder.embed_tokens.weight)
 
 
-def test_whisper_encoder_from_a_ct2_directory_is_cached(tmp_path, monkeypatch):
+def _tiny_ct2_whisper(src: Path, seed: int):
+    """A tiny random transformers Whisper (``d_model`` 32), exported to the new folder ``src`` as CTranslate2
+    without ``tokenizer.json`` (the stand-in holds only special tokens; the encoder needs none)."""
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-    from alignscope.speech.model.whisper import load_whisper, whisper_encoder
-
-    monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     config = WhisperConfig(
         vocab_size=64, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
         decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_target_positions=16,
         pad_token_id=0, bos_token_id=0, eos_token_id=0, decoder_start_token_id=1,
     )  # fmt: skip
     original = WhisperForConditionalGeneration(config).eval()
-    src = tmp_path / "ct2"
     src.mkdir()
     _hf_to_ct2(original, src)
     (src / "tokenizer.json").unlink()
+    return original
+
+
+def test_whisper_encoder_from_a_ct2_directory_is_cached(tmp_path, monkeypatch):
+    from alignscope.speech.model.whisper import load_whisper, whisper_encoder
+
+    monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "ct2"
+    original = _tiny_ct2_whisper(src, seed=1)
     encoder = whisper_encoder(src / "model.bin")
     assert not encoder.training and not any(p.requires_grad for p in encoder.parameters())
     (cached,) = [p for p in (tmp_path / "cache" / "models").iterdir() if not p.name.startswith(".")]

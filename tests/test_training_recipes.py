@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from alignscope.models import load_model
-from alignscope.testing import tiny_local_model
+from alignscope.testing import save_tiny_model
 from alignscope.training import (
     AdversarialSFTConfig,
     ConstrainedSFTConfig,
@@ -32,21 +32,11 @@ SMALL = {"batch_size": 2, "max_steps": 2, "progress": False, "save_steps": 1, "l
 DATA = {"n_harmful": 4, "n_utility": 4, "utility_max_new_tokens": 8}
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path):
-    monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("private_cache_one_thread")
 
 
 def _save_tiny(template: str, tmp_path_factory) -> str:
-    lm = tiny_local_model(template=template, layers=4)
-    path = tmp_path_factory.mktemp(f"tiny-{template}")
-    lm.model.save_pretrained(path)
-    lm.tokenizer.save_pretrained(path)
-    return str(path)
+    return str(save_tiny_model(tmp_path_factory.mktemp(f"tiny-{template}"), template=template, layers=4))
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from alignscope.data import load_suite
-from alignscope.data.types import Sample
+from alignscope.data.types import Sample, round_robin
 from alignscope.models import GenerationConfig, load_model
 from alignscope.models.local import LocalModel
 
@@ -51,18 +51,7 @@ def test_prompts(suite: str, seed: int) -> list[Sample]:
     """The suite's test split, ordered round-robin over its categories (seeded), so any window of it covers
     the categories evenly."""
     test = load_suite(suite).split(TEST_FRACTION, SPLIT_SEED)[1]
-    rng = random.Random(f"{seed}:{suite}")
-    by_cat: dict[str, list[Sample]] = {}
-    for s in test:
-        by_cat.setdefault(s.category, []).append(s)
-    for items in by_cat.values():
-        rng.shuffle(items)
-    cats = sorted(by_cat)
-    rng.shuffle(cats)
-    order: list[Sample] = []
-    while any(by_cat.values()):
-        order += [by_cat[c].pop() for c in cats if by_cat[c]]
-    return order
+    return round_robin(test, random.Random(f"{seed}:{suite}"))
 
 
 def window(order: Sequence[Sample], start: int, n: int, limit: int | None = None) -> list[Sample]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from alignscope.attacks.prefill import DEFAULT_KS
-from alignscope.config_io import ConfigIO
+from alignscope.config_io import ConfigIO, RunSettings
 from alignscope.judges.registry import check_judge_spec
 from alignscope.models.base import ChatModel
 from alignscope.models.loading import DEFAULT_MODEL
@@ -30,7 +30,7 @@ DecodingGrid = Literal["reduced", "full", "off"]
 
 
 @dataclass(frozen=True)
-class AuditConfig(ConfigIO):
+class AuditConfig(RunSettings):
     """Settings of ``alignscope audit``; the defaults finish in a few minutes on a 2-core CPU.
 
     Attributes:
@@ -51,9 +51,6 @@ class AuditConfig(ConfigIO):
         kl_tokens: response positions in the per-token KL profile.
         safety_layers: run the safety-layer scan (cosine gap curve, detected range, probe) on local models.
         n_safety: normal and malicious prompts each in the safety-layer scan.
-        seed: seeds subsets and sampled decoding.
-        batch_size: generation batch size.
-        device / dtype: override automatic choices.
     """
 
     suite_fields = ("harmful_suite", "borderline_suite")
@@ -74,10 +71,6 @@ class AuditConfig(ConfigIO):
     kl_tokens: int = 48
     safety_layers: bool = True
     n_safety: int = 32
-    seed: int = 0
-    batch_size: int = 16
-    device: str | None = None
-    dtype: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -10,7 +10,8 @@ Every experiment, recipe and build config inherits :class:`ConfigIO`:
   (for cache keys and run identities).
 
 :func:`parse_assignments` and :func:`load_config_file` implement the CLI's ``--set KEY=VALUE`` and
-``--config FILE`` for any config.
+``--config FILE`` for any config. :class:`DeviceSettings` and :class:`RunSettings` hold the fields most
+experiments share (where models run, the seed and the batch size), documented once.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import types
 import typing
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -95,7 +97,7 @@ class ConfigIO:
                 load_suite(spec)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return {f.name: jsonable(getattr(self, f.name)) for f in config_fields(type(self))}
 
     @classmethod
     def from_dict(cls: type[C], d: Mapping[str, Any]) -> C:
@@ -121,6 +123,46 @@ class ConfigIO:
         skip = set(exclude)
         data = {k: v for k, v in self.to_dict().items() if k not in skip}
         return digest_of(data)
+
+
+def config_fields(cls: type[Any]) -> list[dataclasses.Field[Any]]:
+    """The dataclass fields of ``cls``, its own first, then each base's in method resolution order.
+
+    Dataclass inheritance puts a base's fields first; shared settings (:class:`RunSettings`) read better last,
+    in ``to_dict`` and in the generated CLI options, as they stood before they moved into a base."""
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    order: dict[str, None] = {}
+    for klass in cls.__mro__:
+        for name in vars(klass).get("__annotations__", {}):
+            if name in by_name:
+                order.setdefault(name)
+    return [by_name[name] for name in order]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceSettings(ConfigIO):
+    """Where an experiment's local models run.
+
+    Attributes:
+        device: cuda, mps or cpu (None: the best available).
+        dtype: float32, bfloat16 or float16 (None: by device).
+    """
+
+    device: str | None = None
+    dtype: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSettings(DeviceSettings):
+    """The settings shared by experiments that draw prompt subsets and generate in batches.
+
+    Attributes:
+        seed: seeds the prompt subsets and any sampling.
+        batch_size: generation batch size.
+    """
+
+    seed: int = 0
+    batch_size: int = 16
 
 
 def digest_of(data: Mapping[str, Any]) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alignscope.attacks.stage import GenItem, generate_and_judge
-from alignscope.config_io import ConfigIO
+from alignscope.config_io import ConfigIO, RunSettings
 from alignscope.data.types import Suite
 from alignscope.judges.base import Judge
 from alignscope.judges.outcomes import outcome_rates
@@ -20,6 +20,7 @@ from alignscope.judges.registry import check_judge_spec
 from alignscope.models.base import ChatModel, GenerationConfig, user_turn
 from alignscope.models.loading import DEFAULT_MODEL
 from alignscope.models.pool import ModelPool, pool_of
+from alignscope.runs.finish import rebuild_report
 from alignscope.runs.store import RunDir
 from alignscope.validation import FieldChecks
 
@@ -27,7 +28,7 @@ STAGE = "evaluate"
 
 
 @dataclass(frozen=True)
-class EvaluateConfig(ConfigIO):
+class EvaluateConfig(RunSettings):
     """Settings of ``alignscope evaluate``.
 
     Attributes:
@@ -40,10 +41,6 @@ class EvaluateConfig(ConfigIO):
         max_new_tokens: tokens per answer.
         temperature: sample at this temperature; 0 is greedy (the default).
         top_p: nucleus sampling threshold when sampling, in (0, 1].
-        seed: seeds the subsets and sampling.
-        batch_size: generation batch size.
-        device: cuda, mps or cpu (None: the best available).
-        dtype: float32, bfloat16 or float16 (None: by device).
     """
 
     suite_fields = ("suites",)
@@ -55,10 +52,6 @@ class EvaluateConfig(ConfigIO):
     max_new_tokens: int = 64
     temperature: float = 0.0
     top_p: float = 1.0
-    seed: int = 0
-    batch_size: int = 16
-    device: str | None = None
-    dtype: str | None = None
 
     def __post_init__(self) -> None:
         check = FieldChecks(self)
@@ -145,8 +138,5 @@ def run_evaluate(
     judge = pool.judge(config.judge)
     records = evaluate_suites(model, suites, judge, config.generation(), run, progress, config.system)
     rates = {s.name: outcome_rates([r for r in records if r["suite"] == s.name]) for s in suites}
-    if run is not None:
-        from alignscope.report.build import rebuild
-
-        rebuild(run)
+    rebuild_report(run)
     return EvaluateResult(rates, model.name, judge.name, records)

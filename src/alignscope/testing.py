@@ -1,14 +1,18 @@
-"""Tiny random models for tests and examples: a 2-layer Llama with a byte-level tokenizer built in memory.
+"""Tiny random models for tests and examples: a 2-layer Llama with a byte-level tokenizer built in memory, and
+:class:`ScriptedModel`, a chat model with no weights whose answers the test writes.
 
 Nothing here downloads anything, so every unit test runs offline in well under a second per model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from alignscope.models.base import Conversation, GenerationConfig
 from alignscope.models.local import LocalModel
 
 CHATML_TEMPLATE = (
@@ -80,3 +84,51 @@ def tiny_local_model(
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     return LocalModel(model, tok, name=name or f"tiny-{template}-{seed}")
+
+
+def save_tiny_model(path: str | Path, seed: int = 0, template: str = "chatml", layers: int = 2) -> Path:
+    """Save a :func:`tiny_local_model` (weights and tokenizer) to ``path``, a model directory any loader reads."""
+    lm = tiny_local_model(seed=seed, template=template, layers=layers)
+    lm.model.save_pretrained(path)
+    lm.tokenizer.save_pretrained(path)
+    return Path(path)
+
+
+class ScriptedModel:
+    """A :class:`~alignscope.models.base.ChatModel` with no weights: answers from a list (in call order) or a
+    function of each conversation's last message (which may raise, to simulate a failing backend). It records
+    the conversations and generation configs it was asked with, and cannot prefill."""
+
+    def __init__(self, script: Sequence[str] | Callable[[str], str], name: str = "scripted") -> None:
+        self.script = script
+        self.name = name
+        self.calls: list[list[Conversation]] = []
+        self.configs: list[GenerationConfig | None] = []
+        self._next = 0
+
+    @property
+    def supports_prefill(self) -> bool:
+        return False
+
+    @property
+    def messages(self) -> list[str]:
+        """Every last message asked, in order."""
+        return [conv[-1]["content"] for call in self.calls for conv in call]
+
+    def generate(
+        self,
+        conversations: Sequence[Conversation],
+        config: GenerationConfig | None = None,
+        prefills: Sequence[str | Sequence[int] | None] | None = None,
+        progress: bool = False,
+    ) -> list[str]:
+        self.calls.append(list(conversations))
+        self.configs.append(config)
+        return [self._answer(conv[-1]["content"]) for conv in conversations]
+
+    def _answer(self, message: str) -> str:
+        if callable(self.script):
+            return self.script(message)
+        answer = self.script[self._next]
+        self._next += 1
+        return answer

@@ -246,21 +246,7 @@ def fit_probes(
         "n_validation": {"harmful": len(h_val), "benign": len(b_val)},
         "n_borderline": None if borderline is None else int(borderline.shape[0]),
     }
-    guard = ProbeGuard(
-        probes[best.layer],
-        best.threshold,
-        model=model,
-        template=config.template,
-        model_name=model.name if model is not None else "",
-        n_layers=n_layers,
-        metrics={
-            "fit": "harmful-vs-benign",
-            "target_fpr": config.target_fpr,
-            "validation_auroc": best.auroc,
-            "validation_tpr": best.tpr,
-            "validation_fpr": best.fpr,
-        },
-    )
+    guard = guard_at(best, probes[best.layer], config, n_layers, model, "harmful-vs-benign")
     return ProbeFit(probes, scores, best.layer, config, guard, details)
 
 
@@ -312,6 +298,35 @@ def choose_layer(
     return min(
         (s for s in scores if s.layer in allowed),
         key=lambda s: (-s.auroc, -s.separation, s.layer),
+    )
+
+
+def guard_at(
+    best: LayerProbeScore,
+    probe: LinearProbe,
+    config: ProbeConfig,
+    n_layers: int,
+    model: LocalModel | None,
+    fit: str,
+    **metrics: Any,
+) -> ProbeGuard:
+    """The guard of a fit: ``probe`` (the one at ``best.layer``) at ``best.threshold``, its metrics naming the
+    ``fit`` and ``best``'s validation scores, then ``metrics``."""
+    return ProbeGuard(
+        probe,
+        best.threshold,
+        model=model,
+        template=config.template,
+        model_name=model.name if model is not None else "",
+        n_layers=n_layers,
+        metrics={
+            "fit": fit,
+            "target_fpr": config.target_fpr,
+            "validation_auroc": best.auroc,
+            "validation_tpr": best.tpr,
+            "validation_fpr": best.fpr,
+            **metrics,
+        },
     )
 
 

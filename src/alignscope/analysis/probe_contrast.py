@@ -45,10 +45,10 @@ from alignscope.analysis.probe import (
     LinearProbe,
     ProbeConfig,
     ProbeFit,
-    ProbeGuard,
     _auroc,
     choose_layer,
     fit_layer_probe,
+    guard_at,
     score_layer,
     split_indices,
 )
@@ -256,33 +256,13 @@ def fit_contrast_probes(
     settings = dict(split_settings or {})
     settings.setdefault("validation_fraction", config.validation_fraction)
     settings.setdefault("seed", config.seed)
-    guard = ProbeGuard(
-        probe,
-        best.threshold,
-        model=model,
-        template=config.template,
-        model_name=model.name if model is not None else "",
-        n_layers=n_layers,
-        metrics={
-            "fit": FIT_NAME,
-            "target_fpr": config.target_fpr,
-            "validation_auroc": best.auroc,
-            "validation_tpr": best.tpr,
-            "validation_fpr": best.fpr,
-            "validation": validation,
-            "held_out": held_out,
-            "data": data,
-            "split": settings,
-        },
-    )
+    extra = {"validation": validation, "held_out": held_out, "data": data, "split": settings}
+    guard = guard_at(best, probe, config, n_layers, model, FIT_NAME, **extra)
     details = {
         "fit": FIT_NAME,
         "target_fpr": config.target_fpr,
         "threshold": best.threshold,
-        "validation": validation,
-        "held_out": held_out,
-        "data": data,
-        "split": settings,
+        **extra,
         "ids": {r: splits[r].ids() for r in ROLES},
         "n_borderline": None if borderline is None else int(borderline.shape[0]),
     }

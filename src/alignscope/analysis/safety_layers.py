@@ -36,7 +36,7 @@ from alignscope.analysis.overrejection import DEFAULT_ALPHA, localize_safety_lay
 from alignscope.analysis.probe import ProbeConfig, fit_probes
 from alignscope.analysis.probe_contrast import fit_contrast_probes, guard_splits, split_states
 from alignscope.analysis.saliency import plot_saliency, refusal_saliency
-from alignscope.config_io import ConfigIO
+from alignscope.config_io import ConfigIO, RunSettings
 from alignscope.judges.base import Judge
 from alignscope.judges.keyword import KeywordJudge
 from alignscope.judges.registry import check_judge_spec
@@ -44,6 +44,7 @@ from alignscope.models.base import ChatModel, ModelError
 from alignscope.models.loading import DEFAULT_MODEL, load_model
 from alignscope.models.local import LocalModel
 from alignscope.models.pool import ModelPool, pool_of
+from alignscope.runs.finish import rebuild_report
 from alignscope.runs.store import RunDir
 from alignscope.validation import FieldChecks, OptionError
 
@@ -56,7 +57,7 @@ NO_RANGE = "no safety-layer range found"
 
 
 @dataclass(frozen=True)
-class SafetyLayersConfig(ConfigIO):
+class SafetyLayersConfig(RunSettings):
     """Settings of the safety-layer experiment (``alignscope analyze safety-layers``).
 
     Attributes:
@@ -92,8 +93,6 @@ class SafetyLayersConfig(ConfigIO):
         guard_test_fraction: share of each suite held out as the test half (the training recipes' split).
         guard_split_seed: seed of that split (:meth:`Suite.split`).
         saliency: prompts shown in the transparency view (0 skips it).
-        device: cuda, mps or cpu (None: the best available).
-        dtype: float32, bfloat16 or float16 (None: by device).
     """
 
     suite_fields = ("normal", "malicious", "overrejection", "guard_safe", "guard_unsafe")
@@ -104,9 +103,7 @@ class SafetyLayersConfig(ConfigIO):
     overrejection: str = "borderline"
     n: int | None = 100
     draws: int = 500
-    seed: int = 0
     template: Literal["chat", "plain"] = "chat"
-    batch_size: int = 16
     system_prompt: str | None = None
     rule: RangeRule = field(default_factory=RangeRule)
     localize: bool = False
@@ -123,8 +120,6 @@ class SafetyLayersConfig(ConfigIO):
     guard_test_fraction: float = 0.5
     guard_split_seed: int = 0
     saliency: int = 3
-    device: str | None = None
-    dtype: str | None = None
 
     def __post_init__(self) -> None:
         check = FieldChecks(self)
@@ -278,10 +273,7 @@ def run_safety_layers(
         saliency=config.saliency,
         progress=progress,
     )
-    if run is not None:
-        from alignscope.report.build import rebuild
-
-        rebuild(run)
+    rebuild_report(run)
     return result
 
 

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from alignscope.config_io import ConfigIO
+from alignscope.config_io import ConfigIO, RunSettings
 from alignscope.judges.registry import check_judge_spec
 from alignscope.models.base import Conversation, ModelError
 from alignscope.models.local import LocalModel
+from alignscope.runs.finish import rebuild_report
 from alignscope.stats import bootstrap_mean_ci
 from alignscope.validation import FieldChecks
 
@@ -120,7 +121,7 @@ STAGE = "token_kl"
 
 
 @dataclass(frozen=True)
-class TokenKLConfig(ConfigIO):
+class TokenKLConfig(RunSettings):
     """Settings of ``alignscope analyze token-kl``.
 
     Attributes:
@@ -133,8 +134,6 @@ class TokenKLConfig(ConfigIO):
         max_tokens: response positions measured.
         seed: seeds the subset.
         batch_size: generation and teacher-forcing batch size.
-        device: cuda, mps or cpu (None: the best available).
-        dtype: float32, bfloat16 or float16 (None: by device).
     """
 
     suite_fields = ("suite",)
@@ -145,10 +144,6 @@ class TokenKLConfig(ConfigIO):
     source: str | None = None
     judge: str = "keyword"
     max_tokens: int = 48
-    seed: int = 0
-    batch_size: int = 16
-    device: str | None = None
-    dtype: str | None = None
 
     def __post_init__(self) -> None:
         check = FieldChecks(self)
@@ -225,8 +220,5 @@ def run_token_kl(
         source, list(samples), pool.judge(config.judge), max(64, config.max_tokens), config.batch_size, run
     )
     profile = token_kl_stage(model, reference, samples, responses, config.max_tokens, run)
-    if run is not None:
-        from alignscope.report.build import rebuild
-
-        rebuild(run)
+    rebuild_report(run)
     return TokenKLResult(profile)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from alignscope.attacks.stage import GenItem, generate_and_judge
-from alignscope.config_io import ConfigIO
+from alignscope.config_io import RunSettings
 from alignscope.data.types import Sample
 from alignscope.judges.base import Judge
 from alignscope.judges.outcomes import attack_success, success_flags
@@ -22,6 +22,7 @@ from alignscope.judges.registry import check_judge_spec
 from alignscope.models.base import ChatModel, GenerationConfig
 from alignscope.models.loading import DEFAULT_MODEL
 from alignscope.models.pool import ModelPool, pool_of
+from alignscope.runs.finish import rebuild_report
 from alignscope.runs.store import RunDir
 from alignscope.stats import rate_of
 from alignscope.validation import FieldChecks
@@ -64,7 +65,7 @@ def decoding_settings(
 
 
 @dataclass(frozen=True)
-class DecodingConfig(ConfigIO):
+class DecodingConfig(RunSettings):
     """Settings of the decoding-parameter exploit (``alignscope attack decoding``).
 
     Attributes:
@@ -74,10 +75,6 @@ class DecodingConfig(ConfigIO):
         grid: ``reduced`` (greedy + 7 sampled settings, CPU-sized) or ``full`` (greedy + the paper's 49).
         judge: judge spec; the rate it supports names the worst case (non-refusal for ``keyword``).
         max_new_tokens: tokens per answer.
-        seed: seeds the subset and sampling.
-        batch_size: generation batch size.
-        device: cuda, mps or cpu (None: the best available).
-        dtype: float32, bfloat16 or float16 (None: by device).
     """
 
     suite_fields = ("suite",)
@@ -87,10 +84,6 @@ class DecodingConfig(ConfigIO):
     grid: Literal["reduced", "full"] = "reduced"
     judge: str = "keyword"
     max_new_tokens: int = 48
-    seed: int = 0
-    batch_size: int = 16
-    device: str | None = None
-    dtype: str | None = None
 
     def __post_init__(self) -> None:
         check = FieldChecks(self)
@@ -195,8 +188,5 @@ def run_decoding(
         run,
         progress=progress,
     )
-    if run is not None:
-        from alignscope.report.build import rebuild
-
-        rebuild(run)
+    rebuild_report(run)
     return result

@@ -18,7 +18,7 @@ from typing import Any
 from alignscope.attacks.gcg import GCGConfig, GCGResult, run_gcg, run_universal_gcg
 from alignscope.attacks.gcg_ops import PLACEHOLDER, GCGError, fill_suffix
 from alignscope.attacks.stage import GenItem, generate_and_judge
-from alignscope.config_io import ConfigIO
+from alignscope.config_io import DeviceSettings
 from alignscope.data.types import Sample
 from alignscope.judges.base import Judge
 from alignscope.judges.outcomes import attack_success
@@ -27,6 +27,7 @@ from alignscope.models.base import ChatModel, Conversation, GenerationConfig
 from alignscope.models.loading import DEFAULT_MODEL
 from alignscope.models.local import LocalModel
 from alignscope.models.pool import ModelPool, pool_of
+from alignscope.runs.finish import rebuild_report
 from alignscope.runs.store import RunDir
 from alignscope.validation import FieldChecks
 
@@ -70,7 +71,7 @@ class GCGAttackResult:
 
 
 @dataclass(frozen=True)
-class GCGAttackConfig(ConfigIO):
+class GCGAttackConfig(DeviceSettings):
     """Settings of ``alignscope attack gcg``.
 
     Attributes:
@@ -87,8 +88,6 @@ class GCGAttackConfig(ConfigIO):
         template: the user turn, with ``{prompt}`` and ``{optim_str}``.
         max_new_tokens: tokens generated with the found suffix.
         seed: seeds the subset (the optimisation's own seed is ``gcg.seed``).
-        device: cuda, mps or cpu (None: the best available).
-        dtype: float32, bfloat16 or float16 (None: by device).
     """
 
     suite_fields = ("suite",)
@@ -103,8 +102,6 @@ class GCGAttackConfig(ConfigIO):
     template: str = DEFAULT_TEMPLATE
     max_new_tokens: int = 64
     seed: int = 0
-    device: str | None = None
-    dtype: str | None = None
 
     def __post_init__(self) -> None:
         check = FieldChecks(self)
@@ -154,10 +151,7 @@ def run_gcg_attack(
         template=config.template,
         progress=progress,
     )
-    if run is not None:
-        from alignscope.report.build import rebuild
-
-        rebuild(run)
+    rebuild_report(run)
     return result
 
 

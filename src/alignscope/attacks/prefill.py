@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alignscope.attacks.stage import GenItem, generate_and_judge
-from alignscope.config_io import ConfigIO
+from alignscope.config_io import ConfigIO, RunSettings
 from alignscope.data.types import Sample
 from alignscope.judges.base import Judge
 from alignscope.judges.outcomes import attack_success, success_flags
@@ -26,6 +26,7 @@ from alignscope.models.base import ChatModel, GenerationConfig, ModelError, user
 from alignscope.models.loading import DEFAULT_MODEL
 from alignscope.models.local import LocalModel
 from alignscope.models.pool import ModelPool, pool_of
+from alignscope.runs.finish import rebuild_report
 from alignscope.runs.store import RunDir
 from alignscope.validation import FieldChecks
 
@@ -35,7 +36,7 @@ DEFAULT_KS = (0, 3, 5, 10, 20, 40)
 
 
 @dataclass(frozen=True)
-class PrefillConfig(ConfigIO):
+class PrefillConfig(RunSettings):
     """Settings of the prefilling attack (``alignscope attack prefill``).
 
     Attributes:
@@ -49,9 +50,6 @@ class PrefillConfig(ConfigIO):
         max_new_tokens: tokens generated after the prefill.
         response_tokens: tokens of each generated harmful answer (must cover ``max(ks)``).
         seed: seeds the subset (decoding is greedy).
-        batch_size: generation batch size.
-        device: cuda, mps or cpu (None: the best available).
-        dtype: float32, bfloat16 or float16 (None: by device).
     """
 
     suite_fields = ("suite",)
@@ -63,10 +61,6 @@ class PrefillConfig(ConfigIO):
     judge: str = "keyword"
     max_new_tokens: int = 48
     response_tokens: int = 64
-    seed: int = 0
-    batch_size: int = 16
-    device: str | None = None
-    dtype: str | None = None
 
     def __post_init__(self) -> None:
         check = FieldChecks(self)
@@ -209,8 +203,5 @@ def run_prefill(
     result = prefill_attack(
         model, samples, responses, judge, config, run, progress=progress, token_counter=counter
     )
-    if run is not None:
-        from alignscope.report.build import rebuild
-
-        rebuild(run)
+    rebuild_report(run)
     return result

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal
 import typer
 
 from alignscope.cli.common import console, done, handle_errors
-from alignscope.config_io import ConfigIO, jsonable, load_config_file, parse_assignments
+from alignscope.config_io import ConfigIO, config_fields, jsonable, load_config_file, parse_assignments
 from alignscope.experiments import Experiment
 from alignscope.validation import OptionError
 
@@ -33,8 +33,17 @@ _ATTRIBUTE = re.compile(r"^\s{8}(\w+(?:\s*/\s*\w+)*):\s*(.*)$")
 
 
 def field_docs(cls: type[Any]) -> dict[str, str]:
-    """Field name -> the first sentence-ish line(s) of its entry in the class docstring's ``Attributes:``."""
-    lines = (cls.__doc__ or "").splitlines()
+    """Field name -> the first sentence-ish line(s) of its entry in the ``Attributes:`` of the class docstring
+    or, for a field it inherits (:class:`~alignscope.config_io.RunSettings`), of the nearest base's."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        out.update(_own_field_docs(klass))
+    return out
+
+
+def _own_field_docs(cls: type[Any]) -> dict[str, str]:
+    """Field name -> its entry in ``cls``'s own docstring's ``Attributes:``."""
+    lines = (vars(cls).get("__doc__") or "").splitlines()
     out: dict[str, str] = {}
     current: list[str] = []
     names: list[str] = []
@@ -90,7 +99,7 @@ def _leaves(
     docs = field_docs(cls)
     default = cls()
     out: list[_Leaf] = []
-    for f in dataclasses.fields(cls):
+    for f in config_fields(cls):
         t, optional = _unwrap_optional(hints[f.name])
         path = (*prefix, f.name)
         value = getattr(default, f.name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -39,6 +39,22 @@ class Sample:
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
+def round_robin(samples: Iterable[Sample], rng: random.Random) -> list[Sample]:
+    """``samples`` taken round-robin over their categories, each category shuffled and the categories in a
+    shuffled order (both drawn from ``rng``), so that every prefix covers the categories evenly."""
+    by_cat: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_cat.setdefault(s.category, []).append(s)
+    for items in by_cat.values():
+        rng.shuffle(items)
+    cats = sorted(by_cat)
+    rng.shuffle(cats)
+    order: list[Sample] = []
+    while any(by_cat.values()):
+        order += [by_cat[c].pop() for c in cats if by_cat[c]]
+    return order
+
+
 @dataclass(frozen=True)
 class Suite:
     """A named, ordered collection of samples."""
@@ -70,19 +86,7 @@ class Suite:
         """
         if n is None or n >= len(self.samples):
             return self
-        rng = random.Random(seed)
-        by_cat: dict[str, list[Sample]] = {}
-        for s in self.samples:
-            by_cat.setdefault(s.category, []).append(s)
-        for items in by_cat.values():
-            rng.shuffle(items)
-        cats = sorted(by_cat)
-        rng.shuffle(cats)
-        chosen: list[Sample] = []
-        while len(chosen) < n:
-            for c in cats:
-                if by_cat[c] and len(chosen) < n:
-                    chosen.append(by_cat[c].pop())
+        chosen = round_robin(self.samples, random.Random(seed))[:n]
         order = {s.id: i for i, s in enumerate(self.samples)}
         chosen.sort(key=lambda s: order[s.id])
         return Suite(f"{self.name}[{n}]", tuple(chosen), self.source)

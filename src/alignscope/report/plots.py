@@ -54,7 +54,7 @@ def line_plot(
     ax.grid(alpha=0.3)
     if len(series) > 1 or span is not None:
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def bar_plot(
@@ -83,10 +83,11 @@ def bar_plot(
     if ylim:
         ax.set_ylim(*ylim)
     ax.grid(alpha=0.3, axis="y")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Save ``fig`` as ``path`` with ``.png`` and with ``.svg`` (making the folder) and close it; the png path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

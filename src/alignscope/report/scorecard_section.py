@@ -204,6 +204,7 @@ def _family_chart(path: Path, result: Any, models: Sequence[str]) -> Path | None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from alignscope.report.plots import save_figure
     from alignscope.scorecard.config import FAMILIES
     from alignscope.scorecard.result import FAMILY_TITLES
 
@@ -229,9 +230,4 @@ def _family_chart(path: Path, result: Any, models: Sequence[str]) -> Path | None
     ax.set_title(f"Scorecard ({result.judge} judge)", fontsize=10)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=7)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path.with_suffix(".png"))
-    fig.savefig(path.with_suffix(".svg"))
-    plt.close(fig)
-    return path.with_suffix(".png")
+    return save_figure(fig, path)

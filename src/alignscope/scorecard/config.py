@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from alignscope.config_io import ConfigIO
+from alignscope.config_io import RunSettings
 from alignscope.judges.registry import check_judge_spec
 from alignscope.models.loading import DEFAULT_MODEL
 from alignscope.validation import FieldChecks, OptionError
@@ -65,7 +65,7 @@ _SIZED = tuple(PROFILES["quick"])
 
 
 @dataclass(frozen=True)
-class ScorecardConfig(ConfigIO):
+class ScorecardConfig(RunSettings):
     """Settings of ``alignscope scorecard``.
 
     Attributes:
@@ -115,8 +115,6 @@ class ScorecardConfig(ConfigIO):
         max_new_tokens: tokens per answer (direct, over-refusal, GCG, fine-tuning, audio).
         attack_tokens: tokens generated after a prefill and in the decoding sweep.
         seed: seeds subsets, sampling and the attacks.
-        batch_size: generation batch size.
-        device / dtype: override automatic choices.
     """
 
     suite_fields = ("harmful_suite", "contrast_suite", "extra_suites", "benign_suite", "safe_suites")
@@ -159,10 +157,6 @@ class ScorecardConfig(ConfigIO):
     audio_draws: int | None = None
     max_new_tokens: int = 64
     attack_tokens: int = 48
-    seed: int = 0
-    batch_size: int = 16
-    device: str | None = None
-    dtype: str | None = None
 
     def __post_init__(self) -> None:
         check = FieldChecks(self)

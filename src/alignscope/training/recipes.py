@@ -27,6 +27,7 @@ from alignscope.jsonl import read_jsonl
 from alignscope.models.loading import load_model
 from alignscope.models.local import PLAIN_TEMPLATE, LocalModel
 from alignscope.training.builders import (
+    HarmfulPair,
     contrast_records,
     dpo_records,
     harmful_pairs,
@@ -39,7 +40,7 @@ from alignscope.training.builders import (
     train_split,
     utility_records,
 )
-from alignscope.training.chat_data import ChatRecord, read_chat_jsonl
+from alignscope.training.chat_data import ChatRecord, TokenizedExample, read_chat_jsonl
 from alignscope.training.config import (
     AdversarialSFTConfig,
     ConstrainedSFTConfig,
@@ -143,6 +144,20 @@ def _responses_source(session: Session, spec: str | None) -> LocalModel:
     return load_model(spec, device=str(session.model.device), dtype=session.config.dtype)
 
 
+def _train_harmful_pairs(session: Session, cfg: DeepAlignConfig | SafetyDPOConfig) -> list[HarmfulPair]:
+    """Harmful responses to the harmful suite's train prompts: from ``cfg.harmful_responses`` or written by
+    ``cfg.responses_model`` (see :func:`harmful_pairs`)."""
+    return harmful_pairs(
+        _harmful_samples(cfg),
+        _responses_source(session, cfg.responses_model),
+        cfg.harmful_responses,
+        cfg.harmful_max_new_tokens,
+        cfg.gen_batch_size,
+        cfg.cache,
+        cfg.progress,
+    )
+
+
 def _with_noisy(session: Session, cfg: SafetyDataConfig, records: list[ChatRecord]) -> list[ChatRecord]:
     """``records`` and ``cfg.noisy_copies`` noisy copies of each (see :class:`SafetyDataConfig`)."""
     if cfg.noisy_copies <= 0:
@@ -155,16 +170,7 @@ def _with_noisy(session: Session, cfg: SafetyDataConfig, records: list[ChatRecor
 
 def _recovery(session: Session, cfg: DeepAlignConfig) -> list[ChatRecord]:
     """``deep-align``'s safety-recovery records on the harmful suite's train prompts."""
-    source = _responses_source(session, cfg.responses_model)
-    pairs = harmful_pairs(
-        _harmful_samples(cfg),
-        source,
-        cfg.harmful_responses,
-        cfg.harmful_max_new_tokens,
-        cfg.gen_batch_size,
-        cfg.cache,
-        cfg.progress,
-    )
+    pairs = _train_harmful_pairs(session, cfg)
     if not pairs:
         raise TrainingError("no usable harmful responses: the responses model refused every prompt")
     return recovery_records(session.model, pairs, cfg.augment, cfg.p_zero, cfg.max_prefix_tokens, cfg.seed)
@@ -191,6 +197,22 @@ def _load_records(session: Session) -> list[ChatRecord]:
     return read_chat_jsonl(session.config.data)
 
 
+def _session_examples(
+    recipe: str, config: TrainConfig, build: Callable[[Session], list[ChatRecord]] | None = None
+) -> tuple[Session, list[TokenizedExample]]:
+    """Open ``recipe``'s session and its tokenised training examples: the records of ``config.data`` or, without
+    a file, those ``build`` makes (on the main process first); the records are saved with the run. Without
+    ``build`` the recipe needs ``config.data``."""
+    session = open_session(recipe, config)
+    if build is None:
+        records = _load_records(session)
+    else:
+        with session.main_first():
+            records = _load_records(session) if config.data else build(session)
+    session.save_data(records)
+    return session, tokenize_records(session.model, records, config.max_length)
+
+
 # -- recipes
 # -------------------------------------------------------------------------------------------------------
 @_recipe(
@@ -202,18 +224,15 @@ def safety_sft(config: TrainConfig) -> TrainResult:
     """Standard (shallow) safety alignment: SFT on refusals to the harmful suite's train prompts, mixed with
     the starting model's own answers to benign instructions."""
     assert isinstance(config, SafetySFTConfig)
-    session = open_session("safety-sft", config)
-    with session.main_first():
-        if config.data:
-            records = _load_records(session)
-        else:
-            samples = _harmful_samples(config)
-            records = refusal_records(samples, config.refusals_per_prompt, config.seed) + _utility(
-                session, config
-            )
-            records = _with_noisy(session, config, records)
-    session.save_data(records)
-    examples = tokenize_records(session.model, records, config.max_length)
+
+    def build(session: Session) -> list[ChatRecord]:
+        samples = _harmful_samples(config)
+        records = refusal_records(samples, config.refusals_per_prompt, config.seed) + _utility(
+            session, config
+        )
+        return _with_noisy(session, config, records)
+
+    session, examples = _session_examples("safety-sft", config, build)
     return fit(session, examples, objective="ce")
 
 
@@ -224,14 +243,9 @@ def deep_align(config: TrainConfig) -> TrainResult:
     """Deep safety alignment (Qi et al., ICLR 2025, section 3): safety-recovery examples ``x + h_<=k -> r``
     with loss on ``r`` only, mixed with utility data by ``alpha``."""
     assert isinstance(config, DeepAlignConfig)
-    session = open_session("deep-align", config)
-    with session.main_first():
-        if config.data:
-            records = _load_records(session)
-        else:
-            records = _recovery(session, config) + _utility(session, config)
-    session.save_data(records)
-    examples = tokenize_records(session.model, records, config.max_length)
+    session, examples = _session_examples(
+        "deep-align", config, lambda session: _recovery(session, config) + _utility(session, config)
+    )
     return fit(session, examples, objective="mixture", alpha=config.alpha)
 
 
@@ -274,32 +288,30 @@ def harden(config: TrainConfig) -> TrainResult:
     assert isinstance(config, HardenConfig)
     if config.adversarial:
         _check_gcg_runs("harden with adversarial", config)
-    session = open_session("harden", config)
-    with session.main_first():
-        if config.data:
-            records = _load_records(session)
-        else:
-            safe = train_split(config.contrast_safe, config.test_fraction, config.split_seed)
-            unsafe = train_split(config.contrast_unsafe, config.test_fraction, config.split_seed)
-            contrast = contrast_records(
-                _responses_source(session, config.utility_model),
-                list(safe),
-                list(unsafe),
-                config.utility_max_new_tokens,
-                config.gen_batch_size,
-                config.cache,
-                config.contrast_refusals,
-                config.seed,
-                config.progress,
-            )
-            records = _recovery(session, config) + contrast + _utility(session, config)
-            if config.adversarial:
-                records += _gcg_refusals(config, _harmful_samples(config))
-            records = _with_noisy(session, config, records)
-            groups = {g: sum(r.meta.get("group") == g for r in records) for g in ("safety", "utility")}
-            log.info("harden: %d records (%s)", len(records), groups)
-    session.save_data(records)
-    examples = tokenize_records(session.model, records, config.max_length)
+
+    def build(session: Session) -> list[ChatRecord]:
+        safe = train_split(config.contrast_safe, config.test_fraction, config.split_seed)
+        unsafe = train_split(config.contrast_unsafe, config.test_fraction, config.split_seed)
+        contrast = contrast_records(
+            _responses_source(session, config.utility_model),
+            list(safe),
+            list(unsafe),
+            config.utility_max_new_tokens,
+            config.gen_batch_size,
+            config.cache,
+            config.contrast_refusals,
+            config.seed,
+            config.progress,
+        )
+        records = _recovery(session, config) + contrast + _utility(session, config)
+        if config.adversarial:
+            records += _gcg_refusals(config, _harmful_samples(config))
+        records = _with_noisy(session, config, records)
+        groups = {g: sum(r.meta.get("group") == g for r in records) for g in ("safety", "utility")}
+        log.info("harden: %d records (%s)", len(records), groups)
+        return records
+
+    session, examples = _session_examples("harden", config, build)
     return fit(session, examples, objective="mixture", alpha=config.alpha)
 
 
@@ -319,16 +331,7 @@ def safety_dpo(config: TrainConfig) -> TrainResult:
         if config.data:
             pairs = [pair for _, pair in read_jsonl(config.data)]
         else:
-            source = _responses_source(session, config.responses_model)
-            harmful = harmful_pairs(
-                _harmful_samples(config),
-                source,
-                config.harmful_responses,
-                config.harmful_max_new_tokens,
-                config.gen_batch_size,
-                config.cache,
-                config.progress,
-            )
+            harmful = _train_harmful_pairs(session, config)
             utility = _utility(session, config) if config.utility_pairs else []
             pairs = dpo_records(harmful, utility, config.seed)
     if not pairs:
@@ -372,10 +375,7 @@ def constrained_sft(config: TrainConfig) -> TrainResult:
     4): the early response tokens are held near the starting (aligned) model, the rest trained almost as by
     SFT."""
     assert isinstance(config, ConstrainedSFTConfig)
-    session = open_session("constrained-sft", config)
-    records = _load_records(session)
-    session.save_data(records)
-    examples = tokenize_records(session.model, records, config.max_length)
+    session, examples = _session_examples("constrained-sft", config)
     return fit(session, examples, objective="constrained", beta_schedule=beta_schedule_of(config))
 
 
@@ -389,8 +389,5 @@ def sppft(config: TrainConfig) -> TrainResult:
             "sppft needs freeze_layers=(first, last); find the safety layers with "
             "`alignscope analyze safety-layers`"
         )
-    session = open_session("sppft", config)
-    records = _load_records(session)
-    session.save_data(records)
-    examples = tokenize_records(session.model, records, config.max_length)
+    session, examples = _session_examples("sppft", config)
     return fit(session, examples, objective="ce", frozen_layers=config.freeze_layers)

@@ -174,15 +174,8 @@ def plot(metrics: dict[str, Any], out: RunDir) -> list[str]:
         high = np.array([np.nan if v is None else v for v in curve["ci_high"]], dtype=float)
         ax.plot(pos, mean, label=f"{name} vs base")
         ax.fill_between(pos, low, high, alpha=0.2)
-    ax.set_xlabel("response token position k")
-    ax.set_ylabel("KL(model || base)")
     ax.set_title("Per-token KL on harmful (prompt, answer) pairs")
-    ax.legend()
-    fig.tight_layout()
-    for ext in ("png", "svg"):
-        fig.savefig(out.plots_dir / f"kl.{ext}")
-    plt.close(fig)
-    names.append("kl.png")
+    names.append(_save_figure(fig, ax, out, "kl", "response token position k", "KL(model || base)"))
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     judge = str(metrics.get("judge", "keyword"))
@@ -198,17 +191,23 @@ def plot(metrics: dict[str, Any], out: RunDir) -> list[str]:
             ]
         )
         ax.errorbar(ks, y, yerr=err, marker="o", capsize=3, label=name)
-    ax.set_xlabel("prefilled harmful tokens k")
-    ax.set_ylabel(f"{success_label(metrics)} (%)")
     ax.set_ylim(-2, 102)
     ax.set_title("Prefilling attack")
-    ax.legend()
-    fig.tight_layout()
-    for ext in ("png", "svg"):
-        fig.savefig(out.plots_dir / f"prefill.{ext}")
-    plt.close(fig)
-    names.append("prefill.png")
+    names.append(
+        _save_figure(fig, ax, out, "prefill", "prefilled harmful tokens k", f"{success_label(metrics)} (%)")
+    )
     return names
+
+
+def _save_figure(fig: Any, ax: Any, out: RunDir, stem: str, xlabel: str, ylabel: str) -> str:
+    """Label the axes, add the legend, save ``fig`` as ``<stem>.png`` and ``.svg`` in the run's plots and close
+    it; the png's name."""
+    from alignscope.report.plots import save_figure
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    return save_figure(fig, out.plots_dir / stem).name
 
 
 TITLE = "Shallow vs deep safety alignment"
