@@ -55,6 +55,7 @@ def tiny_config(out, **changes) -> SpeechBuildConfig:
         answer_samples=1,
         answer_tokens=12,
         asr_sampled=4,
+        asr_substituted=4,  # the default's 5000 word-swapped copies would be synthesised and encoded per test
         ctc_steps=2,
         ctc_batch_size=4,
         asr_steps=2,
