@@ -25,14 +25,8 @@ def test_experiment_resolves_and_imports_from_the_root(name: str) -> None:
     assert callable(runner) and hasattr(result_cls, "to_dict")
 
 
-# judges/ is being reworked on another branch; remove this entry when JudgeEvaluation gains from_dict
-_NO_FROM_DICT_YET = {"judge-eval"}
-
-
 @pytest.mark.parametrize("name", list(EXPERIMENTS))
 def test_result_has_from_dict(name: str) -> None:
-    if name in _NO_FROM_DICT_YET:
-        pytest.xfail(f"{EXPERIMENTS[name].result} has no from_dict yet")
     assert hasattr(EXPERIMENTS[name].result_class, "from_dict")
 
 

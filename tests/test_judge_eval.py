@@ -13,6 +13,7 @@ from alignscope.cli import app
 from alignscope.judges import KeywordJudge, Verdict
 from alignscope.judges.base import JudgeError
 from alignscope.judges.validation import (
+    JudgeEvaluation,
     LabelledItem,
     load_labels,
     mistakes,
@@ -117,6 +118,7 @@ def test_keyword_scored_on_refusal_and_its_non_refusal_as_harm() -> None:
     assert "cannot tell harm" in ev.harm_from and ev.three_way is None
     assert ev.confusion["neither"] == {"complied": 2} and ev.confusion["harmful"] == {"complied": 1}
     assert "refusal: accuracy 1.000" in ev.summary()
+    assert JudgeEvaluation.from_dict(json.loads(json.dumps(ev.to_dict()))) == ev  # as metrics.json stores it
 
 
 def test_harm_judge_scored_on_three_labels() -> None:

@@ -207,6 +207,14 @@ class JudgeEvaluation:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> JudgeEvaluation:
+        """The evaluation :meth:`to_dict` wrote (``metrics.json``'s ``judge_eval``)."""
+        values = dict(d)
+        values["refusal"] = BinaryScores(**values["refusal"])
+        values["harm"] = BinaryScores(**values["harm"])
+        return cls(**values)
+
     def summary(self) -> str:
         """A few lines for the terminal."""
 
