@@ -243,10 +243,8 @@ class HardenConfig(DeepAlignConfig, AdversarialSFTConfig):
     With the defaults (``alignscope train harden --model smollm2-deep``), on the built-in suites' train halves
     (test_fraction 0.5, split_seed 0): about 146 recovery examples (75 harmful prompts x ``augment`` 2, minus
     those the base model refuses), 31 refused unsafe twins, up to 28 answered alarming-but-safe prompts and
-    about 144 utility answers (benign + borderline train halves): ~350 examples, 2 epochs of ~44 steps at batch
-    size 8. Expected on 2 CPU cores: ~6 min of LoRA training (~2.5 min per epoch over 300 short examples) plus
-    ~5 min generating the base model's harmful and helpful answers (cached afterwards): ~11 min, well inside
-    25. ``adversarial`` adds 75 x ``suffixes_per_prompt`` = 150 examples (~+4 min).
+    about 144 utility answers (benign + borderline train halves): ~350 examples, 2 epochs at batch size 8.
+    ``adversarial`` adds 75 x ``suffixes_per_prompt`` = 150 examples. Timings: docs/shallow-deep.md.
 
     Attributes:
         contrast_safe: alarming-but-safe prompts (its train half is answered helpfully; XSTest-style).
