@@ -330,6 +330,9 @@ _SuiteOpt = Annotated[
 _ManifestOpt = Annotated[
     Path | None, typer.Option(help="Your own clips: manifest.jsonl (audio, text, optional label/target).")
 ]
+_SplitOpt = Annotated[str | None, typer.Option(help="test (held out of builds), train or all.")]
+_ClipsOpt = Annotated[int | None, typer.Option(help="Harmful clips.")]
+_RestartsOpt = Annotated[int | None, typer.Option(help="Random restarts.")]
 _BudgetOpt = Annotated[
     list[str] | None,
     typer.Option("--budget", help="linf:<eps> or snr:<dB>; repeat or comma-separate to sweep."),
@@ -346,11 +349,11 @@ def attack_audio_pgd(
     slm: SlmOpt = "default",
     suite: _SuiteOpt = None,
     manifest: _ManifestOpt = None,
-    split: Annotated[str | None, typer.Option(help="test (held out of builds), train or all.")] = None,
-    n: Annotated[int | None, typer.Option(help="Harmful clips.")] = None,
+    split: _SplitOpt = None,
+    n: _ClipsOpt = None,
     budget: _BudgetOpt = None,
     steps: Annotated[int | None, typer.Option(help="PGD steps per restart.")] = None,
-    restarts: Annotated[int | None, typer.Option(help="Random restarts.")] = None,
+    restarts: _RestartsOpt = None,
     step_size: Annotated[float | None, typer.Option(help="Step as a fraction of the budget radius.")] = None,
     universal: Annotated[bool, typer.Option(help="One perturbation over all clips.")] = False,
     defense: _DefenseOpt = None,
@@ -398,11 +401,11 @@ def attack_audio_transfer(
     slm: SlmOpt = "default",
     suite: _SuiteOpt = None,
     manifest: _ManifestOpt = None,
-    split: Annotated[str | None, typer.Option(help="test (held out of builds), train or all.")] = None,
-    n: Annotated[int | None, typer.Option(help="Harmful clips.")] = None,
+    split: _SplitOpt = None,
+    n: _ClipsOpt = None,
     budget: _BudgetOpt = None,
     steps: Annotated[int | None, typer.Option(help="PGD steps on the surrogate.")] = None,
-    restarts: Annotated[int | None, typer.Option(help="Random restarts.")] = None,
+    restarts: _RestartsOpt = None,
     defense: _DefenseOpt = None,
     n_benign: Annotated[int | None, typer.Option(help="Benign clips for helpfulness (0: skip).")] = None,
     judge: Annotated[str, typer.Option(help="Judge spec.")] = "keyword",
