@@ -163,6 +163,8 @@ def test_every_family_runs_on_tiny_models(full_run, dirs) -> None:
         assert sub.records("gcg") and sub.records("finetune") and (sub.path / "report.html").exists()
     assert RunDir.open(run.path / "models" / model_slug(a)).records("speech_answer")
     html = run.report_path.read_text()
+    title = html.split("<title>")[1].split("</title>")[0]
+    assert a in title and b in title  # the report names every model scored
     assert "worst family" in html and "Leaderboard" in html and "Models x families" in html
     assert "no speech build" in html and "non-refusal rate" in html
     assert "harmful rate" not in html.split("Models x families")[1].split("Leaderboard")[0]

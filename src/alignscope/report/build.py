@@ -48,7 +48,9 @@ def rebuild(run: RunDir) -> tuple[dict[str, Any], Any]:
         summary += lines
     run.write_metrics(metrics)
     meta = {k: cfg[k] for k in ("command", "model", "reference", "judge", "seed") if cfg.get(k) is not None}
-    title = f"alignscope {cfg.get('command', 'run')}: {cfg.get('model', '')}"
+    if cfg.get("models"):  # a run over several models (the scorecard) names them all
+        meta["models"] = ", ".join(map(str, cfg["models"]))
+    title = f"alignscope {cfg.get('command', 'run')}: {cfg.get('model') or meta.get('models', '')}"
     path = write_report(Report(title, meta, sections, summary), run.report_path)
     return metrics, path
 
