@@ -298,13 +298,9 @@ class PreferenceJudge:
 
     judges_harm = False
 
-    def judge_batch(
-        self,
-        prompts: Sequence[str],
-        responses: Sequence[str],
-        prefills: Sequence[str] | None = None,
-    ) -> list[Verdict]:
-        """Not available: a pairwise judge needs two responses per prompt (use :meth:`compare`)."""
+    def judge_batch(self, *args: object, **kwargs: object) -> list[Verdict]:
+        """Not available, whatever the arguments: a pairwise judge needs two responses per prompt (use
+        :meth:`compare`)."""
         raise JudgeError(
             f"{self.name} is a pairwise judge: call compare(prompts, responses_a, responses_b) instead of "
             "judge_batch"
