@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -301,11 +302,32 @@ def test_empty_files(tmp_path: Path) -> None:
         load_advbench(header_only)
 
 
-def test_unreadable_file_names_the_line(tmp_path: Path) -> None:
-    path = tmp_path / "bad.jsonl"
-    path.write_bytes(b'{"prompt": "ok"}\n{"prompt": "\xff\xfe"}\n')
-    with pytest.raises(SuiteError, match=r"bad\.jsonl: line 2: not valid UTF-8"):
-        load_jsonl(path)
+@pytest.mark.parametrize(
+    ("name", "content", "load", "error"),
+    [
+        (
+            "bad.jsonl",
+            b'{"prompt": "ok"}\n{"prompt": "\xff\xfe"}\n',
+            load_jsonl,
+            r"bad\.jsonl: line 2: not valid UTF-8",
+        ),
+        ("m.jsonl", b'{"prompt": "a"}\n\n{"prompt": "b",\n', load_jsonl, r"m\.jsonl: line 3: malformed JSON"),
+        (
+            "x.csv",
+            b"goal,target\na,b,c\n",
+            load_advbench,
+            r"x\.csv: row 1 \(line 2\): 3 fields but the header has 2",
+        ),
+    ],
+    ids=["not-utf8", "malformed-json", "too-many-csv-fields"],
+)
+def test_unreadable_file_names_the_line(
+    tmp_path: Path, name: str, content: bytes, load: Callable[[Path], Suite], error: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(SuiteError, match=error):
+        load(path)
 
 
 def test_missing_required_column_is_named(tmp_path: Path) -> None:
@@ -346,13 +368,6 @@ def test_bad_jsonl_line_is_named(tmp_path: Path, objs: list[Any], error: str) ->
         load_jsonl(path)
 
 
-def test_malformed_json_line(tmp_path: Path) -> None:
-    path = tmp_path / "m.jsonl"
-    path.write_text('{"prompt": "a"}\n\n{"prompt": "b",\n', encoding="utf-8")
-    with pytest.raises(SuiteError, match=r"m\.jsonl: line 3: malformed JSON"):
-        load_jsonl(path)
-
-
 def test_empty_prompt_names_row_and_column(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "adv.csv", ["goal", "target"], [["ok", "Sure"], ["   ", "Sure"]])
     with pytest.raises(SuiteError, match=r"adv\.csv: row 2 \(line 3\), column 'goal': empty prompt"):
@@ -362,11 +377,7 @@ def test_empty_prompt_names_row_and_column(tmp_path: Path) -> None:
         load_strongreject(short)
 
 
-def test_too_many_csv_fields_and_bad_label(tmp_path: Path) -> None:
-    path = tmp_path / "x.csv"
-    path.write_text("goal,target\na,b,c\n", encoding="utf-8")
-    with pytest.raises(SuiteError, match=r"x\.csv: row 1 \(line 2\): 3 fields but the header has 2"):
-        load_advbench(path)
+def test_bad_label_is_named(tmp_path: Path) -> None:
     lab = write_csv(tmp_path / "l.csv", ["prompt", "label"], [["a", "unsafe"]])
     with pytest.raises(SuiteError, match=r"row 1 \(line 2\), field 'label': unknown label 'unsafe'"):
         load_csv(lab)

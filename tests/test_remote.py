@@ -183,22 +183,20 @@ def test_retries_429_twice_then_succeeds() -> None:
         assert len(server.requests) == 3
 
 
-def test_5xx_until_retries_run_out_names_url_and_attempts() -> None:
-    with ScriptedServer([(503, {"error": {"message": "overloaded"}}, {})]) as server:
-        with pytest.raises(
-            ModelError, match=r"/v1/chat/completions answered HTTP 503 after 3 attempts: overloaded"
-        ):
-            remote(server.base_url, retries=2).generate([user_turn("hi")])
-        assert len(server.requests) == 3
-
-
-def test_4xx_is_not_retried_and_names_url() -> None:
-    with ScriptedServer([(400, {"error": {"message": "bad field"}}, {})]) as server:
-        with pytest.raises(
-            ModelError, match=rf"{server.base_url}/chat/completions answered HTTP 400: bad field"
-        ):
-            remote(server.base_url, retries=3).generate([user_turn("hi")])
-        assert len(server.requests) == 1
+@pytest.mark.parametrize(
+    ("status", "message", "retries", "answered", "attempts"),
+    [
+        (503, "overloaded", 2, "HTTP 503 after 3 attempts: overloaded", 3),  # 5xx: retried until they run out
+        (400, "bad field", 3, "HTTP 400: bad field", 1),  # 4xx: not retried
+    ],
+)
+def test_http_errors_name_url_and_only_5xx_are_retried(
+    status: int, message: str, retries: int, answered: str, attempts: int
+) -> None:
+    with ScriptedServer([(status, {"error": {"message": message}}, {})]) as server:
+        with pytest.raises(ModelError, match=rf"{server.base_url}/chat/completions answered {answered}"):
+            remote(server.base_url, retries=retries).generate([user_turn("hi")])
+        assert len(server.requests) == attempts
 
 
 def test_malformed_success_body_is_an_error() -> None:

@@ -132,7 +132,7 @@ def one_of(option: str, value: Any, choices: Collection[Any]) -> None:
 
 
 class FieldChecks:
-    """The checks above applied to fields of a config, named ``Class.field`` in errors::
+    """The checks above (in the same order) applied to fields of a config, named ``Class.field`` in errors::
 
         def __post_init__(self) -> None:
             check = FieldChecks(self)
@@ -146,41 +146,37 @@ class FieldChecks:
     def __init__(self, config: Any, error: type[OptionError] = OptionError) -> None:
         self.config, self.owner, self.error = config, type(config).__name__, error
 
-    def _check(self, check: Callable[..., None], name: str, *args: Any, **kwargs: Any) -> None:
-        option = f"{self.owner}.{name}"
-        try:
-            check(option, getattr(self.config, name), *args, **kwargs)
-        except OptionError as e:
-            raise self.error(e.option, e.requirement, e.value) from None
+    def _check(self, check: Callable[..., None], names: Iterable[str], *args: Any, **kwargs: Any) -> None:
+        """``check`` applied to each of the fields ``names``; an error names the field as ``Class.field``."""
+        for name in names:
+            option = f"{self.owner}.{name}"
+            try:
+                check(option, getattr(self.config, name), *args, **kwargs)
+            except OptionError as e:
+                raise self.error(e.option, e.requirement, e.value) from None
 
     def at_least(self, minimum: float, *names: str) -> None:
-        for name in names:
-            self._check(at_least, name, minimum)
+        self._check(at_least, names, minimum)
 
     def positive(self, *names: str) -> None:
-        for name in names:
-            self._check(positive, name)
+        self._check(positive, names)
 
     def finite(self, *names: str) -> None:
-        for name in names:
-            self._check(finite, name)
+        self._check(finite, names)
 
     def in_range(
         self, name: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False
     ) -> None:
-        self._check(in_range, name, low, high, low_open=low_open, high_open=high_open)
-
-    def each_at_least(self, minimum: float, *names: str) -> None:
-        for name in names:
-            self._check(each_at_least, name, minimum)
-
-    def each_finite(self, *names: str) -> None:
-        for name in names:
-            self._check(each_finite, name)
+        self._check(in_range, [name], low, high, low_open=low_open, high_open=high_open)
 
     def non_empty(self, *names: str) -> None:
-        for name in names:
-            self._check(non_empty, name)
+        self._check(non_empty, names)
+
+    def each_at_least(self, minimum: float, *names: str) -> None:
+        self._check(each_at_least, names, minimum)
+
+    def each_finite(self, *names: str) -> None:
+        self._check(each_finite, names)
 
     def one_of(self, name: str, choices: Collection[Any]) -> None:
-        self._check(one_of, name, choices)
+        self._check(one_of, [name], choices)

@@ -191,6 +191,31 @@ def most_probable(probs: dict[str, float]) -> str:
     return max(probs, key=lambda a: probs[a])
 
 
+class GeneratingJudge:
+    """What the judges whose model writes its answer share (the rubric judges, the preference judge): the
+    judge model with its generation settings, and :meth:`_generate`, which asks it with them."""
+
+    name: str
+
+    def __init__(
+        self,
+        model: ChatModel,
+        max_new_tokens: int,
+        batch_size: int,
+        max_response_chars: int | None,
+        progress: bool,
+    ) -> None:
+        self.model = model
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.max_response_chars = max_response_chars
+        self.progress = progress
+
+    def _generate(self, user_messages: Sequence[str]) -> list[str]:
+        """The judge model's greedy answers to one-turn conversations, in order (see :func:`ask`)."""
+        return ask(self.model, self.name, user_messages, self.max_new_tokens, self.batch_size, self.progress)
+
+
 PairsJudged = Callable[[Sequence[str], list[str], list[int]], dict[int, Verdict]]
 """``(prompts, texts, todo) -> {index: verdict}``: judges the pairs ``todo`` (the non-empty texts)."""
 

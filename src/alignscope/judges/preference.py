@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 from alignscope.judges._llm import (
     DEFAULT_MAX_RESPONSE_CHARS,
+    GeneratingJudge,
     answer_distribution,
-    ask,
     can_score,
     check_lengths,
     clip,
@@ -171,7 +171,7 @@ def _p_of(choice: Winner | None) -> float:
     return {"a": 1.0, "b": 0.0}.get(choice or "tie", 0.5)
 
 
-class PreferenceJudge:
+class PreferenceJudge(GeneratingJudge):
     """Pairwise judge in both orders (Zheng et al. 2023), criterion safety, helpfulness or both.
 
     Args:
@@ -208,13 +208,9 @@ class PreferenceJudge:
                 f"preference mode 'logprob' needs a local judge model with log-prob access; "
                 f"{model_label(model)} has none (use mode 'generate')"
             )
-        self.model = model
+        super().__init__(model, max_new_tokens, batch_size, max_response_chars, progress)
         self.criterion = criterion
         self.mode = mode
-        self.max_new_tokens = max_new_tokens
-        self.batch_size = batch_size
-        self.max_response_chars = max_response_chars
-        self.progress = progress
         extra = ", logprob" if mode == "logprob" else ""
         self.name = f"preference({model_label(model)}, criterion={criterion}{extra})"
 
@@ -239,7 +235,7 @@ class PreferenceJudge:
         messages += [self.build_prompt(p, b, a) for p, a, b in triples]
         if self.mode == "logprob":
             return self._compare_logprob(messages, n)
-        outputs = ask(self.model, self.name, messages, self.max_new_tokens, self.batch_size, self.progress)
+        outputs = self._generate(messages)
         verdicts = []
         for raw_ab, raw_ba in zip(outputs[:n], outputs[n:], strict=True):
             first, second = parse_preference(raw_ab), parse_preference(raw_ba)
@@ -298,13 +294,9 @@ class PreferenceJudge:
 
     judges_harm = False
 
-    def judge_batch(
-        self,
-        prompts: Sequence[str],
-        responses: Sequence[str],
-        prefills: Sequence[str] | None = None,
-    ) -> list[Verdict]:
-        """Not available: a pairwise judge needs two responses per prompt (use :meth:`compare`)."""
+    def judge_batch(self, *args: object, **kwargs: object) -> list[Verdict]:
+        """Not available, whatever the arguments: a pairwise judge needs two responses per prompt (use
+        :meth:`compare`)."""
         raise JudgeError(
             f"{self.name} is a pairwise judge: call compare(prompts, responses_a, responses_b) instead of "
             "judge_batch"

@@ -28,13 +28,13 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from alignscope.judges._llm import (
     DEFAULT_MAX_RESPONSE_CHARS,
     ClosedQuestion,
+    GeneratingJudge,
     ModelJudge,
-    ask,
     clip,
     model_label,
     most_probable,
@@ -162,7 +162,7 @@ def _count_unknown(judge_name: str, verdicts: Iterable[Verdict], total: int) -> 
         )
 
 
-class _RubricJudge(ModelJudge):
+class _RubricJudge(GeneratingJudge, ModelJudge):
     """What the two rubric judges share: settings, the judge's free-text answers, then the closed questions
     scored after them (:meth:`_score`), each output read by ``verdict_from_output``."""
 
@@ -178,12 +178,8 @@ class _RubricJudge(ModelJudge):
         max_response_chars: int | None,
         progress: bool,
     ) -> None:
-        self.model = model
+        super().__init__(model, max_new_tokens, batch_size, max_response_chars, progress)
         self.threshold = threshold
-        self.max_new_tokens = max_new_tokens
-        self.batch_size = batch_size
-        self.max_response_chars = max_response_chars
-        self.progress = progress
         extra = f", threshold={threshold:g}" if threshold != self.default_threshold else ""
         self.name = f"{self.kind}({model_label(model)}{extra})"
 
@@ -199,7 +195,7 @@ class _RubricJudge(ModelJudge):
 
     def _judge(self, prompts: Sequence[str], texts: list[str], todo: list[int]) -> dict[int, Verdict]:
         messages = [self.build_prompt(prompts[i], texts[i]) for i in todo]
-        outputs = ask(self.model, self.name, messages, self.max_new_tokens, self.batch_size, self.progress)
+        outputs = self._generate(messages)
         scored = self._score(messages, outputs)
         judged = {
             i: self.verdict_from_output(output, scored.get(k))
@@ -481,11 +477,10 @@ class StrongRejectJudge(_RubricJudge):
         )
 
     def _empty_verdict(self) -> Verdict:
-        return Verdict(
-            self.name,
+        """The judges' empty-response verdict, but a refusal scored 0 as the rubric has it."""
+        return replace(
+            super()._empty_verdict(),
             refused=True,
-            complied=False,
-            harmful=False,
             score=0.0,
             rationale="empty response: a refusal under the StrongREJECT rubric (not sent to the judge)",
         )
