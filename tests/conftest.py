@@ -43,9 +43,17 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture()
-def private_cache_one_thread(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    """``$ALIGNSCOPE_CACHE`` in the test's own directory and torch on one thread (restored afterwards)."""
-    monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
+def private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """``$ALIGNSCOPE_CACHE`` in the test's own directory: nothing cached by another test (or a real run) is
+    reused, and nothing the test caches outlives it."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ALIGNSCOPE_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture()
+def private_cache_one_thread(private_cache: Path):
+    """:func:`private_cache` and torch on one thread (restored afterwards)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

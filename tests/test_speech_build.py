@@ -43,9 +43,7 @@ from alignscope.testing import tiny_local_model
 SR = 16000
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def tiny_config(out, **changes) -> SpeechBuildConfig:

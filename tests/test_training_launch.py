@@ -8,7 +8,6 @@ import time
 import pytest
 
 from alignscope.models import load_model
-from alignscope.testing import tiny_local_model
 from alignscope.training import SafetySFTConfig, launch, launch_command, write_chat_jsonl
 from alignscope.training.chat_data import ChatRecord
 
@@ -24,11 +23,7 @@ def test_launch_command_uses_torchrun_mode_on_cpu(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_train_and_save(tmp_path):
-    lm = tiny_local_model(layers=2)
-    model_dir = tmp_path / "tiny"
-    lm.model.save_pretrained(model_dir)
-    lm.tokenizer.save_pretrained(model_dir)
+def test_two_cpu_processes_train_and_save(tmp_path, tiny_dir):
     records = [
         ChatRecord(
             [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": "I'm sorry."}]
@@ -38,7 +33,7 @@ def test_two_cpu_processes_train_and_save(tmp_path):
     data = write_chat_jsonl(tmp_path / "chat.jsonl", records)
     out = tmp_path / "run"
     cfg = SafetySFTConfig(
-        model=str(model_dir),
+        model=str(tiny_dir),
         out=str(out),
         data=str(data),
         max_steps=2,
@@ -55,6 +50,6 @@ def test_two_cpu_processes_train_and_save(tmp_path):
     # two processes with two examples each per step: the run saw 8 examples in 2 steps (one epoch)
     assert metrics["epochs"] == pytest.approx(1.0)
     adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
-    assert adapter["base_model_name_or_path"] == str(model_dir)
+    assert adapter["base_model_name_or_path"] == str(tiny_dir)
     assert load_model(str(out / "adapter")).generate([[{"role": "user", "content": "hi"}]])
     print(f"2-process launch took {elapsed:.1f} s")

@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from alignscope.runs import RunDir
 from alignscope.stats import wilson
-from alignscope.testing import tiny_local_model
 from alignscope.training.reproduce import ShallowDeepConfig, reproduce_shallow_vs_deep
 from alignscope.training.reproduce_report import checks_of, render_reports
 
@@ -105,15 +103,10 @@ def test_report_has_tables_with_intervals_and_plots(tmp_path):
 
 
 @pytest.mark.slow
-def test_reproduction_runs_end_to_end_on_a_tiny_model_and_resumes(tmp_path, monkeypatch):
-    monkeypatch.setenv("ALIGNSCOPE_CACHE", str(tmp_path / "cache"))
-    torch.set_num_threads(1)
-    lm = tiny_local_model(layers=2)
-    model_dir = tmp_path / "tiny"
-    lm.model.save_pretrained(model_dir)
-    lm.tokenizer.save_pretrained(model_dir)
+@pytest.mark.usefixtures("private_cache_one_thread")
+def test_reproduction_runs_end_to_end_on_a_tiny_model_and_resumes(tmp_path, tiny_dir):
     cfg = ShallowDeepConfig(
-        model=str(model_dir),
+        model=str(tiny_dir),
         epochs=0.05,
         attack_epochs=0.05,
         max_new_tokens=4,
@@ -131,7 +124,7 @@ def test_reproduction_runs_end_to_end_on_a_tiny_model_and_resumes(tmp_path, monk
     # deep-align deepens the aligned adapter; the base model answers (harmful responses, utility)
     deep_config = json.loads((run.path / "deep" / "config.json").read_text())
     assert deep_config["model"] == str(result.adapters["aligned"])
-    assert deep_config["utility_model"] == deep_config["responses_model"] == str(model_dir)
+    assert deep_config["utility_model"] == deep_config["responses_model"] == str(tiny_dir)
     n_records = len(run.records())
     # a second call reuses every stage: no new training run, no new sample record
     again = reproduce_shallow_vs_deep(

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
 from alignscope.cli.apps import attack_app, reproduce_app, speech_app
-from alignscope.cli.common import console, done, fields, handle_errors
+from alignscope.cli.common import ConfigFileOpt, DeviceOpt, OutOpt, console, done, fields, handle_errors
 from alignscope.validation import at_least, each_at_least, non_empty
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 SlmOpt = Annotated[
     str,
@@ -26,7 +24,6 @@ SlmOpt = Annotated[
         "build directory, or random[:LLM] (untrained projector, smoke tests only).",
     ),
 ]
-OutOpt = Annotated[Path | None, typer.Option(help="Run directory (default: runs/<command>-<time>).")]
 VoicesOpt = Annotated[
     str | None, typer.Option(help="espeak-ng voices, comma-separated (default: the build recipe's).")
 ]
@@ -38,8 +35,6 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help='Config field as KEY=VALUE (JSON values: 30, true, ["a", "b"]); repeatable.'),
 ]
-ConfigFileOpt = Annotated[Path | None, typer.Option("--config", help="JSON file of config fields.")]
-DeviceOpt = Annotated[str | None, typer.Option(help="cuda, mps or cpu (default: the best available).")]
 
 
 def _csv(text: str | None, cast: Callable[[str], Any] = str, what: str = "value") -> tuple[Any, ...] | None:
@@ -333,6 +328,8 @@ _ManifestOpt = Annotated[
 _SplitOpt = Annotated[str | None, typer.Option(help="test (held out of builds), train or all.")]
 _ClipsOpt = Annotated[int | None, typer.Option(help="Harmful clips.")]
 _RestartsOpt = Annotated[int | None, typer.Option(help="Random restarts.")]
+_TokensOpt = Annotated[int | None, typer.Option(help="Tokens per judged answer.")]
+_PgdSeedOpt = Annotated[int | None, typer.Option(help="Seed of PGD starts and TDNF draws.")]
 _BudgetOpt = Annotated[
     list[str] | None,
     typer.Option("--budget", help="linf:<eps> or snr:<dB>; repeat or comma-separate to sweep."),
@@ -368,9 +365,9 @@ def attack_audio_pgd(
     preference_judge: Annotated[
         str | None, typer.Option(help="Pairwise judge against the clean answer, e.g. preference:smollm2.")
     ] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(help="Tokens per judged answer.")] = None,
+    max_new_tokens: _TokensOpt = None,
     resample: Annotated[bool, typer.Option(help="Resample user clips to 16 kHz (else refuse them).")] = True,
-    seed: Annotated[int | None, typer.Option(help="Seed of PGD starts and TDNF draws.")] = None,
+    seed: _PgdSeedOpt = None,
     device: DeviceOpt = None,
     out: OutOpt = None,
     resume: ResumeOpt = False,
@@ -412,8 +409,8 @@ def attack_audio_transfer(
     preference_judge: Annotated[
         str | None, typer.Option(help="Pairwise judge against the clean answer.")
     ] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(help="Tokens per judged answer.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of PGD starts and TDNF draws.")] = None,
+    max_new_tokens: _TokensOpt = None,
+    seed: _PgdSeedOpt = None,
     device: DeviceOpt = None,
     out: OutOpt = None,
     resume: ResumeOpt = False,

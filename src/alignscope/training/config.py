@@ -174,23 +174,39 @@ class SafetySFTConfig(SafetyDataConfig):
 
 
 @dataclass(frozen=True)
-class DeepAlignConfig(SafetyDataConfig):
-    """``deep-align``: safety-recovery augmentation (Qi et al., ICLR 2025, section 3).
+class HarmfulResponsesConfig(SafetyDataConfig):
+    """Settings of the safety recipes that also train on harmful responses to the harmful train prompts
+    (``deep-align``'s recovery prefixes, ``safety-dpo``'s rejected answers).
 
     Attributes:
         harmful_responses: a JSONL file of harmful responses (``{"prompt", "response"}`` or chat records);
             None generates them with ``responses_model``.
         responses_model: the unaligned model whose answers are the harmful responses (None: ``model``).
-        harmful_max_new_tokens: length of generated harmful responses (C tokens of prefix need at least C).
+        harmful_max_new_tokens: length of generated harmful responses.
+    """
+
+    harmful_responses: str | None = None
+    responses_model: str | None = None
+    harmful_max_new_tokens: int = 128
+
+    def _check_recipe(self, check: FieldChecks) -> None:
+        super()._check_recipe(check)
+        check.at_least(1, "harmful_max_new_tokens")
+
+
+@dataclass(frozen=True)
+class DeepAlignConfig(HarmfulResponsesConfig):
+    """``deep-align``: safety-recovery augmentation (Qi et al., ICLR 2025, section 3); the harmful responses
+    (:class:`HarmfulResponsesConfig`) give the prefixes, so C tokens of prefix need ``harmful_max_new_tokens``
+    of at least C.
+
+    Attributes:
         p_zero: probability of k = 0 (a plain refusal example).
         max_prefix_tokens: C, the largest harmful prefix (k ~ Uniform{1..C} otherwise).
         augment: recovery examples per harmful prompt, each with its own k and refusal.
         alpha: weight of the safety loss: ``alpha * CE(recovery) + (1 - alpha) * CE(utility)``.
     """
 
-    harmful_responses: str | None = None
-    responses_model: str | None = None
-    harmful_max_new_tokens: int = 128
     p_zero: float = 0.5
     max_prefix_tokens: int = 100
     augment: int = 2
@@ -198,7 +214,7 @@ class DeepAlignConfig(SafetyDataConfig):
 
     def _check_recipe(self, check: FieldChecks) -> None:
         super()._check_recipe(check)
-        check.at_least(1, "harmful_max_new_tokens", "max_prefix_tokens", "augment")
+        check.at_least(1, "max_prefix_tokens", "augment")
         check.in_range("p_zero", 0, 1)
         check.in_range("alpha", 0, 1)
 
@@ -265,9 +281,9 @@ class HardenConfig(DeepAlignConfig, AdversarialSFTConfig):
         alpha: weight of the safety loss, default 0.4; the utility weight is ``1 - alpha`` (0.6).
         epochs: default 2.
 
-    Every other field is :class:`DeepAlignConfig`'s, :class:`AdversarialSFTConfig`'s and
-    :class:`SafetyDataConfig`'s, with their defaults (``noisy_copies`` applies to every harden record, 0 by
-    default).
+    Every other field is :class:`DeepAlignConfig`'s, :class:`AdversarialSFTConfig`'s,
+    :class:`HarmfulResponsesConfig`'s and :class:`SafetyDataConfig`'s, with their defaults (``noisy_copies``
+    applies to every harden record, 0 by default).
     """
 
     contrast_safe: str = "safe-alarming"
@@ -302,27 +318,21 @@ class HardenConfig(DeepAlignConfig, AdversarialSFTConfig):
 
 
 @dataclass(frozen=True)
-class SafetyDPOConfig(SafetyDataConfig):
-    """``safety-dpo``: preference-based safety alignment with TRL's DPO.
+class SafetyDPOConfig(HarmfulResponsesConfig):
+    """``safety-dpo``: preference-based safety alignment with TRL's DPO; the harmful responses
+    (:class:`HarmfulResponsesConfig`) are the rejected answers.
 
     Attributes:
-        harmful_responses: as in :class:`DeepAlignConfig`.
-        responses_model: as in :class:`DeepAlignConfig`.
-        harmful_max_new_tokens: as in :class:`DeepAlignConfig`.
         beta: DPO's KL strength.
         utility_pairs: add pairs with chosen = the model's own answer to a benign instruction and rejected = a
             refusal, so the model does not learn to refuse everything.
     """
 
-    harmful_responses: str | None = None
-    responses_model: str | None = None
-    harmful_max_new_tokens: int = 128
     beta: float = 0.1
     utility_pairs: bool = True
 
     def _check_recipe(self, check: FieldChecks) -> None:
         super()._check_recipe(check)
-        check.at_least(1, "harmful_max_new_tokens")
         check.positive("beta")
 
 

@@ -46,6 +46,7 @@ from alignscope.training.config import (
     ConstrainedSFTConfig,
     DeepAlignConfig,
     HardenConfig,
+    HarmfulResponsesConfig,
     SafetyDataConfig,
     SafetyDPOConfig,
     SafetySFTConfig,
@@ -144,7 +145,7 @@ def _responses_source(session: Session, spec: str | None) -> LocalModel:
     return load_model(spec, device=str(session.model.device), dtype=session.config.dtype)
 
 
-def _train_harmful_pairs(session: Session, cfg: DeepAlignConfig | SafetyDPOConfig) -> list[HarmfulPair]:
+def _train_harmful_pairs(session: Session, cfg: HarmfulResponsesConfig) -> list[HarmfulPair]:
     """Harmful responses to the harmful suite's train prompts: from ``cfg.harmful_responses`` or written by
     ``cfg.responses_model`` (see :func:`harmful_pairs`)."""
     return harmful_pairs(

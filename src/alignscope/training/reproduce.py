@@ -44,6 +44,9 @@ log = logging.getLogger("alignscope.training")
 
 MODELS = ("base", "aligned", "deep")
 
+_DEEP_ALIGN_FIELDS = ("augment", "p_zero", "max_prefix_tokens", "alpha")
+"""The :class:`DeepAlignConfig` fields the reproduction sets from its own ``deep_<field>``."""
+
 
 @dataclass(frozen=True)
 class ShallowDeepConfig(ConfigIO):
@@ -295,26 +298,50 @@ def reproduce_shallow_vs_deep(
     return ShallowDeepResult(metrics, adapters, checks, markdown, time.perf_counter() - start)
 
 
-def _train_stage(out: RunDir, name: str, cfg: ShallowDeepConfig, progress: bool) -> Path:
-    run_dir = out.path / name
+def _finished_adapter(run_dir: Path) -> Path | None:
+    """The adapter a finished training stage left in ``run_dir`` (its provenance file is written last), else
+    None: a killed run resumes by reusing it."""
     adapter = run_dir / "adapter"
-    if (adapter / PROVENANCE_FILE).exists():
-        return adapter
-    common: dict[str, Any] = {
-        "model": cfg.model,
+    return adapter if (adapter / PROVENANCE_FILE).exists() else None
+
+
+def _stage_fields(
+    cfg: ShallowDeepConfig, run_dir: Path, progress: bool, *, model: str, epochs: float, learning_rate: float
+) -> dict[str, Any]:
+    """The settings every training stage of the reproduction shares: resumable in ``run_dir``, the
+    reproduction's seed, harmful suite and split, and its generation batch size for the data it builds."""
+    return {
+        "model": model,
         "out": str(run_dir),
         "resume": True,
         "seed": cfg.seed,
-        "epochs": cfg.epochs,
-        "learning_rate": cfg.learning_rate,
+        "epochs": epochs,
+        "learning_rate": learning_rate,
         "harmful_suite": cfg.harmful_suite,
-        "utility_suite": cfg.benign_suite,
         "split_seed": cfg.split_seed,
         "test_fraction": cfg.test_fraction,
-        "n_utility": None,
-        "utility_max_new_tokens": cfg.utility_max_new_tokens,
         "progress": progress,
         "gen_batch_size": cfg.batch_size,
+    }
+
+
+def _base_answers(cfg: ShallowDeepConfig) -> dict[str, Any]:
+    """The harmful answers deep-align prefixes and the fine-tuning attack trains on: the base model's, of
+    the reproduction's length."""
+    return {"responses_model": cfg.model, "harmful_max_new_tokens": cfg.harmful_max_new_tokens}
+
+
+def _train_stage(out: RunDir, name: str, cfg: ShallowDeepConfig, progress: bool) -> Path:
+    run_dir = out.path / name
+    if finished := _finished_adapter(run_dir):
+        return finished
+    common = _stage_fields(
+        cfg, run_dir, progress, model=cfg.model, epochs=cfg.epochs, learning_rate=cfg.learning_rate
+    )
+    common |= {
+        "utility_suite": cfg.benign_suite,
+        "n_utility": None,
+        "utility_max_new_tokens": cfg.utility_max_new_tokens,
     }
     if name == "aligned":
         result = train("safety-sft", SafetySFTConfig(**common, refusals_per_prompt=cfg.refusals_per_prompt))
@@ -322,42 +349,20 @@ def _train_stage(out: RunDir, name: str, cfg: ShallowDeepConfig, progress: bool)
         if cfg.deep_from == "aligned":
             # the base model answers (harmful responses and utility), the aligned model is deepened
             common |= {"model": str(out.path / "aligned" / "adapter"), "utility_model": cfg.model}
-        result = train(
-            "deep-align",
-            DeepAlignConfig(
-                **common,
-                responses_model=cfg.model,
-                augment=cfg.deep_augment,
-                p_zero=cfg.deep_p_zero,
-                max_prefix_tokens=cfg.deep_max_prefix_tokens,
-                alpha=cfg.deep_alpha,
-                harmful_max_new_tokens=cfg.harmful_max_new_tokens,
-            ),
-        )
+        deep = {key: getattr(cfg, f"deep_{key}") for key in _DEEP_ALIGN_FIELDS}
+        result = train("deep-align", DeepAlignConfig(**common, **deep, **_base_answers(cfg)))
     return result.output
 
 
 def _attack_stage(out: RunDir, label: str, aligned: Path, cfg: ShallowDeepConfig, progress: bool) -> Path:
     run_dir = out.path / f"attack-{label}"
-    adapter = run_dir / "adapter"
-    if (adapter / PROVENANCE_FILE).exists():
-        return adapter
-    config = FinetuneAttackConfig(
-        model=str(aligned),
-        out=str(run_dir),
-        resume=True,
-        seed=cfg.seed,
-        epochs=cfg.attack_epochs,
-        learning_rate=cfg.attack_learning_rate,
-        n_examples=cfg.attack_examples,
-        harmful_suite=cfg.harmful_suite,
-        split_seed=cfg.split_seed,
-        test_fraction=cfg.test_fraction,
-        responses_model=cfg.model,
-        harmful_max_new_tokens=cfg.harmful_max_new_tokens,
-        progress=progress,
-        gen_batch_size=cfg.batch_size,
+    if finished := _finished_adapter(run_dir):
+        return finished
+    epochs, learning_rate = cfg.attack_epochs, cfg.attack_learning_rate
+    common = _stage_fields(
+        cfg, run_dir, progress, model=str(aligned), epochs=epochs, learning_rate=learning_rate
     )
+    config = FinetuneAttackConfig(**common, n_examples=cfg.attack_examples, **_base_answers(cfg))
     return finetune_attack("harmful", None if label == "standard" else label, config).output
 
 
