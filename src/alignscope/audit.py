@@ -11,16 +11,15 @@ re-judged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from alignscope.attacks.prefill import DEFAULT_KS
 from alignscope.config_io import ConfigIO, RunSettings
 from alignscope.judges.registry import check_judge_spec
-from alignscope.models.base import ChatModel
 from alignscope.models.loading import DEFAULT_MODEL
-from alignscope.models.pool import ModelPool, pool_of
+from alignscope.models.pool import ModelPool
+from alignscope.runs.experiment import experiment
 from alignscope.runs.store import RunDir
 from alignscope.validation import FieldChecks
 
@@ -114,13 +113,8 @@ class AuditResult(ConfigIO):
         return "\n".join(lines)
 
 
-def run_audit(
-    config: AuditConfig | None = None,
-    run: RunDir | None = None,
-    *,
-    models: ModelPool | Mapping[str, ChatModel] | None = None,
-    progress: bool = True,
-) -> AuditResult:
+@experiment(AuditConfig, report=False)  # rebuilds the report itself, for its metrics
+def run_audit(config: AuditConfig, run: RunDir | None, pool: ModelPool, progress: bool) -> AuditResult:
     """Audit one model into ``run`` (required for the report; without it the stages run in memory and only
     their rates are returned). ``models`` shares already-loaded models (tests pass tiny models)."""
     from alignscope.analysis.token_kl import TokenKLConfig, run_token_kl
@@ -131,10 +125,8 @@ def run_audit(
     from alignscope.models.local import LocalModel
     from alignscope.report.build import rebuild
 
-    config = config or AuditConfig()
     harmful = load_suite(config.harmful_suite)  # bad suites fail before a model loads
     borderline = load_suite(config.borderline_suite)
-    pool = pool_of(models, config.device, config.dtype)
     model = pool.get(config.model)
     common: dict[str, Any] = {
         "model": config.model,

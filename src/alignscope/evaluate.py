@@ -7,7 +7,7 @@ and a finished one can be re-judged.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,8 +19,8 @@ from alignscope.judges.outcomes import outcome_rates
 from alignscope.judges.registry import check_judge_spec
 from alignscope.models.base import ChatModel, GenerationConfig, user_turn
 from alignscope.models.loading import DEFAULT_MODEL
-from alignscope.models.pool import ModelPool, pool_of
-from alignscope.runs.finish import rebuild_report
+from alignscope.models.pool import ModelPool
+from alignscope.runs.experiment import experiment
 from alignscope.runs.store import RunDir
 from alignscope.validation import FieldChecks
 
@@ -120,23 +120,17 @@ def evaluate_suites(
     return generate_and_judge(model, items, STAGE, gen, judge, run, progress=progress)
 
 
+@experiment(EvaluateConfig)
 def run_evaluate(
-    config: EvaluateConfig | None = None,
-    run: RunDir | None = None,
-    *,
-    models: ModelPool | Mapping[str, ChatModel] | None = None,
-    progress: bool = True,
+    config: EvaluateConfig, run: RunDir | None, pool: ModelPool, progress: bool
 ) -> EvaluateResult:
     """Evaluate ``config.model`` on ``config.suites``; with ``run``, records are stored (resumable) and the
     report is rebuilt. ``models`` shares already-loaded models (a pool, or specs mapped to models)."""
     from alignscope.data import load_suite
 
-    config = config or EvaluateConfig()
     suites = [load_suite(s).take(config.n, config.seed) for s in config.suites]
-    pool = pool_of(models, config.device, config.dtype)
     model = pool.get(config.model)
     judge = pool.judge(config.judge)
     records = evaluate_suites(model, suites, judge, config.generation(), run, progress, config.system)
     rates = {s.name: outcome_rates([r for r in records if r["suite"] == s.name]) for s in suites}
-    rebuild_report(run)
     return EvaluateResult(rates, model.name, judge.name, records)

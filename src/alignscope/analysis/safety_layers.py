@@ -40,11 +40,11 @@ from alignscope.config_io import ConfigIO, RunSettings
 from alignscope.judges.base import Judge
 from alignscope.judges.keyword import KeywordJudge
 from alignscope.judges.registry import check_judge_spec
-from alignscope.models.base import ChatModel, ModelError
+from alignscope.models.base import ModelError
 from alignscope.models.loading import DEFAULT_MODEL, load_model
 from alignscope.models.local import LocalModel
-from alignscope.models.pool import ModelPool, pool_of
-from alignscope.runs.finish import rebuild_report
+from alignscope.models.pool import ModelPool
+from alignscope.runs.experiment import experiment
 from alignscope.runs.store import RunDir
 from alignscope.validation import FieldChecks, OptionError
 
@@ -229,17 +229,12 @@ class SafetyLayersResult(ConfigIO):
         return "; ".join(parts)
 
 
+@experiment(SafetyLayersConfig)
 def run_safety_layers(
-    config: SafetyLayersConfig | None = None,
-    run: RunDir | None = None,
-    *,
-    models: ModelPool | Mapping[str, ChatModel] | None = None,
-    progress: bool = True,
+    config: SafetyLayersConfig, run: RunDir | None, pool: ModelPool, progress: bool
 ) -> SafetyLayersResult:
     """The safety-layer experiment: load the model (and the control) and the judge, scan, detect, localise,
     fit the probe guard and draw the views into ``run`` (resumable), then rebuild its report."""
-    config = config or SafetyLayersConfig()
-    pool = pool_of(models, config.device, config.dtype)
 
     def local(spec: str) -> LocalModel:
         m = pool.get(spec)
@@ -247,7 +242,7 @@ def run_safety_layers(
             raise ModelError(f"{m.name} is not a local model: the safety-layer scan needs its hidden states")
         return m
 
-    result = analyze_safety_layers(
+    return analyze_safety_layers(
         local(config.model),
         control=local(config.control) if config.control is not None else None,
         localize=config.localize,
@@ -273,8 +268,6 @@ def run_safety_layers(
         saliency=config.saliency,
         progress=progress,
     )
-    rebuild_report(run)
-    return result
 
 
 def _prompts(source: str | Sequence[str], n: int | None, seed: int) -> tuple[list[str], str]:
