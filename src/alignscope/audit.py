@@ -11,6 +11,7 @@ re-judged.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -128,13 +129,25 @@ def run_audit(config: AuditConfig, run: RunDir | None, pool: ModelPool, progress
     harmful = load_suite(config.harmful_suite)  # bad suites fail before a model loads
     borderline = load_suite(config.borderline_suite)
     model = pool.get(config.model)
+    source = config.prefill_source or config.reference or DEFAULT_MODEL
+    # the attack stages share the harmful suite; prefilling and KL also share the source's harmful answers
     common: dict[str, Any] = {
         "model": config.model,
+        "suite": config.harmful_suite,
         "judge": config.judge,
         "seed": config.seed,
         "batch_size": config.batch_size,
     }
+    answers: dict[str, Any] = {"n": config.n_prefill, "source": source}
     notes: dict[str, str] = {}
+
+    def stage(runner: Callable[..., object], stage_config: RunSettings) -> None:
+        """Run a sub-experiment into the audit's run, on the audit's pool of models."""
+        runner(stage_config, run, models=pool, progress=progress)
+
+    def not_applicable(key: str, text: str) -> None:
+        notes[key] = note(run, key, text)
+
     evaluate_suites(
         model,
         [harmful.take(config.n_harmful, config.seed), borderline.take(config.n_borderline, config.seed)],
@@ -145,61 +158,42 @@ def run_audit(config: AuditConfig, run: RunDir | None, pool: ModelPool, progress
         run,
         progress,
     )
-    source = config.prefill_source or config.reference or DEFAULT_MODEL
     counter = pool.get(source)
     if model.supports_prefill and (isinstance(model, LocalModel) or isinstance(counter, LocalModel)):
-        run_prefill(
+        stage(
+            run_prefill,
             PrefillConfig(
-                suite=config.harmful_suite,
-                n=config.n_prefill,
                 ks=config.prefill_ks,
-                source=source,
                 max_new_tokens=config.attack_tokens,
                 response_tokens=max(config.kl_tokens, 64),
+                **answers,
                 **common,
             ),
-            run,
-            models=pool,
-            progress=progress,
         )
     else:
-        notes["prefill"] = note(
-            run,
+        not_applicable(
             "prefill",
             f"{model.name} does not accept an assistant prefill: the prefilling attack is not applicable to it.",
         )
     if config.decoding != "off":
-        run_decoding(
+        stage(
+            run_decoding,
             DecodingConfig(
-                suite=config.harmful_suite,
                 n=config.n_decoding,
                 grid=config.decoding,
                 max_new_tokens=config.attack_tokens,
                 **common,
             ),
-            run,
-            models=pool,
-            progress=progress,
         )
     if config.reference is not None:
         reference = pool.get(config.reference)
         if isinstance(model, LocalModel) and isinstance(reference, LocalModel):
-            run_token_kl(
-                TokenKLConfig(
-                    reference=config.reference,
-                    suite=config.harmful_suite,
-                    n=config.n_prefill,
-                    source=source,
-                    max_tokens=config.kl_tokens,
-                    **common,
-                ),
-                run,
-                models=pool,
-                progress=progress,
+            stage(
+                run_token_kl,
+                TokenKLConfig(reference=config.reference, max_tokens=config.kl_tokens, **answers, **common),
             )
         else:
-            notes["token_kl"] = note(
-                run,
+            not_applicable(
                 "token_kl",
                 "the per-token KL needs the logits of both models: not applicable to remote models.",
             )
@@ -208,7 +202,8 @@ def run_audit(config: AuditConfig, run: RunDir | None, pool: ModelPool, progress
             if run is None or "safety_layers" not in run.metrics():
                 from alignscope.analysis.safety_layers import SafetyLayersConfig, run_safety_layers
 
-                run_safety_layers(
+                stage(
+                    run_safety_layers,
                     SafetyLayersConfig(
                         model=config.model,
                         n=config.n_safety,
@@ -216,13 +211,9 @@ def run_audit(config: AuditConfig, run: RunDir | None, pool: ModelPool, progress
                         device=config.device,
                         dtype=config.dtype,
                     ),
-                    run,
-                    models=pool,
-                    progress=progress,
                 )
         else:
-            notes["safety_layers"] = note(
-                run,
+            not_applicable(
                 "safety_layers",
                 "the safety-layer scan needs hidden states: not applicable to remote models.",
             )
