@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from alignscope.attacks.prefill import DEFAULT_KS
 from alignscope.config_io import ConfigIO, RunSettings
+from alignscope.evaluate import rates_text
+from alignscope.judges.outcomes import MEASURE_LABELS
 from alignscope.judges.registry import check_judge_spec
 from alignscope.models.loading import DEFAULT_MODEL
 from alignscope.models.pool import ModelPool
@@ -92,23 +94,19 @@ class AuditResult(ConfigIO):
     notes: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
-        lines = []
-        for suite, m in self.metrics.get("evaluate", {}).items():
-            harm = "not judged" if m.get("harmful") is None else f"{100 * m['harmful']['rate']:.1f}%"
-            lines.append(
-                f"{suite}: refused {100 * m['refusal']['rate']:.1f}%, not refused "
-                f"{100 * m['non_refusal']['rate']:.1f}%, harmful {harm} (judge {m['judge']})"
-            )
+        lines = [
+            f"{suite}: {rates_text(m)} (judge {m['judge']})"
+            for suite, m in self.metrics.get("evaluate", {}).items()
+        ]
         pre = self.metrics.get("prefill")
         if pre:
-            name = "harmful rate" if pre["measure"] == "harmful" else "non-refusal rate"
             per_k = ", ".join(f"k={k}: {100 * v['rate']:.0f}%" for k, v in pre["success"].items())
-            lines.append(f"prefilling attack, {name}: {per_k}")
+            lines.append(f"prefilling attack, {MEASURE_LABELS[pre['measure']]}: {per_k}")
         dec = self.metrics.get("decoding")
         if dec:
-            name = "harmful rate" if dec["measure"] == "harmful" else "non-refusal rate"
             lines.append(
-                f"decoding exploit, worst-case {name}: {100 * float(dec['worst_case']['rate']):.1f}%"
+                f"decoding exploit, worst-case {MEASURE_LABELS[dec['measure']]}: "
+                f"{100 * float(dec['worst_case']['rate']):.1f}%"
             )
         lines += [f"not applicable: {text}" for text in self.notes.values()]
         return "\n".join(lines)

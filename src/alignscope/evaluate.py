@@ -7,7 +7,7 @@ and a finished one can be re-judged.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,13 +93,19 @@ class EvaluateResult(ConfigIO):
 
     def summary(self) -> str:
         lines = [f"{self.model}, judge {self.judge}:"]
-        for suite, r in self.rates.items():
-            harm = "not judged" if r["harmful"] is None else f"{100 * r['harmful']['rate']:.1f}%"
-            lines.append(
-                f"  {suite}: refused {100 * r['refusal']['rate']:.1f}%, not refused "
-                f"{100 * r['non_refusal']['rate']:.1f}%, harmful {harm} (n={r['refusal']['n']})"
-            )
+        lines += [f"  {suite}: {rates_text(r)} (n={r['refusal']['n']})" for suite, r in self.rates.items()]
         return "\n".join(lines)
+
+
+def rates_text(rates: Mapping[str, Any]) -> str:
+    """One suite's outcome rates as ``refused 12.5%, not refused 87.5%, harmful 2.5%`` (``not judged`` when
+    its ``harmful`` rate is None or missing); the evaluate and audit summaries share it."""
+    harmful = rates.get("harmful")
+    harm = "not judged" if harmful is None else f"{100 * harmful['rate']:.1f}%"
+    return (
+        f"refused {100 * rates['refusal']['rate']:.1f}%, not refused "
+        f"{100 * rates['non_refusal']['rate']:.1f}%, harmful {harm}"
+    )
 
 
 def evaluate_suites(
