@@ -153,6 +153,29 @@ class SafetyLayersConfig(RunSettings):
         )
 
 
+PASSED_THROUGH: tuple[str, ...] = (
+    "localize",
+    "initial_range",
+    "normal",
+    "malicious",
+    "overrejection",
+    "rule",
+    "alpha",
+    "max_new_tokens",
+    "radius",
+    "probe",
+    "guard_contrast",
+    "guard_safe",
+    "guard_unsafe",
+    "guard_test_fraction",
+    "guard_split_seed",
+    "saliency",
+)
+"""The :class:`SafetyLayersConfig` fields that :func:`run_safety_layers` hands to :func:`analyze_safety_layers`
+unchanged, as the parameter of the same name; the others are loaded or assembled first (models, judge, scan
+and probe configs)."""
+
+
 @dataclass(frozen=True)
 class SafetyLayersResult(ConfigIO):
     """What the safety-layer experiment found (``metrics["safety_layers"]`` of its run).
@@ -245,28 +268,13 @@ def run_safety_layers(
     return analyze_safety_layers(
         local(config.model),
         control=local(config.control) if config.control is not None else None,
-        localize=config.localize,
-        initial_range=config.initial_range,
         out=run,
-        normal=config.normal,
-        malicious=config.malicious,
-        overrejection=config.overrejection,
         n_prompts=config.n,
         config=config.scan_config(),
-        rule=config.rule,
-        alpha=config.alpha,
         judge=pool.judge(config.judge) if config.localize else None,
-        max_new_tokens=config.max_new_tokens,
-        radius=config.radius,
-        probe=config.probe,
         probe_config=config.probe_config(),
-        guard_contrast=config.guard_contrast,
-        guard_safe=config.guard_safe,
-        guard_unsafe=config.guard_unsafe,
-        guard_test_fraction=config.guard_test_fraction,
-        guard_split_seed=config.guard_split_seed,
-        saliency=config.saliency,
         progress=progress,
+        **{name: getattr(config, name) for name in PASSED_THROUGH},
     )
 
 
