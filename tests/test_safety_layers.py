@@ -517,6 +517,20 @@ def test_safety_layers_old_guard_fit_is_reachable(tiny4, tmp_path: Path):
     assert saved.metrics["fit"] == "harmful-vs-benign"
 
 
+def test_passed_through_fields_are_config_fields_and_analysis_parameters():
+    """run_safety_layers hands these on by name: each must be a field of the config and a keyword parameter of
+    analyze_safety_layers (a misspelt one would fail only when the experiment runs)."""
+    import dataclasses
+    import inspect
+
+    from alignscope.analysis.safety_layers import PASSED_THROUGH, SafetyLayersConfig
+
+    fields = {f.name: f for f in dataclasses.fields(SafetyLayersConfig)}
+    params = inspect.signature(analyze_safety_layers).parameters
+    for name in PASSED_THROUGH:
+        assert name in fields and params[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+
+
 # -- transparency view ---------------------------------------------------------------------------------------
 
 

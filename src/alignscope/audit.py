@@ -11,16 +11,18 @@ re-judged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from alignscope.attacks.prefill import DEFAULT_KS
 from alignscope.config_io import ConfigIO, RunSettings
+from alignscope.evaluate import rates_text
+from alignscope.judges.outcomes import MEASURE_LABELS
 from alignscope.judges.registry import check_judge_spec
-from alignscope.models.base import ChatModel
 from alignscope.models.loading import DEFAULT_MODEL
-from alignscope.models.pool import ModelPool, pool_of
+from alignscope.models.pool import ModelPool
+from alignscope.runs.experiment import experiment
 from alignscope.runs.store import RunDir
 from alignscope.validation import FieldChecks
 
@@ -92,35 +94,26 @@ class AuditResult(ConfigIO):
     notes: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
-        lines = []
-        for suite, m in self.metrics.get("evaluate", {}).items():
-            harm = "not judged" if m.get("harmful") is None else f"{100 * m['harmful']['rate']:.1f}%"
-            lines.append(
-                f"{suite}: refused {100 * m['refusal']['rate']:.1f}%, not refused "
-                f"{100 * m['non_refusal']['rate']:.1f}%, harmful {harm} (judge {m['judge']})"
-            )
+        lines = [
+            f"{suite}: {rates_text(m)} (judge {m['judge']})"
+            for suite, m in self.metrics.get("evaluate", {}).items()
+        ]
         pre = self.metrics.get("prefill")
         if pre:
-            name = "harmful rate" if pre["measure"] == "harmful" else "non-refusal rate"
             per_k = ", ".join(f"k={k}: {100 * v['rate']:.0f}%" for k, v in pre["success"].items())
-            lines.append(f"prefilling attack, {name}: {per_k}")
+            lines.append(f"prefilling attack, {MEASURE_LABELS[pre['measure']]}: {per_k}")
         dec = self.metrics.get("decoding")
         if dec:
-            name = "harmful rate" if dec["measure"] == "harmful" else "non-refusal rate"
             lines.append(
-                f"decoding exploit, worst-case {name}: {100 * float(dec['worst_case']['rate']):.1f}%"
+                f"decoding exploit, worst-case {MEASURE_LABELS[dec['measure']]}: "
+                f"{100 * float(dec['worst_case']['rate']):.1f}%"
             )
         lines += [f"not applicable: {text}" for text in self.notes.values()]
         return "\n".join(lines)
 
 
-def run_audit(
-    config: AuditConfig | None = None,
-    run: RunDir | None = None,
-    *,
-    models: ModelPool | Mapping[str, ChatModel] | None = None,
-    progress: bool = True,
-) -> AuditResult:
+@experiment(AuditConfig, report=False)  # rebuilds the report itself, for its metrics
+def run_audit(config: AuditConfig, run: RunDir | None, pool: ModelPool, progress: bool) -> AuditResult:
     """Audit one model into ``run`` (required for the report; without it the stages run in memory and only
     their rates are returned). ``models`` shares already-loaded models (tests pass tiny models)."""
     from alignscope.analysis.token_kl import TokenKLConfig, run_token_kl
@@ -131,18 +124,28 @@ def run_audit(
     from alignscope.models.local import LocalModel
     from alignscope.report.build import rebuild
 
-    config = config or AuditConfig()
     harmful = load_suite(config.harmful_suite)  # bad suites fail before a model loads
     borderline = load_suite(config.borderline_suite)
-    pool = pool_of(models, config.device, config.dtype)
     model = pool.get(config.model)
+    source = config.prefill_source or config.reference or DEFAULT_MODEL
+    # the attack stages share the harmful suite; prefilling and KL also share the source's harmful answers
     common: dict[str, Any] = {
         "model": config.model,
+        "suite": config.harmful_suite,
         "judge": config.judge,
         "seed": config.seed,
         "batch_size": config.batch_size,
     }
+    answers: dict[str, Any] = {"n": config.n_prefill, "source": source}
     notes: dict[str, str] = {}
+
+    def stage(runner: Callable[..., object], stage_config: RunSettings) -> None:
+        """Run a sub-experiment into the audit's run, on the audit's pool of models."""
+        runner(stage_config, run, models=pool, progress=progress)
+
+    def not_applicable(key: str, text: str) -> None:
+        notes[key] = note(run, key, text)
+
     evaluate_suites(
         model,
         [harmful.take(config.n_harmful, config.seed), borderline.take(config.n_borderline, config.seed)],
@@ -153,61 +156,42 @@ def run_audit(
         run,
         progress,
     )
-    source = config.prefill_source or config.reference or DEFAULT_MODEL
     counter = pool.get(source)
     if model.supports_prefill and (isinstance(model, LocalModel) or isinstance(counter, LocalModel)):
-        run_prefill(
+        stage(
+            run_prefill,
             PrefillConfig(
-                suite=config.harmful_suite,
-                n=config.n_prefill,
                 ks=config.prefill_ks,
-                source=source,
                 max_new_tokens=config.attack_tokens,
                 response_tokens=max(config.kl_tokens, 64),
+                **answers,
                 **common,
             ),
-            run,
-            models=pool,
-            progress=progress,
         )
     else:
-        notes["prefill"] = note(
-            run,
+        not_applicable(
             "prefill",
             f"{model.name} does not accept an assistant prefill: the prefilling attack is not applicable to it.",
         )
     if config.decoding != "off":
-        run_decoding(
+        stage(
+            run_decoding,
             DecodingConfig(
-                suite=config.harmful_suite,
                 n=config.n_decoding,
                 grid=config.decoding,
                 max_new_tokens=config.attack_tokens,
                 **common,
             ),
-            run,
-            models=pool,
-            progress=progress,
         )
     if config.reference is not None:
         reference = pool.get(config.reference)
         if isinstance(model, LocalModel) and isinstance(reference, LocalModel):
-            run_token_kl(
-                TokenKLConfig(
-                    reference=config.reference,
-                    suite=config.harmful_suite,
-                    n=config.n_prefill,
-                    source=source,
-                    max_tokens=config.kl_tokens,
-                    **common,
-                ),
-                run,
-                models=pool,
-                progress=progress,
+            stage(
+                run_token_kl,
+                TokenKLConfig(reference=config.reference, max_tokens=config.kl_tokens, **answers, **common),
             )
         else:
-            notes["token_kl"] = note(
-                run,
+            not_applicable(
                 "token_kl",
                 "the per-token KL needs the logits of both models: not applicable to remote models.",
             )
@@ -216,7 +200,8 @@ def run_audit(
             if run is None or "safety_layers" not in run.metrics():
                 from alignscope.analysis.safety_layers import SafetyLayersConfig, run_safety_layers
 
-                run_safety_layers(
+                stage(
+                    run_safety_layers,
                     SafetyLayersConfig(
                         model=config.model,
                         n=config.n_safety,
@@ -224,13 +209,9 @@ def run_audit(
                         device=config.device,
                         dtype=config.dtype,
                     ),
-                    run,
-                    models=pool,
-                    progress=progress,
                 )
         else:
-            notes["safety_layers"] = note(
-                run,
+            not_applicable(
                 "safety_layers",
                 "the safety-layer scan needs hidden states: not applicable to remote models.",
             )

@@ -19,8 +19,8 @@ from alignscope.judges.outcomes import outcome_rates
 from alignscope.judges.registry import check_judge_spec
 from alignscope.models.base import ChatModel, GenerationConfig, user_turn
 from alignscope.models.loading import DEFAULT_MODEL
-from alignscope.models.pool import ModelPool, pool_of
-from alignscope.runs.finish import rebuild_report
+from alignscope.models.pool import ModelPool
+from alignscope.runs.experiment import experiment
 from alignscope.runs.store import RunDir
 from alignscope.validation import FieldChecks
 
@@ -93,13 +93,19 @@ class EvaluateResult(ConfigIO):
 
     def summary(self) -> str:
         lines = [f"{self.model}, judge {self.judge}:"]
-        for suite, r in self.rates.items():
-            harm = "not judged" if r["harmful"] is None else f"{100 * r['harmful']['rate']:.1f}%"
-            lines.append(
-                f"  {suite}: refused {100 * r['refusal']['rate']:.1f}%, not refused "
-                f"{100 * r['non_refusal']['rate']:.1f}%, harmful {harm} (n={r['refusal']['n']})"
-            )
+        lines += [f"  {suite}: {rates_text(r)} (n={r['refusal']['n']})" for suite, r in self.rates.items()]
         return "\n".join(lines)
+
+
+def rates_text(rates: Mapping[str, Any]) -> str:
+    """One suite's outcome rates as ``refused 12.5%, not refused 87.5%, harmful 2.5%`` (``not judged`` when
+    its ``harmful`` rate is None or missing); the evaluate and audit summaries share it."""
+    harmful = rates.get("harmful")
+    harm = "not judged" if harmful is None else f"{100 * harmful['rate']:.1f}%"
+    return (
+        f"refused {100 * rates['refusal']['rate']:.1f}%, not refused "
+        f"{100 * rates['non_refusal']['rate']:.1f}%, harmful {harm}"
+    )
 
 
 def evaluate_suites(
@@ -120,23 +126,17 @@ def evaluate_suites(
     return generate_and_judge(model, items, STAGE, gen, judge, run, progress=progress)
 
 
+@experiment(EvaluateConfig)
 def run_evaluate(
-    config: EvaluateConfig | None = None,
-    run: RunDir | None = None,
-    *,
-    models: ModelPool | Mapping[str, ChatModel] | None = None,
-    progress: bool = True,
+    config: EvaluateConfig, run: RunDir | None, pool: ModelPool, progress: bool
 ) -> EvaluateResult:
     """Evaluate ``config.model`` on ``config.suites``; with ``run``, records are stored (resumable) and the
     report is rebuilt. ``models`` shares already-loaded models (a pool, or specs mapped to models)."""
     from alignscope.data import load_suite
 
-    config = config or EvaluateConfig()
     suites = [load_suite(s).take(config.n, config.seed) for s in config.suites]
-    pool = pool_of(models, config.device, config.dtype)
     model = pool.get(config.model)
     judge = pool.judge(config.judge)
     records = evaluate_suites(model, suites, judge, config.generation(), run, progress, config.system)
     rates = {s.name: outcome_rates([r for r in records if r["suite"] == s.name]) for s in suites}
-    rebuild_report(run)
     return EvaluateResult(rates, model.name, judge.name, records)

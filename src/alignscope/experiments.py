@@ -7,10 +7,12 @@ Every experiment has the shape of nanoGCG's ``run`` and of training's ``train(re
     result.to_dict(); PrefillResult.from_dict(d)
 
 :data:`EXPERIMENTS` names, for each, its config class, its ``run_x`` function, its CLI command and the report
-section that shows its records. Entries hold dotted paths and are resolved only when used, so this module
-imports nothing heavy and nothing imports it back: the CLI is generated from it (:mod:`alignscope.cli`), the
-report builds its sections from it (:func:`report_sections`), and the package root re-exports every config and
-``run_x`` from it.
+section that shows its records. The experiments that load their models into a shared pool get their
+``run_x(config=None, run=None, *, models=None, progress=True)`` signature, default config, pool and final
+report rebuild from one decorator, :func:`alignscope.runs.experiment.experiment`. Entries hold dotted paths and
+are resolved only when used, so this module imports nothing heavy and nothing imports it back: the CLI is
+generated from it (:mod:`alignscope.cli`), the report builds its sections from it (:func:`report_sections`), and
+the package root re-exports every config and ``run_x`` from it.
 """
 
 from __future__ import annotations

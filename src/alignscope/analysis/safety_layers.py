@@ -40,11 +40,11 @@ from alignscope.config_io import ConfigIO, RunSettings
 from alignscope.judges.base import Judge
 from alignscope.judges.keyword import KeywordJudge
 from alignscope.judges.registry import check_judge_spec
-from alignscope.models.base import ChatModel, ModelError
+from alignscope.models.base import ModelError
 from alignscope.models.loading import DEFAULT_MODEL, load_model
 from alignscope.models.local import LocalModel
-from alignscope.models.pool import ModelPool, pool_of
-from alignscope.runs.finish import rebuild_report
+from alignscope.models.pool import ModelPool
+from alignscope.runs.experiment import experiment
 from alignscope.runs.store import RunDir
 from alignscope.validation import FieldChecks, OptionError
 
@@ -153,6 +153,29 @@ class SafetyLayersConfig(RunSettings):
         )
 
 
+PASSED_THROUGH: tuple[str, ...] = (
+    "localize",
+    "initial_range",
+    "normal",
+    "malicious",
+    "overrejection",
+    "rule",
+    "alpha",
+    "max_new_tokens",
+    "radius",
+    "probe",
+    "guard_contrast",
+    "guard_safe",
+    "guard_unsafe",
+    "guard_test_fraction",
+    "guard_split_seed",
+    "saliency",
+)
+"""The :class:`SafetyLayersConfig` fields that :func:`run_safety_layers` hands to :func:`analyze_safety_layers`
+unchanged, as the parameter of the same name; the others are loaded or assembled first (models, judge, scan
+and probe configs)."""
+
+
 @dataclass(frozen=True)
 class SafetyLayersResult(ConfigIO):
     """What the safety-layer experiment found (``metrics["safety_layers"]`` of its run).
@@ -229,17 +252,12 @@ class SafetyLayersResult(ConfigIO):
         return "; ".join(parts)
 
 
+@experiment(SafetyLayersConfig)
 def run_safety_layers(
-    config: SafetyLayersConfig | None = None,
-    run: RunDir | None = None,
-    *,
-    models: ModelPool | Mapping[str, ChatModel] | None = None,
-    progress: bool = True,
+    config: SafetyLayersConfig, run: RunDir | None, pool: ModelPool, progress: bool
 ) -> SafetyLayersResult:
     """The safety-layer experiment: load the model (and the control) and the judge, scan, detect, localise,
     fit the probe guard and draw the views into ``run`` (resumable), then rebuild its report."""
-    config = config or SafetyLayersConfig()
-    pool = pool_of(models, config.device, config.dtype)
 
     def local(spec: str) -> LocalModel:
         m = pool.get(spec)
@@ -247,34 +265,17 @@ def run_safety_layers(
             raise ModelError(f"{m.name} is not a local model: the safety-layer scan needs its hidden states")
         return m
 
-    result = analyze_safety_layers(
+    return analyze_safety_layers(
         local(config.model),
         control=local(config.control) if config.control is not None else None,
-        localize=config.localize,
-        initial_range=config.initial_range,
         out=run,
-        normal=config.normal,
-        malicious=config.malicious,
-        overrejection=config.overrejection,
         n_prompts=config.n,
         config=config.scan_config(),
-        rule=config.rule,
-        alpha=config.alpha,
         judge=pool.judge(config.judge) if config.localize else None,
-        max_new_tokens=config.max_new_tokens,
-        radius=config.radius,
-        probe=config.probe,
         probe_config=config.probe_config(),
-        guard_contrast=config.guard_contrast,
-        guard_safe=config.guard_safe,
-        guard_unsafe=config.guard_unsafe,
-        guard_test_fraction=config.guard_test_fraction,
-        guard_split_seed=config.guard_split_seed,
-        saliency=config.saliency,
         progress=progress,
+        **{name: getattr(config, name) for name in PASSED_THROUGH},
     )
-    rebuild_report(run)
-    return result
 
 
 def _prompts(source: str | Sequence[str], n: int | None, seed: int) -> tuple[list[str], str]:

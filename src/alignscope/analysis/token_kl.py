@@ -20,7 +20,9 @@ from alignscope.config_io import ConfigIO, RunSettings
 from alignscope.judges.registry import check_judge_spec
 from alignscope.models.base import Conversation, ModelError
 from alignscope.models.local import LocalModel
-from alignscope.runs.finish import rebuild_report
+from alignscope.models.pool import ModelPool
+from alignscope.runs.experiment import experiment
+from alignscope.runs.store import RunDir
 from alignscope.stats import bootstrap_mean_ci
 from alignscope.validation import FieldChecks
 
@@ -197,21 +199,13 @@ def token_kl_stage(
     return rec
 
 
-def run_token_kl(
-    config: TokenKLConfig | None = None,
-    run: Any = None,
-    *,
-    models: Any = None,
-    progress: bool = True,
-) -> TokenKLResult:
+@experiment(TokenKLConfig)
+def run_token_kl(config: TokenKLConfig, run: RunDir | None, pool: ModelPool, progress: bool) -> TokenKLResult:
     """Per-token KL as an experiment: the answers and the profile go into ``run``, whose report is rebuilt."""
     from alignscope.attacks.prefill import harmful_responses
     from alignscope.data import load_suite
-    from alignscope.models.pool import pool_of
 
-    config = config or TokenKLConfig()
     samples = load_suite(config.suite).take(config.n, config.seed)
-    pool = pool_of(models, config.device, config.dtype)
     model, reference = pool.get(config.model), pool.get(config.reference)
     if not isinstance(model, LocalModel) or not isinstance(reference, LocalModel):
         raise ModelError("the per-token KL needs the logits of both models: local models only")
@@ -219,6 +213,4 @@ def run_token_kl(
     responses = harmful_responses(
         source, list(samples), pool.judge(config.judge), max(64, config.max_tokens), config.batch_size, run
     )
-    profile = token_kl_stage(model, reference, samples, responses, config.max_tokens, run)
-    rebuild_report(run)
-    return TokenKLResult(profile)
+    return TokenKLResult(token_kl_stage(model, reference, samples, responses, config.max_tokens, run))

@@ -21,8 +21,8 @@ from alignscope.judges.outcomes import attack_success, success_flags
 from alignscope.judges.registry import check_judge_spec
 from alignscope.models.base import ChatModel, GenerationConfig
 from alignscope.models.loading import DEFAULT_MODEL
-from alignscope.models.pool import ModelPool, pool_of
-from alignscope.runs.finish import rebuild_report
+from alignscope.models.pool import ModelPool
+from alignscope.runs.experiment import experiment
 from alignscope.runs.store import RunDir
 from alignscope.stats import rate_of
 from alignscope.validation import FieldChecks
@@ -161,23 +161,18 @@ def summarize_decoding(
     return DecodingResult(measure, worst, per.get("greedy", {}), per, list(records))
 
 
+@experiment(DecodingConfig)
 def run_decoding(
-    config: DecodingConfig | None = None,
-    run: RunDir | None = None,
-    *,
-    models: ModelPool | Mapping[str, ChatModel] | None = None,
-    progress: bool = True,
+    config: DecodingConfig, run: RunDir | None, pool: ModelPool, progress: bool
 ) -> DecodingResult:
     """The decoding exploit as an experiment: answers and verdicts go into ``run`` (resumable), whose report
     is rebuilt."""
     from alignscope.data import load_suite
 
-    config = config or DecodingConfig()
     samples = list(load_suite(config.suite).take(config.n, config.seed))
-    pool = pool_of(models, config.device, config.dtype)
     model = pool.get(config.model)
     grid = FULL_GRID if config.grid == "full" else REDUCED_GRID
-    result = decoding_attack(
+    return decoding_attack(
         model,
         samples,
         pool.judge(config.judge),
@@ -188,5 +183,3 @@ def run_decoding(
         run,
         progress=progress,
     )
-    rebuild_report(run)
-    return result

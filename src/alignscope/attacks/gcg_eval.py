@@ -26,8 +26,8 @@ from alignscope.judges.registry import check_judge_spec
 from alignscope.models.base import ChatModel, Conversation, GenerationConfig
 from alignscope.models.loading import DEFAULT_MODEL
 from alignscope.models.local import LocalModel
-from alignscope.models.pool import ModelPool, pool_of
-from alignscope.runs.finish import rebuild_report
+from alignscope.models.pool import ModelPool
+from alignscope.runs.experiment import experiment
 from alignscope.runs.store import RunDir
 from alignscope.validation import FieldChecks
 
@@ -118,27 +118,22 @@ class GCGAttackConfig(DeviceSettings):
             )
 
 
+@experiment(GCGAttackConfig)
 def run_gcg_attack(
-    config: GCGAttackConfig | None = None,
-    run: RunDir | None = None,
-    *,
-    models: ModelPool | Mapping[str, ChatModel] | None = None,
-    progress: bool = True,
+    config: GCGAttackConfig, run: RunDir | None, pool: ModelPool, progress: bool
 ) -> GCGAttackResult:
     """GCG as an experiment: optimise, answer, judge, into ``run`` (resumable per behaviour and per answer),
     whose report is rebuilt."""
     from alignscope.data import load_suite
 
-    config = config or GCGAttackConfig()
     full = load_suite(config.suite)
     samples = list(full.take(config.n, config.seed))
     chosen = {s.id for s in samples}
     extra = [s for s in full if s.id not in chosen][: config.held_out]
-    pool = pool_of(models, config.device, config.dtype)
     model = pool.get(config.model)
     if not isinstance(model, LocalModel):
         raise GCGError(f"GCG needs gradients: {model.name} is not a local model")
-    result = gcg_attack(
+    return gcg_attack(
         model,
         samples,
         pool.judge(config.judge),
@@ -151,8 +146,6 @@ def run_gcg_attack(
         template=config.template,
         progress=progress,
     )
-    rebuild_report(run)
-    return result
 
 
 def attack_chat(sample: Sample, template: str = DEFAULT_TEMPLATE) -> Conversation:

@@ -25,8 +25,8 @@ from alignscope.judges.registry import check_judge_spec
 from alignscope.models.base import ChatModel, GenerationConfig, ModelError, user_turn
 from alignscope.models.loading import DEFAULT_MODEL
 from alignscope.models.local import LocalModel
-from alignscope.models.pool import ModelPool, pool_of
-from alignscope.runs.finish import rebuild_report
+from alignscope.models.pool import ModelPool
+from alignscope.runs.experiment import experiment
 from alignscope.runs.store import RunDir
 from alignscope.validation import FieldChecks
 
@@ -180,28 +180,19 @@ def prefill_attack(
     return PrefillResult(success, len(usable), len(samples) - len(usable), records)
 
 
-def run_prefill(
-    config: PrefillConfig | None = None,
-    run: RunDir | None = None,
-    *,
-    models: ModelPool | Mapping[str, ChatModel] | None = None,
-    progress: bool = True,
-) -> PrefillResult:
+@experiment(PrefillConfig)
+def run_prefill(config: PrefillConfig, run: RunDir | None, pool: ModelPool, progress: bool) -> PrefillResult:
     """The prefilling attack as an experiment: load the suite, the attacked model, the answer source and the
     judge; write the source's harmful answers and the attacked continuations into ``run`` (resumable) and
     rebuild its report."""
     from alignscope.data import load_suite
 
-    config = config or PrefillConfig()
     samples = list(load_suite(config.suite).take(config.n, config.seed))
-    pool = pool_of(models, config.device, config.dtype)
     model = pool.get(config.model)
     judge = pool.judge(config.judge)
     source = pool.get(config.source or DEFAULT_MODEL)
     responses = harmful_responses(source, samples, judge, config.response_tokens, config.batch_size, run)
     counter = source if isinstance(source, LocalModel) else None
-    result = prefill_attack(
+    return prefill_attack(
         model, samples, responses, judge, config, run, progress=progress, token_counter=counter
     )
-    rebuild_report(run)
-    return result
