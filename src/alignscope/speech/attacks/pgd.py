@@ -98,6 +98,14 @@ class AudioPGDConfig:
         return asdict(self)
 
 
+def _json_fields(result: Any, nested: str) -> dict[str, Any]:
+    """A result's fields for JSON: tensors left out (waveforms are saved as audio files), and the field
+    ``nested`` (a settings or result object) as its own ``to_dict()``, last."""
+    d = {k: v for k, v in result.__dict__.items() if not isinstance(v, torch.Tensor) and k != nested}
+    d[nested] = getattr(result, nested).to_dict()
+    return d
+
+
 @dataclass
 class AudioPGDResult:
     """What :func:`audio_pgd` found.
@@ -142,9 +150,7 @@ class AudioPGDResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the waveforms (save those as audio files)."""
-        d = {k: v for k, v in self.__dict__.items() if not isinstance(v, torch.Tensor)}
-        d["config"] = self.config.to_dict()
-        return d
+        return _json_fields(self, "config")
 
 
 @dataclass
@@ -180,9 +186,8 @@ class UniversalPGDResult:
         return sum(self.successes) / len(self.successes)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if not isinstance(v, torch.Tensor)}
-        d["config"] = self.config.to_dict()
-        return d
+        """Everything but the perturbation (save it as an audio file)."""
+        return _json_fields(self, "config")
 
 
 @dataclass
@@ -209,9 +214,7 @@ class TransferResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "crafted"}
-        d["crafted"] = self.crafted.to_dict()
-        return d
+        return _json_fields(self, "crafted")
 
 
 def starts_with_target(response: str, target: str) -> bool:
