@@ -263,17 +263,12 @@ def audio_pgd(
         clean=clean_cpu,
         success=res.successes[0],
         response=res.responses[0],
-        final_loss=res.final_loss,
-        losses=res.losses,
-        restart_steps=res.restart_steps,
-        steps=sum(res.restart_steps),
         snr_db=float(snr_db_of(clean_cpu, adv)),
         linf=float((adv - clean_cpu).abs().max()),
-        wall_time=res.wall_time,
-        early_stopped=res.early_stopped,
         target=target,
         prompt_text=prompt_text,
         config=config,
+        **res.history(),
     )
 
 
@@ -303,14 +298,9 @@ def universal_audio_pgd(
         successes=res.successes,
         responses=res.responses,
         snr_db=snrs,
-        final_loss=res.final_loss,
-        losses=res.losses,
-        restart_steps=res.restart_steps,
-        steps=sum(res.restart_steps),
-        wall_time=res.wall_time,
-        early_stopped=res.early_stopped,
         targets=list(targets),
         config=config,
+        **res.history(),
     )
 
 
@@ -358,6 +348,18 @@ class _Run:
     restart_steps: list[int]
     wall_time: float
     early_stopped: bool
+
+    def history(self) -> dict[str, Any]:
+        """The fields every PGD result copies from its run: the loss curve, the steps of each restart and
+        their total, the time, and whether it stopped early."""
+        return {
+            "final_loss": self.final_loss,
+            "losses": self.losses,
+            "restart_steps": self.restart_steps,
+            "steps": sum(self.restart_steps),
+            "wall_time": self.wall_time,
+            "early_stopped": self.early_stopped,
+        }
 
 
 class _Budget:
