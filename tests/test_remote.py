@@ -183,22 +183,23 @@ def test_retries_429_twice_then_succeeds() -> None:
         assert len(server.requests) == 3
 
 
-def test_5xx_until_retries_run_out_names_url_and_attempts() -> None:
-    with ScriptedServer([(503, {"error": {"message": "overloaded"}}, {})]) as server:
-        with pytest.raises(
-            ModelError, match=r"/v1/chat/completions answered HTTP 503 after 3 attempts: overloaded"
-        ):
-            remote(server.base_url, retries=2).generate([user_turn("hi")])
-        assert len(server.requests) == 3
-
-
-def test_4xx_is_not_retried_and_names_url() -> None:
-    with ScriptedServer([(400, {"error": {"message": "bad field"}}, {})]) as server:
-        with pytest.raises(
-            ModelError, match=rf"{server.base_url}/chat/completions answered HTTP 400: bad field"
-        ):
-            remote(server.base_url, retries=3).generate([user_turn("hi")])
-        assert len(server.requests) == 1
+@pytest.mark.parametrize(
+    ("status", "message", "retries", "match", "attempts"),
+    [
+        (503, "overloaded", 2, "{url}/chat/completions answered HTTP 503 after 3 attempts: overloaded", 3),
+        (400, "bad field", 3, "{url}/chat/completions answered HTTP 400: bad field", 1),
+    ],
+    ids=["5xx-until-retries-run-out", "4xx-not-retried"],
+)
+def test_http_error_names_url_and_attempts(
+    status: int, message: str, retries: int, match: str, attempts: int
+) -> None:
+    """A 5xx answer is retried until the retries run out, a 4xx is not; the error names the URL, the status,
+    the server's message and, after several attempts, their number."""
+    with ScriptedServer([(status, {"error": {"message": message}}, {})]) as server:
+        with pytest.raises(ModelError, match=match.format(url=server.base_url)):
+            remote(server.base_url, retries=retries).generate([user_turn("hi")])
+        assert len(server.requests) == attempts
 
 
 def test_malformed_success_body_is_an_error() -> None:
