@@ -488,7 +488,7 @@ def test_load_spoken_suite_manifest_errors(tmp_path):
     assert next(suite.waveforms()).shape == (SAMPLE_RATE // 2,)
 
     cases = {
-        r"m\.jsonl, line 2: not valid JSON": ('{"audio": "clips/one.wav", "text": "a"}', "{broken"),
+        r"m\.jsonl, line 2: malformed JSON": ('{"audio": "clips/one.wav", "text": "a"}', "{broken"),
         r"m\.jsonl, line 1: expected a JSON object": ("[1, 2]",),
         r"m\.jsonl, line 1: missing field 'audio'": ('{"text": "a"}',),
         r"m\.jsonl, line 1: missing field 'text'": ('{"audio": "clips/one.wav"}',),

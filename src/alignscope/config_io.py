@@ -176,14 +176,23 @@ def parse_assignments(items: Iterable[str]) -> dict[str, Any]:
     each value is read as JSON when it is JSON, else kept as the string."""
     values: dict[str, Any] = {}
     for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
+        pair = read_assignment(item)
+        if pair is None:
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            values[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[key.strip()] = raw
+        values[pair[0]] = pair[1]
     return values
+
+
+def read_assignment(item: str, strip_text: bool = False) -> tuple[str, Any] | None:
+    """``"ks=[5,10]"`` -> ``("ks", [5, 10])``: the key stripped and the value read as JSON when it is JSON,
+    else kept as the text after ``=`` (stripped with ``strip_text``); None when ``item`` is not KEY=VALUE."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        return None
+    try:
+        return key.strip(), json.loads(raw)
+    except json.JSONDecodeError:
+        return key.strip(), raw.strip() if strip_text else raw
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

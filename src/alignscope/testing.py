@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from alignscope.models.base import Conversation, GenerationConfig
+from alignscope.models.base import ChatModelBase, Conversation, GenerationConfig, GenerationRequest
 from alignscope.models.local import LocalModel
 
 CHATML_TEMPLATE = (
@@ -94,16 +94,17 @@ def save_tiny_model(path: str | Path, seed: int = 0, template: str = "chatml", l
     return Path(path)
 
 
-class ScriptedModel:
+class ScriptedModel(ChatModelBase):
     """A :class:`~alignscope.models.base.ChatModel` with no weights: answers from a list (in call order) or a
     function of each conversation's last message (which may raise, to simulate a failing backend). It records
-    the conversations and generation configs it was asked with, and cannot prefill."""
+    the conversations and generation configs it was asked with (the default config when a call gave none),
+    and cannot prefill."""
 
     def __init__(self, script: Sequence[str] | Callable[[str], str], name: str = "scripted") -> None:
         self.script = script
         self.name = name
         self.calls: list[list[Conversation]] = []
-        self.configs: list[GenerationConfig | None] = []
+        self.configs: list[GenerationConfig] = []
         self._next = 0
 
     @property
@@ -115,16 +116,10 @@ class ScriptedModel:
         """Every last message asked, in order."""
         return [conv[-1]["content"] for call in self.calls for conv in call]
 
-    def generate(
-        self,
-        conversations: Sequence[Conversation],
-        config: GenerationConfig | None = None,
-        prefills: Sequence[str | Sequence[int] | None] | None = None,
-        progress: bool = False,
-    ) -> list[str]:
-        self.calls.append(list(conversations))
-        self.configs.append(config)
-        return [self._answer(conv[-1]["content"]) for conv in conversations]
+    def _generate(self, request: GenerationRequest) -> list[str]:
+        self.calls.append(request.conversations)
+        self.configs.append(request.config)
+        return [self._answer(conv[-1]["content"]) for conv in request.conversations]
 
     def _answer(self, message: str) -> str:
         if callable(self.script):

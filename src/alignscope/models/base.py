@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from alignscope.validation import FieldChecks, OptionError
 
@@ -18,6 +18,11 @@ Message = dict[str, str]
 """One chat message: ``{"role": "system" | "user" | "assistant", "content": str}``."""
 
 Conversation = list[Message]
+
+Prefill = str | Sequence[int] | None
+"""The start of an assistant turn: text, token ids, or None for no prefill."""
+
+P = TypeVar("P")
 
 
 class ModelError(RuntimeError):
@@ -120,6 +125,67 @@ class ChatModel(Protocol):
         self,
         conversations: Sequence[Conversation],
         config: GenerationConfig | None = None,
-        prefills: Sequence[str | Sequence[int] | None] | None = None,
+        prefills: Sequence[Prefill] | None = None,
         progress: bool = False,
     ) -> list[str]: ...
+
+
+def matched_prefills(prefills: Sequence[P] | None, n: int, of: str = "conversations") -> list[P | None]:
+    """One prefill per item: ``prefills`` as a list, or ``n`` Nones when there are none.
+
+    Raises ValueError when ``prefills`` is not as long as the ``n`` items (named by ``of``) it goes with."""
+    if prefills is None:
+        return [None] * n
+    if len(prefills) != n:
+        raise ValueError(f"prefills must be as long as {of}")
+    return list(prefills)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """The arguments of one :meth:`ChatModel.generate` call, checked and filled in.
+
+    Attributes:
+        conversations: the conversations to answer, in order.
+        config: the decoding settings (the default :class:`GenerationConfig` when the caller gave none).
+        prefills: one prefill per conversation (None where there is none).
+        progress: show a progress bar.
+    """
+
+    conversations: list[Conversation]
+    config: GenerationConfig
+    prefills: list[Prefill]
+    progress: bool
+
+    def pairs(self) -> list[tuple[Conversation, Prefill]]:
+        """Each conversation with its prefill."""
+        return list(zip(self.conversations, self.prefills, strict=True))
+
+
+class ChatModelBase:
+    """A base class for :class:`ChatModel` implementations: :meth:`generate` checks its arguments once (the
+    default config, one prefill per conversation) and hands them to :meth:`_generate` as a
+    :class:`GenerationRequest`, so every backend keeps the protocol's signature without restating it."""
+
+    name: str
+
+    def generate(
+        self,
+        conversations: Sequence[Conversation],
+        config: GenerationConfig | None = None,
+        prefills: Sequence[Prefill] | None = None,
+        progress: bool = False,
+    ) -> list[str]:
+        """Responses to ``conversations`` (the continuation after any prefill), in input order; see
+        :class:`ChatModel` for the meaning of ``prefills``."""
+        request = GenerationRequest(
+            list(conversations),
+            config or GenerationConfig(),
+            matched_prefills(prefills, len(conversations)),
+            progress,
+        )
+        return self._generate(request)
+
+    def _generate(self, request: GenerationRequest) -> list[str]:
+        """The backend's generation for a checked request."""
+        raise NotImplementedError

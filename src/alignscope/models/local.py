@@ -12,7 +12,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from alignscope.models.base import Conversation, GenerationConfig, ModelError
+from alignscope.models.base import (
+    ChatModelBase,
+    Conversation,
+    GenerationConfig,
+    GenerationRequest,
+    ModelError,
+    Prefill,
+    matched_prefills,
+)
 from alignscope.models.fast_linear import fp32_linears
 
 log = logging.getLogger("alignscope.models")
@@ -75,7 +83,7 @@ class ResponseBatch:
     indices: list[int]
 
 
-class LocalModel:
+class LocalModel(ChatModelBase):
     """A local causal LM with its tokenizer; implements :class:`alignscope.models.base.ChatModel` and adds
     white-box access.
 
@@ -145,7 +153,7 @@ class LocalModel:
             raise ModelError(f"{self.name}: chat template failed on {messages!r}: {e}") from e
         return str(text)
 
-    def encode_prompt(self, messages: Conversation, prefill: str | Sequence[int] | None = None) -> list[int]:
+    def encode_prompt(self, messages: Conversation, prefill: Prefill = None) -> list[int]:
         """Token ids of the formatted prompt followed by the prefill.
 
         The prefill (text or token ids) is tokenised on its own and appended, so exactly its tokens start the
@@ -169,13 +177,7 @@ class LocalModel:
         return self._encode(text)
 
     # -- generation -------------------------------------------------------------------------------------------
-    def generate(
-        self,
-        conversations: Sequence[Conversation],
-        config: GenerationConfig | None = None,
-        prefills: Sequence[str | Sequence[int] | None] | None = None,
-        progress: bool = False,
-    ) -> list[str]:
+    def _generate(self, request: GenerationRequest) -> list[str]:
         """Batched generation with left padding and a KV cache. Returns the continuations (without prompt or
         prefill), in input order. Prompts are grouped by length so batches waste little padding.
 
@@ -183,13 +185,8 @@ class LocalModel:
         template's system turn) are run once and their KV cache shared by the batch (the rest of each prompt
         is left-padded after them; positions come from the attention mask, so they are unchanged), and float32
         linear layers run through oneDNN on CPUs where torch's BLAS is slow (:attr:`fp32_linear`)."""
-        config = config or GenerationConfig()
-        if prefills is not None and len(prefills) != len(conversations):
-            raise ValueError("prefills must be as long as conversations")
-        encoded = [
-            self.encode_prompt(c, prefills[i] if prefills is not None else None)
-            for i, c in enumerate(conversations)
-        ]
+        config, progress = request.config, request.progress
+        encoded = [self.encode_prompt(c, prefill) for c, prefill in request.pairs()]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         out: list[str] = [""] * len(encoded)
         batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
@@ -359,15 +356,13 @@ class LocalModel:
         normalised over the answers; how much probability they leave out says whether the model wanted to
         answer at all.
         """
-        if prefills is not None and len(prefills) != len(prompts):
-            raise ValueError("prefills must be as long as prompts")
+        matched = matched_prefills(prefills, len(prompts), "prompts")
         if any(not a.strip() for a in answers):
             raise ValueError(f"answers must be non-empty text, got {list(answers)!r}")
         encoded: list[list[int]] = []
-        for i, prompt in enumerate(prompts):
-            prefill = prefills[i] if prefills is not None else ""
+        for prompt, prefill in zip(prompts, matched, strict=True):
             if isinstance(prompt, str):
-                text = prompt + prefill
+                text = prompt + (prefill or "")
                 encoded.append(list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]))
             else:
                 encoded.append(self.encode_prompt(prompt, prefill or None))

@@ -38,7 +38,16 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 from tqdm.auto import tqdm
 
-from alignscope.models.base import Conversation, GenerationConfig, ModelError, NoLogprobsError
+from alignscope.models.base import (
+    ChatModelBase,
+    Conversation,
+    GenerationConfig,
+    GenerationRequest,
+    ModelError,
+    NoLogprobsError,
+    Prefill,
+    matched_prefills,
+)
 
 log = logging.getLogger("alignscope.models")
 
@@ -188,7 +197,7 @@ def parse_remote_spec(spec: str) -> RemoteConfig:
     return RemoteConfig(base_url=base_url.strip(), model=model.strip(), **options)
 
 
-class RemoteModel:
+class RemoteModel(ChatModelBase):
     """A :class:`~alignscope.models.base.ChatModel` over an OpenAI-compatible chat-completions API.
 
     Each conversation is one request; up to ``config.max_concurrency`` run at once on a thread pool, and the
@@ -235,25 +244,13 @@ class RemoteModel:
         return self.config.prefill == "continue"
 
     # -- generation -------------------------------------------------------------------------------------------
-    def generate(
-        self,
-        conversations: Sequence[Conversation],
-        config: GenerationConfig | None = None,
-        prefills: Sequence[str | Sequence[int] | None] | None = None,
-        progress: bool = False,
-    ) -> list[str]:
+    def _generate(self, request: GenerationRequest) -> list[str]:
         """One request per conversation, at most ``max_concurrency`` at once; texts in input order.
 
         Prefills must be text (a remote server tokenises them itself) and need ``prefill=continue``.
         """
-        config = config or GenerationConfig()
-        if prefills is not None and len(prefills) != len(conversations):
-            raise ValueError("prefills must be as long as conversations")
-        bodies = [
-            self.request_body(c, config, prefills[i] if prefills is not None else None)
-            for i, c in enumerate(conversations)
-        ]
-        return self._run(self._complete, bodies, f"generate ({self.name})", progress)
+        bodies = [self.request_body(c, request.config, prefill) for c, prefill in request.pairs()]
+        return self._run(self._complete, bodies, f"generate ({self.name})", request.progress)
 
     def _run(
         self, fn: Callable[[dict[str, Any]], T], bodies: list[dict[str, Any]], desc: str, progress: bool
@@ -283,7 +280,7 @@ class RemoteModel:
         return out
 
     def request_body(
-        self, conversation: Conversation, config: GenerationConfig, prefill: str | Sequence[int] | None = None
+        self, conversation: Conversation, config: GenerationConfig, prefill: Prefill = None
     ) -> dict[str, Any]:
         """The JSON body sent for one conversation (public so users can see exactly what is sent)."""
         messages: list[dict[str, Any]] = [dict(m) for m in conversation]
@@ -350,16 +347,14 @@ class RemoteModel:
         or not a single token). Raises :class:`NoLogprobsError` when the endpoint gives no log-probs.
         """
         del batch_size
-        if prefills is not None and len(prefills) != len(prompts):
-            raise ValueError("prefills must be as long as prompts")
+        matched = matched_prefills(prefills, len(prompts), "prompts")
         one_token = GenerationConfig(max_new_tokens=1)
         bodies: list[dict[str, Any]] = []
-        for i, prompt in enumerate(prompts):
-            prefill = prefills[i] if prefills is not None else ""
+        for prompt, prefill in zip(prompts, matched, strict=True):
             if isinstance(prompt, str):
                 body: dict[str, Any] = {
                     "model": self.config.model,
-                    "prompt": prompt + prefill,
+                    "prompt": prompt + (prefill or ""),
                     self.config.max_tokens_field: 1,
                     "temperature": 0.0,
                     "logprobs": top_logprobs,

@@ -38,28 +38,32 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
-class TextPart(BaseModel):
+class _Strict(BaseModel):
+    """Strict types (``"10"`` is not an integer); unknown fields ignored. Subclasses that keep unknown fields
+    (to name them in an error) set ``extra="allow"``."""
+
     model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class TextPart(_Strict):
     type: Literal["text"]
     text: str
 
 
-class InputAudio(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
+class InputAudio(_Strict):
     data: str = Field(description="base64-encoded audio")
     format: str = "wav"
 
 
-class AudioPart(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
+class AudioPart(_Strict):
     type: Literal["input_audio"]
     input_audio: InputAudio
 
 
-class OtherPart(BaseModel):
+class OtherPart(_Strict):
     """Any other content part (``image_url``, ``file``...): parsed so the error can name its type."""
 
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = ConfigDict(extra="allow")
     type: str
 
 
@@ -76,8 +80,7 @@ ContentPart = Annotated[
 ]
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
+class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[ContentPart] | None = None
 
@@ -99,13 +102,12 @@ class ChatMessage(BaseModel):
         return []
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
+class StreamOptions(_Strict):
     include_usage: bool = False
 
 
-class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
+class ResponseFormat(_Strict):
+    model_config = ConfigDict(extra="allow")
     type: str
 
 
@@ -122,7 +124,7 @@ _UNSUPPORTED = (
 MAX_STOP = 16
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(_Strict):
     """The fields of ``POST /v1/chat/completions`` that alignscope honours.
 
     Extensions (as in vLLM): ``top_k``; ``continue_final_message`` (continue the trailing assistant message
@@ -130,7 +132,7 @@ class ChatCompletionRequest(BaseModel):
     ``add_generation_prompt`` (must then be false or absent); up to 16 ``stop`` strings (OpenAI allows 4).
     """
 
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = ConfigDict(extra="allow")
 
     model: str
     messages: list[ChatMessage] = Field(min_length=1)

@@ -98,6 +98,14 @@ class AudioPGDConfig:
         return asdict(self)
 
 
+def _json_fields(result: Any, nested: str) -> dict[str, Any]:
+    """A result's fields for JSON: tensors left out (waveforms are saved as audio files), and the field
+    ``nested`` (a settings or result object) as its own ``to_dict()``, last."""
+    d = {k: v for k, v in result.__dict__.items() if not isinstance(v, torch.Tensor) and k != nested}
+    d[nested] = getattr(result, nested).to_dict()
+    return d
+
+
 @dataclass
 class AudioPGDResult:
     """What :func:`audio_pgd` found.
@@ -142,9 +150,7 @@ class AudioPGDResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the waveforms (save those as audio files)."""
-        d = {k: v for k, v in self.__dict__.items() if not isinstance(v, torch.Tensor)}
-        d["config"] = self.config.to_dict()
-        return d
+        return _json_fields(self, "config")
 
 
 @dataclass
@@ -180,9 +186,8 @@ class UniversalPGDResult:
         return sum(self.successes) / len(self.successes)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if not isinstance(v, torch.Tensor)}
-        d["config"] = self.config.to_dict()
-        return d
+        """Everything but the perturbation (save it as an audio file)."""
+        return _json_fields(self, "config")
 
 
 @dataclass
@@ -209,9 +214,7 @@ class TransferResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "crafted"}
-        d["crafted"] = self.crafted.to_dict()
-        return d
+        return _json_fields(self, "crafted")
 
 
 def starts_with_target(response: str, target: str) -> bool:
@@ -260,17 +263,12 @@ def audio_pgd(
         clean=clean_cpu,
         success=res.successes[0],
         response=res.responses[0],
-        final_loss=res.final_loss,
-        losses=res.losses,
-        restart_steps=res.restart_steps,
-        steps=sum(res.restart_steps),
         snr_db=float(snr_db_of(clean_cpu, adv)),
         linf=float((adv - clean_cpu).abs().max()),
-        wall_time=res.wall_time,
-        early_stopped=res.early_stopped,
         target=target,
         prompt_text=prompt_text,
         config=config,
+        **res.history(),
     )
 
 
@@ -300,14 +298,9 @@ def universal_audio_pgd(
         successes=res.successes,
         responses=res.responses,
         snr_db=snrs,
-        final_loss=res.final_loss,
-        losses=res.losses,
-        restart_steps=res.restart_steps,
-        steps=sum(res.restart_steps),
-        wall_time=res.wall_time,
-        early_stopped=res.early_stopped,
         targets=list(targets),
         config=config,
+        **res.history(),
     )
 
 
@@ -355,6 +348,18 @@ class _Run:
     restart_steps: list[int]
     wall_time: float
     early_stopped: bool
+
+    def history(self) -> dict[str, Any]:
+        """The fields every PGD result copies from its run: the loss curve, the steps of each restart and
+        their total, the time, and whether it stopped early."""
+        return {
+            "final_loss": self.final_loss,
+            "losses": self.losses,
+            "restart_steps": self.restart_steps,
+            "steps": sum(self.restart_steps),
+            "wall_time": self.wall_time,
+            "early_stopped": self.early_stopped,
+        }
 
 
 class _Budget:

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from alignscope.config_io import read_assignment
 from alignscope.models.loading import load_model
 from alignscope.models.local import LocalModel
 from alignscope.speech.build.config import (
@@ -82,13 +83,10 @@ def load_speech_model(spec: str, device: str | None = None) -> SpeechLM:
 def _kv(text: str) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
-        key, eq, raw = part.partition("=")
-        if not eq or not key.strip():
+        pair = read_assignment(part, strip_text=True)
+        if pair is None:
             raise SpeechError(f"bad build override {part!r}: expected KEY=VALUE")
-        try:
-            values[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[key.strip()] = raw.strip()
+        values[pair[0]] = pair[1]
     return values
 
 

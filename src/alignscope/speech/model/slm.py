@@ -28,7 +28,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from alignscope.models.base import Conversation, GenerationConfig, user_turn
+from alignscope.models.base import (
+    ChatModelBase,
+    Conversation,
+    GenerationConfig,
+    GenerationRequest,
+    Prefill,
+    user_turn,
+)
 from alignscope.models.local import LocalModel, ResponseBatch
 from alignscope.speech.errors import SpeechError
 from alignscope.speech.model.features import N_SAMPLES_30S, log_mel
@@ -39,8 +46,6 @@ AUDIO_MARKER = "<|audio|>"
 
 Clips = torch.Tensor | np.ndarray | Sequence[torch.Tensor | np.ndarray]
 """One clip ``(n,)``, a batch of equal-length clips ``(batch, n)``, or a sequence of ``(n_i,)`` clips."""
-
-Prefill = str | Sequence[int] | None
 
 
 class AudioEncoder(Protocol):
@@ -462,7 +467,7 @@ def _reduce(losses: torch.Tensor, reduction: str) -> torch.Tensor:
     raise SpeechError(f"unknown reduction {reduction!r} (use 'mean' or 'none')")
 
 
-class SpokenChatModel:
+class SpokenChatModel(ChatModelBase):
     """A :class:`alignscope.models.ChatModel` whose prompts are spoken: judges and generate-then-judge stages
     take it unchanged.
 
@@ -509,14 +514,8 @@ class SpokenChatModel:
         chat[last]["content"] = user_content(self.prompt_text, self.slm.marker)
         return self.clip_for(conversation[last]["content"]), chat
 
-    def generate(
-        self,
-        conversations: Sequence[Conversation],
-        config: GenerationConfig | None = None,
-        prefills: Sequence[str | Sequence[int] | None] | None = None,
-        progress: bool = False,
-    ) -> list[str]:
-        pairs = [self.spoken(c) for c in conversations]
+    def _generate(self, request: GenerationRequest) -> list[str]:
+        pairs = [self.spoken(c) for c in request.conversations]
         return self.slm.generate_conversations(
-            [p[0] for p in pairs], [p[1] for p in pairs], config, prefills, progress
+            [p[0] for p in pairs], [p[1] for p in pairs], request.config, request.prefills, request.progress
         )

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from alignscope.cachefs import atomic_file, lock
+from alignscope.jsonl import JSONLError, read_jsonl
 from alignscope.speech.errors import SpeechError
 from alignscope.speech.model.audio import load_audio, save_audio
 from alignscope.speech.model.features import SAMPLE_RATE
@@ -218,16 +219,12 @@ def load_spoken_suite(manifest_path: str | Path, name: str | None = None) -> Spo
     items: list[SpokenItem] = []
     seen: set[str] = set()
     suite_name = name
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    try:
+        records = list(read_jsonl(path))
+    except JSONLError as e:
+        raise SpeechError(f"{path}, line {e.line}: {e.detail}") from e
+    for lineno, rec in records:
         where = f"{path}, line {lineno}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SpeechError(f"{where}: not valid JSON ({e.msg})") from e
-        if not isinstance(rec, dict):
-            raise SpeechError(f"{where}: expected a JSON object, got {type(rec).__name__}")
         audio = _optional_str(rec.get("audio"), where, "audio")
         if not audio:
             raise SpeechError(f"{where}: missing field 'audio' (path of the clip, relative to the manifest)")
