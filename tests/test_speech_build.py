@@ -608,3 +608,18 @@ def test_distill_ctc_weight_counts_in_the_identity_only_when_on(tmp_path):
     res = build_slm(cfg, llm=llm, encoder=enc, command="pytest")
     log = res.metrics["distill"]["log"]
     assert log and all("ctc" in h for h in log)  # the term runs in the build (logged at every step)
+
+
+def test_a_reused_projector_is_never_taken_for_its_source_build(tmp_path, monkeypatch):
+    # smollm2-hardened ships balanced-plus's projector for another LLM: loadable by name, never the default build
+    import alignscope.speech.model.loading as build_mod
+
+    cfg = SpeechBuildConfig(llm="source-llm").to_dict()
+    for name, meta in (
+        ("a-reused", {"config": cfg, "llm": "other-llm", "reused_from": {"projector": "z-source"}}),
+        ("z-source", {"config": cfg, "llm": "source-llm"}),
+    ):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "projector.json").write_text(json.dumps({"metadata": meta}))
+    monkeypatch.setattr(build_mod, "SHIPPED_DIR", tmp_path)
+    assert shipped_projector(SpeechBuildConfig(llm="source-llm")) == tmp_path / "z-source"

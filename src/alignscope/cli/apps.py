@@ -18,7 +18,7 @@ attack_app = typer.Typer(
 )
 analyze_app = typer.Typer(help="White-box analyses: per-token KL, safety layers.", no_args_is_help=True)
 train_app = typer.Typer(
-    help="Training recipes: safety-sft, deep-align, safety-dpo, adversarial-sft, constrained-sft, sppft.",
+    help="Training recipes: safety-sft, deep-align, safety-dpo, adversarial-sft, constrained-sft, sppft, harden.",
     no_args_is_help=True,
 )
 reproduce_app = typer.Typer(

