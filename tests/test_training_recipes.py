@@ -4,10 +4,12 @@ DPO, the fine-tuning attacks."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
+import alignscope
 from alignscope.models import load_model
 from alignscope.testing import save_tiny_model
 from alignscope.training import (
@@ -265,13 +267,24 @@ def test_harden_trains_on_recovery_contrast_and_gcg_data(tiny_dir, tmp_path):
     assert json.loads((result.output / PROVENANCE_FILE).read_text())["recipe"] == "harden"
 
 
-def test_harden_defaults_start_from_the_deep_model():
+def test_harden_defaults_are_the_shipped_hardened_models_recipe():
     cfg = HardenConfig()
-    assert cfg.model == "smollm2-deep" and cfg.utility_model == "smollm2" and cfg.responses_model == "smollm2"
+    assert (
+        cfg.model == "smollm2-balanced-plus"
+        and cfg.utility_model == "smollm2"
+        and cfg.responses_model == "smollm2"
+    )
     assert (cfg.contrast_safe, cfg.contrast_unsafe) == ("safe-alarming", "unsafe-contrast")
-    assert not cfg.adversarial and cfg.utility_weight == pytest.approx(0.6)
+    assert not cfg.adversarial and cfg.utility_weight == pytest.approx(0.5)
     with pytest.raises(ValueError, match="gcg_runs"):
         HardenConfig(adversarial=True)
+    # `alignscope train harden` with no options rebuilds smollm2-hardened: its provenance's recipe config
+    # differs from the defaults only in where the run and its data were
+    provenance = Path(alignscope.__file__).parent / "models/adapters/smollm2-hardened/PROVENANCE.json"
+    shipped = json.loads(provenance.read_text())["recipe_config"]
+    defaults = cfg.to_dict()
+    differ = {k for k in set(shipped) | set(defaults) if shipped.get(k) != defaults.get(k)}
+    assert differ <= {"out", "data", "command", "recipe"}, differ
 
 
 def test_resume_from_checkpoint(tiny_dir, chat_file, tmp_path, monkeypatch):
